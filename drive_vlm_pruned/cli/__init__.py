@@ -1,0 +1,1 @@
+"""The drive-vlm command line."""

@@ -1,0 +1,112 @@
+"""``drive-vlm``: the one command-line front door, with a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import sys
+
+from ..pruning import check_keep_ratio, check_pruner_name, pruner_names
+
+DESCRIPTION = """\
+drive-vlm: a multi-view driving VLM whose visual tokens are pruned before or inside the LLM.
+
+Six surround cameras give ~4,400 visual tokens; keeping a well-chosen 10-25% of them keeps most
+of the accuracy at a fraction of the prefill cost. Run a subcommand with --help for details.
+"""
+
+DEMO_HELP = """\
+Show what each pruner keeps on a synthetic six-view scene (6 x 729 tokens): tokens kept per
+camera, how many planted objects still have a token, the share spent on sky/road, the time per
+call, and ASCII maps of the front camera. Needs no model and no ROS.
+"""
+
+BENCH_PRUNERS_HELP = """\
+Time token selection for each pruner on synthetic six-view tokens (default 6 x 729) at several
+feature widths and keep ratios, on the CPU and on CUDA when available. Prints a markdown table of
+median and interquartile spread in milliseconds; --json-out writes one record per cell.
+
+example: drive-vlm bench pruners --dims 3584 --keep-ratios 0.1 --pruners tfps
+"""
+
+
+def _keep_ratio(text: str) -> float:
+    try:
+        return check_keep_ratio(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _pruner(text: str) -> str:
+    try:
+        return check_pruner_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='drive-vlm', description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+
+    demo = sub.add_parser(
+        'demo', help='show which tokens each pruner keeps (synthetic scene)',
+        description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument('--keep-ratio', type=_keep_ratio, default=0.1,
+                      help='fraction of visual tokens KEPT, in (0, 1] (default 0.1)')
+    demo.add_argument('--dim', type=int, default=1152, help='token width D (default 1152)')
+    demo.add_argument('--seed', type=int, default=0, help='scene seed (default 0)')
+    demo.add_argument('--view-weights', metavar='YAML',
+                      help='also run T-FPS with these per-view keep weights '
+                           '(e.g. config/view_weights.yaml)')
+
+    bench = sub.add_parser('bench', help='benchmarks that print figures',
+                           description='Benchmarks. Each prints a table; none is a test.')
+    bench_sub = bench.add_subparsers(dest='bench', metavar='BENCH', required=True)
+    bp = bench_sub.add_parser(
+        'pruners', help='selection time of every pruner', description=BENCH_PRUNERS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bp.add_argument('--pruners', nargs='+', type=_pruner, metavar='NAME',
+                    help=f'pruners to time (default: all single-stage ones of {pruner_names()})')
+    bp.add_argument('--dims', nargs='+', type=int, default=[1152, 3584],
+                    help='token widths D (default 1152 3584: SigLIP and a 7B LLM)')
+    bp.add_argument('--keep-ratios', nargs='+', type=_keep_ratio, default=[0.5, 0.25, 0.1],
+                    help='fractions KEPT (default 0.5 0.25 0.1)')
+    bp.add_argument('--views', type=int, default=6, help='camera views (default 6)')
+    bp.add_argument('--tokens', type=int, default=729,
+                    help='tokens per view, a square number (default 729 = 27 x 27)')
+    bp.add_argument('--device', default='all',
+                    help="'cpu', 'cuda', 'cuda:1' or 'all' (CPU plus CUDA if present; default)")
+    bp.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
+                    help='token dtype (default float32)')
+    bp.add_argument('--similarity-dtype', default='auto', choices=['auto', 'float32', 'bfloat16'],
+                    help="Gram-matrix precision of tfps/divprune/mvpruner-s1: 'auto' (bf16 on "
+                         "CPUs with BF16, else the token dtype; default) or exact 'float32'")
+    bp.add_argument('--warmup', type=int, default=2, help='untimed runs per cell (default 2)')
+    bp.add_argument('--repeats', type=int, default=10, help='timed runs per cell (default 10)')
+    bp.add_argument('--threads', type=int, default=0,
+                    help='torch CPU threads (default: torch default, usually the core count)')
+    bp.add_argument('--json-out', metavar='PATH', help='write one JSON record per cell here')
+    bp.add_argument('--markdown-out', metavar='PATH', help='write the markdown table here')
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == 'demo':
+        from .demo_pruners import run_demo
+
+        return run_demo(args.keep_ratio, args.dim, args.seed, args.view_weights)
+    if args.command == 'bench' and args.bench == 'pruners':
+        from ..bench.pruners import main as bench_pruners_main
+
+        return bench_pruners_main(args)
+    return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""ament_python package: installs with colcon in a ROS 2 workspace, or with pip alone."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'drive_vlm_pruned'
+
+# PyPI's ROS 2 (Kilted) wheels, for machines with no sourced ROS. Never install this extra on top
+# of a sourced ROS: it would shadow the system rclpy (scripts/setup.sh checks ROS_DISTRO).
+ROS_WHEELS = [
+    'ros-rclpy[fastrtps]',
+    'ros-std-msgs',
+    'ros-sensor-msgs',
+    'ros-nav-msgs',
+    'ros-geometry-msgs',
+    'ros-diagnostic-msgs',
+]
+
+ROS_LINT = [
+    'ros-ament-flake8',
+    'ros-ament-pep257',
+    'flake8',
+    'pydocstyle',
+    'flake8-blind-except',
+    'flake8-builtins',
+    'flake8-class-newline',
+    'flake8-comprehensions',
+    'flake8-deprecated',
+    'flake8-docstrings',
+    'flake8-import-order',
+    'flake8-quotes',
+]
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(exclude=['test']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+        ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
+        ('share/' + PACKAGE + '/config', glob('config/*.yaml')),
+    ],
+    python_requires='>=3.10',
+    # A range, not a pin: an installed torch (CPU or CUDA build) satisfies it and is kept.
+    install_requires=['torch>=2.4', 'numpy', 'pyyaml', 'setuptools'],
+    extras_require={
+        'ros': ROS_WHEELS,
+        # ament's flake8/pep257 linters with the plugins ROS installs beside them; like 'ros',
+        # only for machines without a sourced ROS (which brings its own).
+        'lint': ROS_LINT,
+        'test': ['pytest', 'hypothesis', 'ruff'],
+    },
+    zip_safe=True,
+    maintainer='drive_vlm_pruned maintainers',
+    maintainer_email='maintainers@drive-vlm-pruned.dev',
+    description='Multi-view driving VLM ROS 2 node with visual-token pruning.',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'drive-vlm = drive_vlm_pruned.cli.main:main',
+        ],
+    },
+)

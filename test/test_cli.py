@@ -1,0 +1,58 @@
+"""The drive-vlm front door: help texts, the pruner demo, and the pruner benchmark."""
+
+import json
+import subprocess
+import sys
+
+from drive_vlm_pruned.bench.pruners import PrunerCell, single_stage_pruners
+import pytest
+
+CLI = [sys.executable, '-m', 'drive_vlm_pruned.cli.main']
+
+
+def drive_vlm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('args', [[], ['demo'], ['bench'], ['bench', 'pruners']])
+def test_every_subcommand_explains_itself(args):
+    out = drive_vlm(*args, '--help')
+    assert out.returncode == 0, out.stderr
+    assert 'usage: drive-vlm' in out.stdout
+    assert len(out.stdout.splitlines()) > 5
+
+
+def test_demo_shows_every_pruner_and_the_front_camera_map():
+    out = drive_vlm('demo', '--view-weights', 'config/view_weights.yaml')
+    assert out.returncode == 0, out.stderr
+    for name in ('tfps', 'divprune', 'mvpruner-s1', 'fastv', 'dart', 'mvpruner-s2', 'stride',
+                 'random'):
+        assert f'\n{name} ' in out.stdout
+    assert 'CAM_FRONT, kept tokens' in out.stdout
+    assert 'front views keep more' in out.stdout
+
+
+def test_bench_pruners_writes_one_complete_record_per_cell(tmp_path):
+    path = tmp_path / 'bench.json'
+    out = drive_vlm('bench', 'pruners', '--dims', '32', '--tokens', '49', '--keep-ratios', '0.5',
+                    '0.25', '--repeats', '2', '--warmup', '0', '--device', 'cpu',
+                    '--json-out', str(path))
+    assert out.returncode == 0, out.stderr
+    records = json.loads(path.read_text())
+    assert len(records) == len(single_stage_pruners()) * 2
+    fields = set(PrunerCell.__dataclass_fields__)
+    for rec in records:
+        assert set(rec) == fields
+        assert rec['views'] == 6 and rec['tokens'] == 49 and rec['dim'] == 32
+        assert rec['median_ms'] > 0 and rec['spread_ms'] >= 0
+        assert rec['kept'] == round(rec['keep_ratio'] * 6 * 49)
+    assert '| pruner | stage | device |' in out.stdout
+
+
+def test_bad_arguments_get_an_error_that_names_the_fix():
+    out = drive_vlm('bench', 'pruners', '--pruners', 'fastest')
+    assert out.returncode == 2
+    assert 'known pruners' in out.stderr and 'tfps' in out.stderr
+    out = drive_vlm('demo', '--keep-ratio', '1.5')
+    assert out.returncode == 2
+    assert 'keep_ratio' in out.stderr

@@ -1,0 +1,43 @@
+"""Layers import in one direction: the pruning library needs only torch (and pyyaml)."""
+
+import ast
+from pathlib import Path
+import subprocess
+import sys
+
+ROOT = Path(__file__).resolve().parents[1]
+PRUNING = ROOT / 'drive_vlm_pruned' / 'pruning'
+ALLOWED_EXTERNAL = {'torch', 'yaml', '__future__', 'abc', 'collections', 'dataclasses', 'enum',
+                    'math', 'pathlib', 'typing'}
+
+
+def imported_modules(path: Path) -> set[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {(0, alias.name) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found.add((node.level, node.module or ''))
+    return found
+
+
+def test_pruning_imports_only_torch_and_its_own_modules():
+    for path in PRUNING.glob('*.py'):
+        for level, module in imported_modules(path):
+            if level == 0:
+                assert module.split('.')[0] in ALLOWED_EXTERNAL, f'{path.name} imports {module}'
+            elif level == 2:  # drive_vlm_pruned.<x>: only the plain camera-layout constants
+                assert module == 'cameras', f'{path.name} imports ..{module}'
+            else:
+                assert level == 1, f'{path.name} imports from {"." * level}{module}'
+
+
+def test_importing_pruning_loads_no_ros_and_no_transformers():
+    code = ('import sys, drive_vlm_pruned.pruning; '
+            'print(sorted({m.split(".")[0] for m in sys.modules}))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    loaded = out.stdout
+    for forbidden in ('rclpy', 'transformers', 'sensor_msgs', 'rosbags'):
+        assert f"'{forbidden}'" not in loaded
+    assert "'torch'" in loaded
