@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Pruner, Stage
-from .groups import Groups, topk_picks
-from .tokens import LayerState, ViewTokens
+from .base import Pruner, Selection, Stage
+from .groups import topk_picks
+from .tokens import LayerState
 
 
 def text_attention(layer: LayerState) -> Tensor:
@@ -77,15 +77,9 @@ class FastV(Pruner):
     stage = Stage.IN_LLM
     joint: bool = True
 
-    def _picks(
-        self,
-        tokens: ViewTokens,
-        groups: Groups,
-        layer: LayerState | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        scores = groups.stack(fastv_scores(layer))
-        return topk_picks(scores, groups.valid, groups.k)
+    def _picks(self, sel: Selection) -> Tensor:
+        scores = sel.groups.stack(fastv_scores(sel.layer))
+        return topk_picks(scores, sel.groups.valid, sel.groups.k)
 
 
 @dataclass
@@ -105,24 +99,19 @@ class DART(Pruner):
     joint: bool = False
     pivots: int = 4
 
-    def _picks(
-        self,
-        tokens: ViewTokens,
-        groups: Groups,
-        layer: LayerState | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        valid = groups.valid
-        key_norm = groups.stack(layer.view_keys()).float().abs().sum(-1)
+    def _picks(self, sel: Selection) -> Tensor:
+        valid = sel.groups.valid
+        key_norm = sel.groups.stack(sel.layer.view_keys()).float().abs().sum(-1)
         key_norm = key_norm.masked_fill(~valid, float('-inf'))
         p_max = min(self.pivots, valid.shape[1])
         pivot_idx = key_norm.topk(p_max, dim=1).indices  # [G, P]
-        p = groups.k.clamp(max=self.pivots).to(valid.device)
+        p = sel.groups.k.clamp(max=self.pivots).to(valid.device)
         pivot_ok = torch.arange(p_max, device=valid.device)[None, :] < p[:, None]
-        x = torch.nn.functional.normalize(groups.stack(tokens.features).float(), dim=-1)
+        x = sel.groups.stack(sel.tokens.features).float()
+        x = torch.nn.functional.normalize(x, dim=-1)
         piv = torch.gather(x, 1, pivot_idx[..., None].expand(-1, -1, x.shape[-1]))
         sim = torch.einsum('gnd,gpd->gnp', x, piv).masked_fill(~pivot_ok[:, None, :], -2.0)
         score = -sim.amax(dim=-1)
         is_pivot = torch.zeros_like(valid).scatter(1, pivot_idx, pivot_ok)
         score = score.masked_fill(is_pivot, float('inf'))
-        return topk_picks(score, valid, groups.k)
+        return topk_picks(score, valid, sel.groups.k)

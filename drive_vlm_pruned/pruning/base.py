@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
 
@@ -20,6 +21,16 @@ class Stage(str, Enum):
 
     PRE_LLM = 'pre_llm'  # after vision encoder + projector; the LLM sees the shorter sequence
     IN_LLM = 'in_llm'  # before decoder layer K, scored from layer K-1 (needs a LayerState)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One selection call: tokens, their padded groups with budgets, and optional extras."""
+
+    tokens: ViewTokens
+    groups: Groups
+    layer: LayerState | None = None
+    generator: torch.Generator | None = None
 
 
 class Pruner(ABC):
@@ -50,17 +61,10 @@ class Pruner(ABC):
                 'prune_layer >= 1, or pick a pre-LLM pruner (tfps, divprune, random, stride)'
             )
         groups = Groups.of(tokens, budgets, self.joint)
-        picks = self._picks(tokens, groups, layer, generator)
-        return groups.kept(picks)
+        return groups.kept(self._picks(Selection(tokens, groups, layer, generator)))
 
     @abstractmethod
-    def _picks(
-        self,
-        tokens: ViewTokens,
-        groups: Groups,
-        layer: LayerState | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def _picks(self, sel: Selection) -> Tensor:
         """``[G, max k]`` picked rows per group, -1 past each group's budget."""
 
 

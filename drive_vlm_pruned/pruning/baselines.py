@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Pruner, Stage
-from .groups import Groups, topk_picks
-from .tokens import LayerState, ViewTokens
+from .base import Pruner, Selection, Stage
+from .groups import topk_picks
 
 
 @dataclass
@@ -24,15 +23,10 @@ class RandomPruner(Pruner):
     name = 'random'
     stage = Stage.PRE_LLM
 
-    def _picks(
-        self,
-        tokens: ViewTokens,
-        groups: Groups,
-        layer: LayerState | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        scores = torch.rand(groups.valid.shape, generator=generator, device=tokens.device)
-        return topk_picks(scores, groups.valid, groups.k)
+    def _picks(self, sel: Selection) -> Tensor:
+        valid = sel.groups.valid
+        scores = torch.rand(valid.shape, generator=sel.generator, device=valid.device)
+        return topk_picks(scores, sel.groups.valid, sel.groups.k)
 
 
 @dataclass
@@ -48,16 +42,10 @@ class StridePruner(Pruner):
     name = 'stride'
     stage = Stage.PRE_LLM
 
-    def _picks(
-        self,
-        tokens: ViewTokens,
-        groups: Groups,
-        layer: LayerState | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        n = groups.valid.sum(dim=1).to(torch.float64)
-        k = groups.k.to(tokens.device)
-        k_max = int(groups.k.max())
-        i = torch.arange(k_max, device=tokens.device, dtype=torch.float64)
+    def _picks(self, sel: Selection) -> Tensor:
+        n = sel.groups.valid.sum(dim=1).to(torch.float64)
+        k = sel.groups.k.to(sel.tokens.device)
+        k_max = int(sel.groups.k.max())
+        i = torch.arange(k_max, device=sel.tokens.device, dtype=torch.float64)
         picks = torch.floor((i[None, :] + 0.5) * n[:, None] / k[:, None].to(torch.float64))
         return picks.long().masked_fill(i[None, :] >= k[:, None], -1)

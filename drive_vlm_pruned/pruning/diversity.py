@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Pruner, Stage
-from .groups import Groups
+from .base import Pruner, Selection, Stage
 from .kcenter import cosine_gram, greedy_kcenter
-from .tokens import LayerState, ViewTokens
+from .tokens import ViewTokens
 
 
 def auto_similarity_dtype(device: torch.device) -> torch.dtype | None:
@@ -32,21 +31,15 @@ class _MaxMin(Pruner):
 
     similarity_dtype: torch.dtype | None | str = 'auto'
 
-    def _picks(
-        self,
-        tokens: ViewTokens,
-        groups: Groups,
-        layer: LayerState | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def _picks(self, sel: Selection) -> Tensor:
         dtype = self.similarity_dtype
         if dtype == 'auto':
-            dtype = auto_similarity_dtype(tokens.device)
-        if groups.joint:
-            gram = cosine_gram(groups.stack(tokens.features), dtype)
+            dtype = auto_similarity_dtype(sel.tokens.device)
+        if sel.groups.joint:
+            gram = cosine_gram(sel.groups.stack(sel.tokens.features), dtype)
         else:
-            gram = per_view_gram(tokens, dtype)
-        return greedy_kcenter(gram, groups.valid, groups.k)
+            gram = per_view_gram(sel.tokens, dtype)
+        return greedy_kcenter(gram, sel.groups.valid, sel.groups.k)
 
 
 def per_view_gram(tokens: ViewTokens, dtype: torch.dtype | None) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .attention import text_attention
-from .base import Pruner, Stage
+from .base import Pruner, Selection, Stage
 from .budgets import allocate_total, DiversityAllocator
 from .diversity import TFPS
 from .groups import distinctiveness, Groups, percentile_rank, topk_picks
@@ -77,7 +77,7 @@ class MVPrunerStage2(Pruner):
         score = self._scores(tokens, groups, layer, relevance)
         return groups.kept(topk_picks(score, groups.valid, groups.k))
 
-    def _picks(self, tokens, groups, layer, generator) -> Tensor:  # pragma: no cover
+    def _picks(self, sel: Selection) -> Tensor:  # pragma: no cover
         raise NotImplementedError('MVPrunerStage2 overrides select')
 
     @staticmethod
