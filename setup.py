@@ -44,7 +44,10 @@ setup(
     ],
     python_requires='>=3.10',
     # A range, not a pin: an installed torch (CPU or CUDA build) satisfies it and is kept.
-    install_requires=['torch>=2.4', 'numpy', 'pyyaml', 'setuptools'],
+    install_requires=[
+        'torch>=2.4', 'numpy', 'pyyaml', 'setuptools',
+        'transformers>=5.0,<6', 'safetensors', 'tokenizers', 'pillow',
+    ],
     extras_require={
         'ros': ROS_WHEELS,
         # ament's flake8/pep257 linters with the plugins ROS installs beside them; like 'ros',
@@ -57,7 +60,6 @@ setup(
     maintainer_email='maintainers@drive-vlm-pruned.dev',
     description='Multi-view driving VLM ROS 2 node with visual-token pruning.',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'drive-vlm = drive_vlm_pruned.cli.main:main',

@@ -8,6 +8,8 @@ import sys
 
 from ..pruning import check_keep_ratio, check_pruner_name, pruner_names
 
+TINY_FAMILIES = ('llava-onevision',)
+
 DESCRIPTION = """\
 drive-vlm: a multi-view driving VLM whose visual tokens are pruned before or inside the LLM.
 
@@ -63,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help='also run T-FPS with these per-view keep weights '
                            '(e.g. config/view_weights.yaml)')
 
+    tiny = sub.add_parser(
+        'make-tiny-model', help='write a tiny random-weight checkpoint of a VLM family',
+        description='Write a real Hugging Face checkpoint directory (config.json, '
+                    'model.safetensors, tokenizer, image-processor config) built with the '
+                    "family's own transformers classes and random weights. It loads exactly like "
+                    'a real checkpoint; tests and the demo use it. It answers nonsense.',
+    )
+    tiny.add_argument('--family', required=True, choices=TINY_FAMILIES, help='model family')
+    tiny.add_argument('out_dir', metavar='OUT_DIR', help='new (or empty) directory to write')
+    tiny.add_argument('--seed', type=int, default=0, help='weight seed (default 0)')
+
     bench = sub.add_parser('bench', help='benchmarks that print figures',
                            description='Benchmarks. Each prints a table; none is a test.')
     bench_sub = bench.add_subparsers(dest='bench', metavar='BENCH', required=True)
@@ -101,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo_pruners import run_demo
 
         return run_demo(args.keep_ratio, args.dim, args.seed, args.view_weights)
+    if args.command == 'make-tiny-model':
+        from ..models.tiny import make_tiny_model
+
+        print(make_tiny_model(args.family, args.out_dir, args.seed))
+        return 0
     if args.command == 'bench' and args.bench == 'pruners':
         from ..bench.pruners import main as bench_pruners_main
 

@@ -1,0 +1,1 @@
+"""VLM families behind one small adapter interface, plus loading and tiny checkpoints."""

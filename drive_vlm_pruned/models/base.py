@@ -1,0 +1,151 @@
+"""
+The small interface every VLM family implements, and the sequence assembly they share.
+
+An adapter turns camera images into per-view visual tokens (``encode``), and visual tokens plus
+the kept indices and a question into LLM prefill inputs (``build_inputs``), keeping every kept
+token at its ORIGINAL position in the unpruned sequence. Prefill and decoding then go through the
+model's own entry point (``model(inputs_embeds=..., position_ids=...)``) in pipeline/generate.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..pruning import KeptTokens, ViewTokens
+
+
+@dataclass(frozen=True)
+class VisualFeatures:
+    """
+    Encoder + projector output of every view, split into prunable rows and a fixed suffix.
+
+    ``tokens.features[v]`` ``[B, N_v, D]`` are the patch tokens a pruner may drop;
+    ``suffix[v]`` ``[B, s_v, D]`` (s_v may be 0) always follows the view's kept rows, e.g.
+    LLaVA-OneVision's image-newline token.
+    """
+
+    tokens: ViewTokens
+    suffix: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class PrefillInputs:
+    """Left-padded LLM inputs for a batch, with ORIGINAL positions of the kept tokens."""
+
+    inputs_embeds: Tensor  # [B, L, D]
+    attention_mask: Tensor  # [B, L] long, 0 at left padding
+    position_ids: Tensor  # [B, L] (1-D RoPE)
+    next_position: Tensor  # [B]: position of the first generated token
+    full_length: list[int]  # unpruned prompt length per sample
+    kept_length: list[int]  # pruned prompt length per sample (without padding)
+
+
+@dataclass(frozen=True)
+class PromptPieces:
+    """Token ids around the V image slots: ``pieces[0] <view 0> pieces[1] ... pieces[V]``."""
+
+    pieces: tuple[list[int], ...]
+
+
+class VLMAdapter(ABC):
+    """One VLM family behind the pipeline: encode, build prompt inputs, name the LLM parts."""
+
+    family: ClassVar[str]
+
+    def __init__(self, model, tokenizer, image_processor, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.device = device
+        self.dtype = dtype
+
+    @abstractmethod
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
+        """Turn RGB uint8 ``H x W x 3`` images (all views of all samples) into pixel values."""
+
+    @abstractmethod
+    def encode(self, pixels: Tensor, batch: int) -> VisualFeatures:
+        """Run the vision encoder and projector; views of sample b are rows ``b*V .. b*V+V-1``."""
+
+    @abstractmethod
+    def prompt(self, question: str, names: Sequence[str]) -> PromptPieces:
+        """Tokenize the family's six-view template around the image slots."""
+
+    @property
+    @abstractmethod
+    def image_token_id(self) -> int:
+        """Return the placeholder token id the model's embedding expects at image rows."""
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        return [ids] if isinstance(ids, int) else list(ids)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.eos_token_ids[0]
+
+    @property
+    def text_config(self):
+        return self.model.config.get_text_config()
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def build_inputs(self, feats: VisualFeatures, kept: KeptTokens,
+                     prompts: Sequence[PromptPieces]) -> PrefillInputs:
+        """Assemble embeddings and original positions for each sample, then left-pad."""
+        rows = [self._assemble(feats, kept, b, p) for b, p in enumerate(prompts)]
+        return _left_pad(rows, self.embed(torch.tensor([self.pad_token_id], device=self.device)))
+
+    def _assemble(self, feats: VisualFeatures, kept: KeptTokens, b: int, prompt: PromptPieces):
+        embeds, positions = [], []
+        cursor = 0
+        for v, piece in enumerate(prompt.pieces):
+            ids = torch.tensor(piece, dtype=torch.long, device=self.device)
+            embeds.append(self.embed(ids[None])[0])
+            positions.append(torch.arange(cursor, cursor + len(piece), device=self.device))
+            cursor += len(piece)
+            if v == len(prompt.pieces) - 1:
+                break
+            view = feats.tokens.features[v][b]
+            idx = kept.indices[b][v].to(self.device)
+            suffix = feats.suffix[v][b]
+            embeds += [view[idx].to(self.dtype), suffix.to(self.dtype)]
+            n_view = feats.tokens.valid_counts()[b, v].item()
+            positions += [cursor + idx,
+                          torch.arange(cursor + n_view, cursor + n_view + suffix.shape[0],
+                                       device=self.device)]
+            cursor += n_view + suffix.shape[0]
+        return torch.cat(embeds), torch.cat(positions), cursor
+
+
+def _left_pad(rows, pad_embed: Tensor) -> PrefillInputs:
+    length = max(e.shape[0] for e, _, _ in rows)
+    embeds, masks, positions = [], [], []
+    for e, p, _ in rows:
+        gap = length - e.shape[0]
+        embeds.append(torch.cat([pad_embed.expand(gap, -1).to(e.dtype), e]))
+        masks.append(torch.cat([torch.zeros(gap, dtype=torch.long, device=e.device),
+                                torch.ones(e.shape[0], dtype=torch.long, device=e.device)]))
+        positions.append(torch.cat([torch.zeros(gap, dtype=torch.long, device=e.device), p]))
+    full = [n for _, _, n in rows]
+    return PrefillInputs(
+        inputs_embeds=torch.stack(embeds),
+        attention_mask=torch.stack(masks),
+        position_ids=torch.stack(positions),
+        next_position=torch.tensor(full, device=pad_embed.device),
+        full_length=full,
+        kept_length=[e.shape[0] for e, _, _ in rows],
+    )

@@ -1,0 +1,72 @@
+"""
+LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``), DriveMM-style six-view prompting.
+
+With several images per prompt the model uses each view's base 384 px crop only: SigLIP gives
+27 x 27 = 729 patch tokens, the projector maps them to the LLM width, and one image-newline token
+follows them (730 per view). The 729 patch tokens are prunable; the newline always stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import PromptPieces, VisualFeatures, VLMAdapter
+from .prompts import six_view_text
+from ..pruning import ViewTokens
+
+SYSTEM = '<|im_start|>system\nYou are a helpful driving assistant.<|im_end|>\n'
+
+
+class LlavaOnevisionAdapter(VLMAdapter):
+    family = 'llava-onevision'
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
+        """Resize each view to the encoder's square input and normalise (the base crop)."""
+        proc = self.image_processor
+        size = (proc.size['height'], proc.size['width'])
+        mean = torch.tensor(proc.image_mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(proc.image_std, device=self.device).view(1, 3, 1, 1)
+        out = []
+        for img in images:
+            x = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
+            x = x.permute(2, 0, 1)[None].float()
+            x = torch.nn.functional.interpolate(x, size=size, mode='bicubic', align_corners=False,
+                                                antialias=True)
+            out.append(x.clamp(0, 255) / 255.0)
+        return ((torch.cat(out) - mean) / std).to(self.dtype)
+
+    def encode(self, pixels: Tensor, batch: int) -> VisualFeatures:
+        views = pixels.shape[0] // batch
+        cfg = self.model.config
+        side = cfg.vision_config.image_size
+        sizes = torch.tensor([[side, side]] * pixels.shape[0], device=self.device)
+        out = self.model.model.get_image_features(
+            pixels, sizes,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+            batch_num_images=torch.tensor([views] * batch, device=self.device),
+        )
+        per_image = out.pooler_output  # one [N + 1, D] tensor per image: patches, then newline
+        feats, suffix = [], []
+        for v in range(views):
+            rows = torch.stack([per_image[b * views + v] for b in range(batch)])
+            feats.append(rows[:, :-1])
+            suffix.append(rows[:, -1:])
+        return VisualFeatures(ViewTokens.from_list(feats), tuple(suffix))
+
+    def prompt(self, question: str, names: Sequence[str]) -> PromptPieces:
+        text = list(six_view_text(tuple(names)))
+        text[0] = SYSTEM + '<|im_start|>user\n' + text[0]
+        text[-1] = text[-1] + question + '<|im_end|>\n<|im_start|>assistant\n'
+        return PromptPieces(tuple(self._ids(t) for t in text))
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids

@@ -1,0 +1,107 @@
+"""
+Find and check a checkpoint, then load it with transformers: local only, safetensors only.
+
+A checkpoint is a local directory, or a model id already in the local Hugging Face cache (nothing
+is ever downloaded). ``trust_remote_code`` is never set: only transformers' own classes load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+FAMILIES = {
+    'llava_onevision': 'llava-onevision',
+    'qwen2_5_vl': 'qwen2.5-vl',
+    'internvl': 'internvl',
+}
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json')
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to load and how: the fixed-at-start settings of the node and the CLI."""
+
+    model: str
+    family: str = 'auto'
+    device: str = 'cpu'
+    dtype: str = 'auto'  # 'auto': bfloat16 on CUDA, float32 on CPU
+    attn_implementation: str = 'auto'  # 'auto': flash_attention_2 if installed on CUDA, else sdpa
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == 'auto':
+            return torch.bfloat16 if self.device.startswith('cuda') else torch.float32
+        try:
+            return {'float32': torch.float32, 'bfloat16': torch.bfloat16,
+                    'float16': torch.float16}[self.dtype]
+        except KeyError:
+            raise ValueError(
+                f'dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16'
+            ) from None
+
+    def attention(self) -> str:
+        if self.attn_implementation != 'auto':
+            return self.attn_implementation
+        if self.device.startswith('cuda') and importlib.util.find_spec('flash_attn'):
+            return 'flash_attention_2'
+        return 'sdpa'
+
+
+def resolve_checkpoint(model: str) -> Path:
+    """Return the local directory of ``model`` (a directory or a cached model id)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f'model {model!r} is a file; pass the checkpoint DIRECTORY')
+    if '/' in model and not path.is_absolute():
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(model, local_files_only=True))
+        except Exception:  # noqa: BLE001 - any failure means "not in the cache"
+            pass
+    raise ValueError(
+        f'model {model!r} is neither a directory nor a model id in the local Hugging Face cache '
+        f'(HF_HOME / ~/.cache/huggingface); nothing is downloaded at run time: copy the '
+        'checkpoint directory to this machine, or build a tiny one with drive-vlm make-tiny-model'
+    )
+
+
+def check_checkpoint(directory: Path) -> str:
+    """Check the files a checkpoint needs; return its family. ValueError names a missing file."""
+    config_path = directory / 'config.json'
+    if not config_path.is_file():
+        raise ValueError(f'checkpoint {directory} has no config.json')
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f'{config_path} is not valid JSON: {err}') from None
+    model_type = config.get('model_type', '')
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f'{config_path}: model_type {model_type!r} is not a supported family '
+            f'({", ".join(sorted(FAMILIES))})'
+        )
+    weights = list(directory.glob('*.safetensors'))
+    if not weights:
+        bins = [p.name for p in directory.glob('*.bin')]
+        hint = f' (found {bins}: convert them to safetensors)' if bins else ''
+        raise ValueError(f'checkpoint {directory} has no model.safetensors weights{hint}')
+    if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f'checkpoint {directory} has no tokenizer.json / tokenizer_config.json')
+    if not (directory / 'preprocessor_config.json').is_file():
+        raise ValueError(f'checkpoint {directory} has no preprocessor_config.json')
+    return FAMILIES[model_type]
+
+
+def check_family(requested: str, found: str, directory: Path) -> str:
+    if requested not in ('auto', found):
+        raise ValueError(
+            f'checkpoint {directory} is a {found} model, but family {requested!r} was asked for'
+        )
+    return found

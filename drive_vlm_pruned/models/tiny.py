@@ -1,0 +1,87 @@
+"""
+Tiny random-weight checkpoints built with each family's real transformers classes.
+
+``make_tiny_model`` writes a real checkpoint directory (config.json, model.safetensors, a
+tokenizer and the image-processor config) that ``load_adapter`` loads exactly like a real one.
+The weights are random, so the model answers nonsense; shapes, code paths and timings are real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<image>', '<video>']
+CORPUS = [
+    'The ego vehicle drives forward on a straight road. A car is ahead in the front view.',
+    'A pedestrian crosses on the left. The truck behind is slowing down. Traffic light is red.',
+    'Predicted future movement: [1.25, 0.00], [2.50, -0.10], [3.75, 0.12], [5.00, 0.30]',
+    'What are the important objects in the current scene? front left right back view of',
+    'system user assistant helpful driving assistant images six These are the and',
+    '0123456789 [ ] , . - + : ; ( ) < > / PLANNING meters seconds intervals',
+]
+FAMILIES = ('llava-onevision',)
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """Train a small byte-level BPE tokenizer with the chat and image special tokens."""
+    from tokenizers import decoders, models, pre_tokenizers, Tokenizer, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>',
+                                   pad_token='<|endoftext|>')
+
+
+def make_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny checkpoint of ``family`` to ``out_dir`` (created; must not hold files)."""
+    if family not in FAMILIES:
+        raise ValueError(f'unknown family {family!r}; tiny models exist for {", ".join(FAMILIES)}')
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f'{out} is not empty: pick a new directory for the tiny checkpoint')
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    model, processor = _llava_onevision(tokenizer)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _llava_onevision(tokenizer):
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers.models.llava_onevision import image_processing_pil_llava_onevision as ip
+
+    vision = {'model_type': 'siglip_vision_model', 'hidden_size': 32, 'intermediate_size': 64,
+              'num_hidden_layers': 2, 'num_attention_heads': 2, 'image_size': 384,
+              'patch_size': 14}
+    text = {'model_type': 'qwen2', 'vocab_size': len(tokenizer), 'hidden_size': 64,
+            'intermediate_size': 128, 'num_hidden_layers': 4, 'num_attention_heads': 4,
+            'num_key_value_heads': 2, 'max_position_embeddings': 8192}
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids('<image>'),
+        video_token_index=tokenizer.convert_tokens_to_ids('<video>'),
+        vision_feature_select_strategy='full',
+        vision_feature_layer=-1,
+    )
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    # SigLIP normalisation, as in the real llava-onevision-qwen2-*-ov-hf checkpoints.
+    processor = ip.LlavaOnevisionImageProcessorPil(
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        size={'height': 384, 'width': 384},
+    )
+    return model, processor

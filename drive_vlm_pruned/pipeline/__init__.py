@@ -1,0 +1,1 @@
+"""The frame pipeline: CameraSet -> vision -> budgets -> pruner -> LLM -> Result (no ROS)."""

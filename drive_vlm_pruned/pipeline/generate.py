@@ -1,0 +1,83 @@
+"""Prefill and decode through the model's own entry point, reusing the (pruned) KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from ..models.base import PrefillInputs
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy when ``temperature == 0``; otherwise temperature and nucleus (top-p) sampling."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+def prefill(model, inputs: PrefillInputs) -> tuple[Tensor, DynamicCache]:
+    """Run the prompt once; return the last position's logits ``[B, V]`` and the KV cache."""
+    cache = DynamicCache(config=model.config)
+    out = model(
+        inputs_embeds=inputs.inputs_embeds,
+        attention_mask=inputs.attention_mask,
+        position_ids=inputs.position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1].float(), out.past_key_values
+
+
+def decode(model, first_logits: Tensor, cache: DynamicCache, inputs: PrefillInputs,
+           eos_ids: list[int], pad_id: int, sampling: Sampling) -> Tensor:
+    """Generate up to ``max_new_tokens`` per sample; finished rows emit ``pad_id``."""
+    batch = first_logits.shape[0]
+    device = first_logits.device
+    mask = inputs.attention_mask
+    position = inputs.next_position.clone()
+    eos = torch.tensor(eos_ids, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    logits, tokens = first_logits, []
+    embed = model.get_input_embeddings()
+    for _ in range(sampling.max_new_tokens):
+        tok = _choose(logits, sampling, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        done |= torch.isin(tok, eos)
+        if bool(done.all()):  # one sync per generated token: decode is per token anyway
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(
+            inputs_embeds=embed(tok[:, None]),
+            attention_mask=mask,
+            position_ids=position[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        position = position + 1
+        logits = out.logits[:, -1].float()
+    if not tokens:
+        return torch.empty(batch, 0, dtype=torch.long, device=device)
+    return torch.stack(tokens, dim=1)
+
+
+def _choose(logits: Tensor, sampling: Sampling, generator: torch.Generator | None) -> Tensor:
+    if sampling.temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > sampling.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

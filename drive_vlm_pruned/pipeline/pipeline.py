@@ -1,0 +1,240 @@
+"""
+The one frame path: CameraSet -> preprocess -> vision -> budgets -> pruner -> prefill -> decode.
+
+The ROS node, the offline bag runner, the benchmarks and the tests all call ``Pipeline.run`` /
+``Pipeline.run_batch``; none has a private copy of any step. Runtime settings travel with each
+call, so the node can change them between frames without reloading the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+import time
+
+import torch
+
+from .camera_set import CameraSet
+from .flops import LLMShape, prefill_flops
+from .generate import decode, prefill, Sampling
+from .trajectory import parse_trajectory, TrajectoryParse
+from ..cameras import NUSCENES_CAMERAS
+from ..models.base import VLMAdapter
+from ..models.prompts import DRIVELM_QA
+from ..pruning import (
+    check_keep_ratio,
+    check_pruner_name,
+    KeptTokens,
+    make_pruner,
+    MVPruner,
+    prune,
+    Stage,
+    UniformAllocator,
+    WeightedAllocator,
+)
+
+STAGES = ('preprocess', 'vision', 'prune', 'prefill', 'decode')
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What may change between frames without reloading the model (the node's live parameters)."""
+
+    keep_ratio: float = 0.25
+    pruner: str = 'tfps'
+    view_weights: Mapping[str, float] | None = None
+    prune_layer: int = 0
+    question: str = DRIVELM_QA
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    min_tokens_per_view: int = 1
+    seed: int = 0
+
+    def validate(self, llm_layers: int) -> None:
+        """Raise ValueError naming the bad setting and its valid range."""
+        check_keep_ratio(self.keep_ratio)
+        check_pruner_name(self.pruner)
+        if self.prune_layer != 0:
+            raise ValueError(
+                f'prune_layer={self.prune_layer}: pruning inside the LLM is not available yet; '
+                'use prune_layer 0 (after the projector)'
+            )
+        if not 0 <= self.prune_layer < llm_layers:
+            raise ValueError(f'prune_layer={self.prune_layer} must be in [0, {llm_layers - 1}]')
+        if self.max_new_tokens < 1:
+            raise ValueError(f'max_new_tokens={self.max_new_tokens} must be >= 1')
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError('temperature must be >= 0 and top_p in (0, 1]')
+
+
+@dataclass
+class Result:
+    """Everything one frame produced, with the input set's stamp."""
+
+    stamp_ns: int
+    question: str
+    answer: str
+    trajectory: TrajectoryParse
+    keep_ratio: float
+    pruner: str
+    prune_layer: int
+    view_names: tuple[str, ...]
+    kept_indices: list[list[int]]  # per view, sorted rows of that view's tokens
+    tokens_before: list[int]  # prunable visual tokens per view
+    tokens_after: list[int]  # kept visual tokens per view
+    prompt_tokens: int  # LLM prompt length unpruned
+    prompt_tokens_kept: int  # LLM prompt length the model actually prefilled
+    generated_tokens: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    prefill_flops: int = 0
+    prefill_flops_unpruned: int = 0
+
+    def summary(self) -> dict:
+        """JSON-ready dict (the node's ~/result payload and the offline runner's lines)."""
+        out = asdict(self)
+        out['trajectory'] = (
+            [list(p) for p in self.trajectory.points] if self.trajectory.ok else None
+        )
+        out['trajectory_reason'] = self.trajectory.reason
+        out['kept_indices'] = None  # large; callers that want it read the attribute
+        out['tokens_kept_per_view'] = dict(zip(self.view_names, self.tokens_after))
+        return out
+
+
+class StageTimer:
+    """Milliseconds per stage: CUDA events on GPU (one sync at the end), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == 'cuda'
+        self.marks: list[tuple[str, object, object]] = []
+
+    @contextmanager
+    def stage(self, name: str):
+        start = self._now()
+        yield
+        self.marks.append((name, start, self._now()))
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def result(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return {n: s.elapsed_time(e) for n, s, e in self.marks}
+        return {n: (e - s) * 1000.0 for n, s, e in self.marks}
+
+
+class Pipeline:
+    """Runs camera sets through one loaded VLM adapter."""
+
+    def __init__(self, adapter: VLMAdapter, views: int = len(NUSCENES_CAMERAS)) -> None:
+        self.adapter = adapter
+        self.views = views
+        self.shape = LLMShape.from_config(adapter.text_config)
+
+    def run(self, frame: CameraSet, settings: RuntimeSettings = RuntimeSettings()) -> Result:
+        return self.run_batch([frame], [settings])[0]
+
+    @torch.inference_mode()
+    def run_batch(self, frames: Sequence[CameraSet],
+                  settings: Sequence[RuntimeSettings]) -> list[Result]:
+        """Run B frames together; settings may differ per frame in keep ratio and question."""
+        shared = self._check_batch(frames, settings)
+        adapter, batch = self.adapter, len(frames)
+        timer = StageTimer(adapter.device)
+        with timer.stage('preprocess'):
+            pixels = adapter.preprocess([img for f in frames for img in f.images])
+        with timer.stage('vision'):
+            feats = adapter.encode(pixels, batch)
+        with timer.stage('prune'):
+            tokens = feats.tokens
+            tokens = type(tokens)(tokens.features, tuple(frames[0].names), tokens.counts)
+            kept = self._select(tokens, [s.keep_ratio for s in settings], shared)
+        questions = [f.question or s.question for f, s in zip(frames, settings)]
+        prompts = [adapter.prompt(q, frames[0].names) for q in questions]
+        inputs = adapter.build_inputs(feats, kept, prompts)
+        self._check_context(inputs.full_length, shared.max_new_tokens)
+        with timer.stage('prefill'):
+            logits, cache = prefill(adapter.model, inputs)
+        sampling = Sampling(shared.max_new_tokens, shared.temperature, shared.top_p, shared.seed)
+        with timer.stage('decode'):
+            generated = decode(adapter.model, logits, cache, inputs, adapter.eos_token_ids,
+                               adapter.pad_token_id, sampling)
+        timings = timer.result()
+        return [
+            self._result(frames[b], settings[b], questions[b], kept, b, inputs, generated[b],
+                         tokens.view_sizes(), timings)
+            for b in range(batch)
+        ]
+
+    def _check_batch(self, frames, settings) -> RuntimeSettings:
+        if not frames or len(frames) != len(settings):
+            raise ValueError(f'{len(frames)} frames for {len(settings)} settings: give one each')
+        first = settings[0]
+        for s in settings:
+            s.validate(self.shape.layers)
+            if (s.pruner, s.prune_layer, s.view_weights, s.max_new_tokens) != (
+                    first.pruner, first.prune_layer, first.view_weights, first.max_new_tokens):
+                raise ValueError('a batch shares pruner, prune_layer, view weights and '
+                                 'max_new_tokens; only keep_ratio and question may differ')
+        for f in frames:
+            f.validate(self.views)
+            if tuple(f.names) != tuple(frames[0].names):
+                raise ValueError('every frame of a batch needs the same cameras in the same order')
+        return first
+
+    def _check_context(self, full_lengths: list[int], new_tokens: int) -> None:
+        # Kept tokens keep their original positions, so the unpruned length is what must fit.
+        context = getattr(self.adapter.text_config, 'max_position_embeddings', None)
+        if context and max(full_lengths) + new_tokens > context:
+            raise ValueError(
+                f'the prompt is {max(full_lengths)} tokens (images unpruned) + {new_tokens} new '
+                f'tokens, more than the model context of {context}: shorten the question or '
+                'lower max_new_tokens'
+            )
+
+    def _select(self, tokens, ratios: list[float], settings: RuntimeSettings) -> KeptTokens:
+        pruner = make_pruner(settings.pruner)
+        if isinstance(pruner, MVPruner):  # at layer 0 only stage 1 can run (docs/pruning.md)
+            pruner = pruner.stage1
+        if pruner.stage is Stage.IN_LLM:
+            raise ValueError(
+                f'pruner {settings.pruner!r} acts inside the LLM; with prune_layer 0 use '
+                'tfps, divprune, mvpruner, random or stride'
+            )
+        allocator = (WeightedAllocator(settings.view_weights, settings.min_tokens_per_view)
+                     if settings.view_weights else UniformAllocator(settings.min_tokens_per_view))
+        return prune(pruner, tokens, ratios, allocator=allocator, seed=settings.seed)
+
+    def _result(self, frame, settings, question, kept, b, inputs, generated, sizes,
+                timings) -> Result:
+        eos = set(self.adapter.eos_token_ids) | {self.adapter.pad_token_id}
+        ids = [t for t in generated.tolist() if t not in eos]
+        answer = self.adapter.tokenizer.decode(ids, skip_special_tokens=True)
+        after = [int(ix.numel()) for ix in kept.indices[b]]
+        full, kept_len = inputs.full_length[b], inputs.kept_length[b]
+        return Result(
+            stamp_ns=frame.stamp_ns,
+            question=question,
+            answer=answer,
+            trajectory=parse_trajectory(answer),
+            keep_ratio=settings.keep_ratio,
+            pruner=settings.pruner,
+            prune_layer=settings.prune_layer,
+            view_names=tuple(frame.names),
+            kept_indices=[ix.tolist() for ix in kept.indices[b]],
+            tokens_before=list(sizes),
+            tokens_after=after,
+            prompt_tokens=full,
+            prompt_tokens_kept=kept_len,
+            generated_tokens=len(ids),
+            timings_ms=dict(timings),
+            prefill_flops=prefill_flops(self.shape, full, kept_len, settings.prune_layer),
+            prefill_flops_unpruned=prefill_flops(self.shape, full),
+        )

@@ -1,0 +1,148 @@
+"""The frame pipeline on a tiny LLaVA-OneVision, against the unmodified Hugging Face model."""
+
+from conftest import random_frame
+from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.loading import LoadSpec
+from drive_vlm_pruned.pipeline.camera_set import CameraSet
+from drive_vlm_pruned.pipeline.generate import prefill
+from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
+from drive_vlm_pruned.pruning import keep_all, make_pruner, prune
+import numpy as np
+import pytest
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+QUESTION = 'What are the important objects in the current scene?'
+
+
+@pytest.fixture(scope='module')
+def pipeline(tiny_llava):
+    return Pipeline(load_adapter(LoadSpec(str(tiny_llava))))
+
+
+def reference_sequence(adapter, frame, kept_counts, n_view):
+    """Input ids with k_v + 1 image tokens per view, and ORIGINAL positions, built by hand."""
+    pieces = adapter.prompt(QUESTION, frame.names).pieces
+    ids, positions, cursor = [], [], 0
+    for v, piece in enumerate(pieces):
+        ids += piece
+        positions += list(range(cursor, cursor + len(piece)))
+        cursor += len(piece)
+        if v < len(pieces) - 1:
+            ids += [adapter.image_token_id] * (len(kept_counts[v]) + 1)
+            positions += [cursor + i for i in kept_counts[v]] + [cursor + n_view]
+            cursor += n_view + 1
+    return torch.tensor([ids]), torch.tensor([positions])
+
+
+def ours(adapter, frame, kept):
+    feats = adapter.encode(adapter.preprocess(frame.images), 1)
+    inputs = adapter.build_inputs(feats, kept, [adapter.prompt(QUESTION, frame.names)])
+    return prefill(adapter.model, inputs)[0][0], feats
+
+
+@torch.inference_mode()
+def test_keep_ratio_one_matches_the_unpruned_hugging_face_model(pipeline):
+    adapter, frame = pipeline.adapter, random_frame(1)
+    pixels = adapter.preprocess(frame.images)
+    counts = torch.tensor([[729] * 6])
+    logits, _ = ours(adapter, frame, keep_all(counts, adapter.device))
+    ids, _ = reference_sequence(adapter, frame, [list(range(729))] * 6, 729)
+    sizes = torch.tensor([[384, 384]] * 6)
+    model_inputs = {'input_ids': ids, 'pixel_values': pixels, 'image_sizes': sizes,
+                    'batch_num_images': torch.tensor([6])}
+    ref = adapter.model(**model_inputs).logits[0, -1]
+    torch.testing.assert_close(logits, ref.float(), rtol=1e-4, atol=1e-4)
+
+    generated = adapter.model.generate(**model_inputs, max_new_tokens=8, do_sample=False)
+    ref_text = adapter.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    result = pipeline.run(CameraSet(frame.stamp_ns, frame.images, frame.names, QUESTION),
+                          RuntimeSettings(keep_ratio=1.0, max_new_tokens=8))
+    assert result.answer == ref_text
+    assert result.tokens_after == [729] * 6
+
+
+@torch.inference_mode()
+def test_layer0_pruning_equals_hf_fed_only_kept_features_at_original_positions(pipeline):
+    adapter, frame = pipeline.adapter, random_frame(2)
+    feats = adapter.encode(adapter.preprocess(frame.images), 1)
+    kept = prune(make_pruner('tfps'), feats.tokens, 0.2)
+    logits, _ = ours(adapter, frame, kept)
+    kept_rows = [ix.tolist() for ix in kept.indices[0]]
+    ids, positions = reference_sequence(adapter, frame, kept_rows, 729)
+    features = [torch.cat([feats.tokens.features[v][0, kept.indices[0][v]], feats.suffix[v][0]])
+                for v in range(6)]
+    ref = adapter.model(
+        input_ids=ids, position_ids=positions,
+        mm_encoder_outputs={'image': BaseModelOutputWithPooling(pooler_output=features)},
+    ).logits[0, -1]
+    torch.testing.assert_close(logits, ref.float(), rtol=1e-4, atol=1e-4)
+    assert ids.shape[1] < 0.3 * (ids.shape[1] + sum(729 - len(r) for r in kept_rows))
+
+
+def test_result_reports_tokens_stamp_timings_and_flops(pipeline):
+    frame = random_frame(3, stamp_ns=1_234_567_890)
+    result = pipeline.run(frame, RuntimeSettings(keep_ratio=0.1, max_new_tokens=4))
+    assert result.stamp_ns == 1_234_567_890
+    assert result.tokens_before == [729] * 6
+    assert sum(result.tokens_after) == round(0.1 * 6 * 729)
+    assert result.prompt_tokens - result.prompt_tokens_kept == 6 * 729 - sum(result.tokens_after)
+    assert set(result.timings_ms) == {'preprocess', 'vision', 'prune', 'prefill', 'decode'}
+    assert 0 < result.prefill_flops < 0.2 * result.prefill_flops_unpruned
+    assert result.trajectory.ok or result.trajectory.reason
+    assert result.summary()['tokens_kept_per_view']['CAM_FRONT'] == result.tokens_after[0]
+
+
+def test_pruned_greedy_generation_is_deterministic(pipeline):
+    frame = random_frame(4)
+    settings = RuntimeSettings(keep_ratio=0.25, max_new_tokens=8)
+    first, again = pipeline.run(frame, settings), pipeline.run(frame, settings)
+    assert first.answer == again.answer
+    assert first.kept_indices == again.kept_indices
+
+
+def test_batch_of_two_with_different_keep_ratios_equals_single_runs(pipeline):
+    frames = [random_frame(5), random_frame(6)]
+    settings = [RuntimeSettings(keep_ratio=0.1, max_new_tokens=6),
+                RuntimeSettings(keep_ratio=0.5, max_new_tokens=6)]
+    batch = pipeline.run_batch(frames, settings)
+    for frame, s, got in zip(frames, settings, batch):
+        alone = pipeline.run(frame, s)
+        assert got.kept_indices == alone.kept_indices
+        assert got.answer == alone.answer
+    assert batch[0].prompt_tokens_kept < batch[1].prompt_tokens_kept
+
+
+def test_settings_change_between_frames_without_reloading(pipeline):
+    model = pipeline.adapter.model
+    frame = random_frame(7)
+    a = pipeline.run(frame, RuntimeSettings(keep_ratio=0.5, pruner='tfps', max_new_tokens=2))
+    b = pipeline.run(frame, RuntimeSettings(keep_ratio=0.1, pruner='divprune', max_new_tokens=3))
+    assert pipeline.adapter.model is model
+    assert sum(a.tokens_after) > sum(b.tokens_after)
+    assert b.pruner == 'divprune'
+
+
+@pytest.mark.parametrize('frame, message', [
+    (CameraSet(0, tuple(np.zeros((8, 8, 3), np.uint8) for _ in range(5))), 'expects 6'),
+    (CameraSet(0, (np.zeros((8, 8), np.uint8),) + (np.zeros((8, 8, 3), np.uint8),) * 5),
+     'H x W x 3'),
+    (CameraSet(0, (np.zeros((0, 8, 3), np.uint8),) + (np.zeros((8, 8, 3), np.uint8),) * 5),
+     'empty'),
+    (CameraSet(0, (np.zeros((8, 8, 3), np.float32),) + (np.zeros((8, 8, 3), np.uint8),) * 5),
+     'uint8'),
+])
+def test_bad_frames_get_errors_that_name_the_problem(pipeline, frame, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline.run(frame)
+
+
+def test_prompt_longer_than_the_context_is_rejected(pipeline):
+    frame = random_frame(8, question='car ' * 6000)
+    with pytest.raises(ValueError, match='context'):
+        pipeline.run(frame, RuntimeSettings(max_new_tokens=4))
+
+
+def test_in_llm_pruner_at_layer_zero_is_rejected_with_the_alternatives(pipeline):
+    with pytest.raises(ValueError, match='inside the LLM'):
+        pipeline.run(random_frame(9), RuntimeSettings(pruner='fastv'))
