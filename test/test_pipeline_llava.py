@@ -38,7 +38,7 @@ def reference_sequence(adapter, frame, kept_counts, n_view):
 def ours(adapter, frame, kept):
     feats = adapter.encode(adapter.preprocess(frame.images), 1)
     inputs = adapter.build_inputs(feats, kept, [adapter.prompt(QUESTION, frame.names)])
-    return prefill(adapter.model, inputs)[0][0], feats
+    return prefill(adapter.model, inputs).logits[0], feats
 
 
 @torch.inference_mode()

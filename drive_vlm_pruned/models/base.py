@@ -45,6 +45,10 @@ class PrefillInputs:
     next_position: Tensor  # [B]: position of the first generated token
     full_length: list[int]  # unpruned prompt length per sample
     kept_length: list[int]  # pruned prompt length per sample (without padding)
+    visual_rows: tuple[Tensor, ...]  # per view [B, n_v]: rows of its prunable tokens (0-padded)
+    visual_counts: Tensor  # [B, V] real entries of visual_rows (CPU long)
+    text_len: int  # rows at the end that hold the instruction (the last prompt piece)
+    text_mask: Tensor  # [B, text_len] bool: real instruction rows of each sample
 
 
 @dataclass(frozen=True)
@@ -106,11 +110,21 @@ class VLMAdapter(ABC):
     def build_inputs(self, feats: VisualFeatures, kept: KeptTokens,
                      prompts: Sequence[PromptPieces]) -> PrefillInputs:
         """Assemble embeddings and original positions for each sample, then left-pad."""
-        rows = [self._assemble(feats, kept, b, p) for b, p in enumerate(prompts)]
-        return _left_pad(rows, self.embed(torch.tensor([self.pad_token_id], device=self.device)))
+        samples = [self._assemble(feats, kept, b, p) for b, p in enumerate(prompts)]
+        pad = self.embed(torch.tensor([self.pad_token_id], device=self.device))
+        return _left_pad(samples, pad)
+
+    @property
+    def decoder_layers(self):
+        """Return the LLM's decoder layers (hooks for in-LLM pruning attach here)."""
+        return self.model.get_decoder().layers
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.text_config._attn_implementation
 
     def _assemble(self, feats: VisualFeatures, kept: KeptTokens, b: int, prompt: PromptPieces):
-        embeds, positions = [], []
+        embeds, positions, rows = [], [], []
         cursor = 0
         for v, piece in enumerate(prompt.pieces):
             ids = torch.tensor(piece, dtype=torch.long, device=self.device)
@@ -122,30 +136,57 @@ class VLMAdapter(ABC):
             view = feats.tokens.features[v][b]
             idx = kept.indices[b][v].to(self.device)
             suffix = feats.suffix[v][b]
+            start = sum(e.shape[0] for e in embeds)
+            rows.append(torch.arange(start, start + idx.numel(), device=self.device))
             embeds += [view[idx].to(self.dtype), suffix.to(self.dtype)]
             n_view = feats.tokens.valid_counts()[b, v].item()
             positions += [cursor + idx,
                           torch.arange(cursor + n_view, cursor + n_view + suffix.shape[0],
                                        device=self.device)]
             cursor += n_view + suffix.shape[0]
-        return torch.cat(embeds), torch.cat(positions), cursor
+        return _Row(torch.cat(embeds), torch.cat(positions), cursor, rows, len(prompt.pieces[-1]))
 
 
-def _left_pad(rows, pad_embed: Tensor) -> PrefillInputs:
-    length = max(e.shape[0] for e, _, _ in rows)
+@dataclass(frozen=True)
+class _Row:
+    embeds: Tensor
+    positions: Tensor
+    full_length: int
+    visual_rows: list[Tensor]
+    text_len: int
+
+
+def _left_pad(samples: list[_Row], pad_embed: Tensor) -> PrefillInputs:
+    length = max(r.embeds.shape[0] for r in samples)
+    text_len = max(r.text_len for r in samples)
+    views = len(samples[0].visual_rows)
+    counts = torch.tensor([[r.numel() for r in s.visual_rows] for s in samples])
+    widths = counts.max(0).values.tolist()
+    vis = [torch.zeros(len(samples), w, dtype=torch.long, device=pad_embed.device)
+           for w in widths]
+    text_mask = torch.zeros(len(samples), text_len, dtype=torch.bool, device=pad_embed.device)
     embeds, masks, positions = [], [], []
-    for e, p, _ in rows:
+    for b, s in enumerate(samples):
+        e, p = s.embeds, s.positions
+        gap = length - e.shape[0]
+        for v in range(views):
+            vis[v][b, :counts[b, v]] = s.visual_rows[v] + gap
+        text_mask[b, text_len - s.text_len:] = True
         gap = length - e.shape[0]
         embeds.append(torch.cat([pad_embed.expand(gap, -1).to(e.dtype), e]))
         masks.append(torch.cat([torch.zeros(gap, dtype=torch.long, device=e.device),
                                 torch.ones(e.shape[0], dtype=torch.long, device=e.device)]))
         positions.append(torch.cat([torch.zeros(gap, dtype=torch.long, device=e.device), p]))
-    full = [n for _, _, n in rows]
+    full = [s.full_length for s in samples]
     return PrefillInputs(
         inputs_embeds=torch.stack(embeds),
         attention_mask=torch.stack(masks),
         position_ids=torch.stack(positions),
         next_position=torch.tensor(full, device=pad_embed.device),
         full_length=full,
-        kept_length=[e.shape[0] for e, _, _ in rows],
+        kept_length=[s.embeds.shape[0] for s in samples],
+        visual_rows=tuple(vis),
+        visual_counts=counts,
+        text_len=text_len,
+        text_mask=text_mask,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from ..models.base import PrefillInputs
+from ..models.layer_pruning import LayerPruningHooks
 
 
 @dataclass(frozen=True)
@@ -21,26 +23,40 @@ class Sampling:
     seed: int | None = None
 
 
-def prefill(model, inputs: PrefillInputs) -> tuple[Tensor, DynamicCache]:
-    """Run the prompt once; return the last position's logits ``[B, V]`` and the KV cache."""
+@dataclass
+class Prefilled:
+    """Last-position logits ``[B, V]``, the KV cache and the 2-D mask that matches it."""
+
+    logits: Tensor
+    cache: DynamicCache
+    attention_mask: Tensor
+
+
+def prefill(model, inputs: PrefillInputs, hooks: LayerPruningHooks | None = None) -> Prefilled:
+    """Run the prompt once; with ``hooks``, visual tokens are cut before their layer."""
     cache = DynamicCache(config=model.config)
-    out = model(
-        inputs_embeds=inputs.inputs_embeds,
-        attention_mask=inputs.attention_mask,
-        position_ids=inputs.position_ids,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return out.logits[:, -1].float(), out.past_key_values
+    with hooks if hooks is not None else nullcontext():
+        out = model(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    mask = inputs.attention_mask
+    if hooks is not None:
+        hooks.crop_cache()
+        mask = hooks.new_mask_2d
+    return Prefilled(out.logits[:, -1].float(), out.past_key_values, mask)
 
 
-def decode(model, first_logits: Tensor, cache: DynamicCache, inputs: PrefillInputs,
-           eos_ids: list[int], pad_id: int, sampling: Sampling) -> Tensor:
+def decode(model, start: Prefilled, inputs: PrefillInputs, eos_ids: list[int], pad_id: int,
+           sampling: Sampling) -> Tensor:
     """Generate up to ``max_new_tokens`` per sample; finished rows emit ``pad_id``."""
+    first_logits, cache, mask = start.logits, start.cache, start.attention_mask
     batch = first_logits.shape[0]
     device = first_logits.device
-    mask = inputs.attention_mask
     position = inputs.next_position.clone()
     eos = torch.tensor(eos_ids, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)

@@ -21,16 +21,19 @@ from .generate import decode, prefill, Sampling
 from .trajectory import parse_trajectory, TrajectoryParse
 from ..cameras import NUSCENES_CAMERAS
 from ..models.base import VLMAdapter
+from ..models.layer_pruning import InLLMRequest, LayerPruningHooks
 from ..models.prompts import DRIVELM_QA
 from ..pruning import (
     check_keep_ratio,
     check_pruner_name,
+    keep_all,
     KeptTokens,
     make_pruner,
     MVPruner,
     prune,
     Stage,
     UniformAllocator,
+    ViewTokens,
     WeightedAllocator,
 )
 
@@ -56,11 +59,6 @@ class RuntimeSettings:
         """Raise ValueError naming the bad setting and its valid range."""
         check_keep_ratio(self.keep_ratio)
         check_pruner_name(self.pruner)
-        if self.prune_layer != 0:
-            raise ValueError(
-                f'prune_layer={self.prune_layer}: pruning inside the LLM is not available yet; '
-                'use prune_layer 0 (after the projector)'
-            )
         if not 0 <= self.prune_layer < llm_layers:
             raise ValueError(f'prune_layer={self.prune_layer} must be in [0, {llm_layers - 1}]')
         if self.max_new_tokens < 1:
@@ -152,24 +150,29 @@ class Pipeline:
             pixels = adapter.preprocess([img for f in frames for img in f.images])
         with timer.stage('vision'):
             feats = adapter.encode(pixels, batch)
+        plan = PrunePlan.of(shared, [s.keep_ratio for s in settings])
+        names = tuple(frames[0].names)
         with timer.stage('prune'):
-            tokens = feats.tokens
-            tokens = type(tokens)(tokens.features, tuple(frames[0].names), tokens.counts)
-            kept = self._select(tokens, [s.keep_ratio for s in settings], shared)
+            tokens = ViewTokens(feats.tokens.features, names, feats.tokens.counts)
+            kept = plan.before_llm(tokens)
         questions = [f.question or s.question for f, s in zip(frames, settings)]
-        prompts = [adapter.prompt(q, frames[0].names) for q in questions]
+        prompts = [adapter.prompt(q, names) for q in questions]
         inputs = adapter.build_inputs(feats, kept, prompts)
         self._check_context(inputs.full_length, shared.max_new_tokens)
+        hooks = plan.in_llm_hooks(adapter, inputs, names)
         with timer.stage('prefill'):
-            logits, cache = prefill(adapter.model, inputs)
+            start = prefill(adapter.model, inputs, hooks)
+        if hooks is not None:
+            kept = _compose(kept, hooks.kept)
         sampling = Sampling(shared.max_new_tokens, shared.temperature, shared.top_p, shared.seed)
         with timer.stage('decode'):
-            generated = decode(adapter.model, logits, cache, inputs, adapter.eos_token_ids,
+            generated = decode(adapter.model, start, inputs, adapter.eos_token_ids,
                                adapter.pad_token_id, sampling)
         timings = timer.result()
+        kept_lengths = start.attention_mask.sum(1).tolist()
         return [
             self._result(frames[b], settings[b], questions[b], kept, b, inputs, generated[b],
-                         tokens.view_sizes(), timings)
+                         tokens.view_sizes(), timings, kept_lengths[b])
             for b in range(batch)
         ]
 
@@ -199,26 +202,13 @@ class Pipeline:
                 'lower max_new_tokens'
             )
 
-    def _select(self, tokens, ratios: list[float], settings: RuntimeSettings) -> KeptTokens:
-        pruner = make_pruner(settings.pruner)
-        if isinstance(pruner, MVPruner):  # at layer 0 only stage 1 can run (docs/pruning.md)
-            pruner = pruner.stage1
-        if pruner.stage is Stage.IN_LLM:
-            raise ValueError(
-                f'pruner {settings.pruner!r} acts inside the LLM; with prune_layer 0 use '
-                'tfps, divprune, mvpruner, random or stride'
-            )
-        allocator = (WeightedAllocator(settings.view_weights, settings.min_tokens_per_view)
-                     if settings.view_weights else UniformAllocator(settings.min_tokens_per_view))
-        return prune(pruner, tokens, ratios, allocator=allocator, seed=settings.seed)
-
     def _result(self, frame, settings, question, kept, b, inputs, generated, sizes,
-                timings) -> Result:
+                timings, kept_len) -> Result:
         eos = set(self.adapter.eos_token_ids) | {self.adapter.pad_token_id}
         ids = [t for t in generated.tolist() if t not in eos]
         answer = self.adapter.tokenizer.decode(ids, skip_special_tokens=True)
         after = [int(ix.numel()) for ix in kept.indices[b]]
-        full, kept_len = inputs.full_length[b], inputs.kept_length[b]
+        full, first_len = inputs.full_length[b], inputs.kept_length[b]
         return Result(
             stamp_ns=frame.stamp_ns,
             question=question,
@@ -235,6 +225,78 @@ class Pipeline:
             prompt_tokens_kept=kept_len,
             generated_tokens=len(ids),
             timings_ms=dict(timings),
-            prefill_flops=prefill_flops(self.shape, full, kept_len, settings.prune_layer),
+            prefill_flops=prefill_flops(self.shape, first_len, kept_len, settings.prune_layer),
             prefill_flops_unpruned=prefill_flops(self.shape, full),
         )
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """
+    Which pruner runs where for one batch.
+
+    prune_layer 0: the pruner runs on the projector output. prune_layer K >= 1: layers 0..K-1
+    see every token (or, for MVPruner, the stage-1 survivors at ratio r1) and the pruner runs
+    before layer K on the hidden states, with the LayerState of layer K-1.
+    """
+
+    settings: RuntimeSettings
+    ratios: list[float]
+
+    @staticmethod
+    def of(settings: RuntimeSettings, ratios: list[float]) -> PrunePlan:
+        return PrunePlan(settings, ratios)
+
+    def _allocator(self):
+        s = self.settings
+        if s.view_weights:
+            return WeightedAllocator(s.view_weights, s.min_tokens_per_view)
+        return UniformAllocator(s.min_tokens_per_view)
+
+    def before_llm(self, tokens: ViewTokens) -> KeptTokens:
+        s, pruner = self.settings, make_pruner(self.settings.pruner)
+        if s.prune_layer > 0:
+            if isinstance(pruner, MVPruner):
+                ratios = [pruner.ratios(r)[0] for r in self.ratios]
+                return prune(pruner.stage1, tokens, ratios, self._allocator(), seed=s.seed)
+            return keep_all(tokens.valid_counts(), tokens.device)
+        if isinstance(pruner, MVPruner):  # at layer 0 only stage 1 can run (docs/pruning.md)
+            pruner = pruner.stage1
+        if pruner.stage is Stage.IN_LLM:
+            raise ValueError(
+                f'pruner {s.pruner!r} acts inside the LLM; set prune_layer >= 1 (FastV and DART '
+                'use 2), or pick tfps, divprune, mvpruner, random or stride'
+            )
+        return prune(pruner, tokens, self.ratios, self._allocator(), seed=s.seed)
+
+    def in_llm_hooks(self, adapter: VLMAdapter, inputs, names) -> LayerPruningHooks | None:
+        s = self.settings
+        if s.prune_layer == 0:
+            return None
+        pruner = make_pruner(s.pruner)
+        ratios = self.ratios
+        if isinstance(pruner, MVPruner):
+            ratios = [pruner.ratios(r)[1] for r in self.ratios]
+            pruner = pruner.stage2
+
+        def select(state, counts) -> KeptTokens:
+            tokens = state.view_tokens(names, counts)
+            layer = state if pruner.stage is Stage.IN_LLM else None
+            return prune(pruner, tokens, ratios, self._allocator(), layer=layer, seed=s.seed)
+
+        attn = adapter.decoder_layers[s.prune_layer - 1].self_attn
+        request = InLLMRequest(
+            layer=s.prune_layer, select=select, visual_rows=inputs.visual_rows,
+            counts=inputs.visual_counts, text_len=inputs.text_len, text_mask=inputs.text_mask,
+            scaling=float(attn.scaling),
+        )
+        return LayerPruningHooks(adapter.decoder_layers, adapter.attn_implementation, request,
+                                 inputs.inputs_embeds, inputs.attention_mask)
+
+
+def _compose(first: KeptTokens, second: KeptTokens) -> KeptTokens:
+    """Map second-step indices back to original view rows: the tokens that survive both."""
+    return KeptTokens(tuple(
+        tuple(a[b.to(a.device)] for a, b in zip(views_a, views_b))
+        for views_a, views_b in zip(first.indices, second.indices)
+    ))
