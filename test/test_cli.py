@@ -1,6 +1,7 @@
 """The drive-vlm front door: help texts, the pruner demo, and the pruner benchmark."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ def drive_vlm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize('args', [[], ['demo'], ['bench'], ['bench', 'pruners']])
+@pytest.mark.parametrize('args', [[], ['demo'], ['demo-pruners'], ['bench'], ['bench', 'pruners'],
+                                  ['make-tiny-model']])
 def test_every_subcommand_explains_itself(args):
     out = drive_vlm(*args, '--help')
     assert out.returncode == 0, out.stderr
@@ -23,7 +25,7 @@ def test_every_subcommand_explains_itself(args):
 
 
 def test_demo_shows_every_pruner_and_the_front_camera_map():
-    out = drive_vlm('demo', '--view-weights', 'config/view_weights.yaml')
+    out = drive_vlm('demo-pruners', '--view-weights', 'config/view_weights.yaml')
     assert out.returncode == 0, out.stderr
     for name in ('tfps', 'divprune', 'mvpruner-s1', 'fastv', 'dart', 'mvpruner-s2', 'stride',
                  'random'):
@@ -53,6 +55,18 @@ def test_bad_arguments_get_an_error_that_names_the_fix():
     out = drive_vlm('bench', 'pruners', '--pruners', 'fastest')
     assert out.returncode == 2
     assert 'known pruners' in out.stderr and 'tfps' in out.stderr
-    out = drive_vlm('demo', '--keep-ratio', '1.5')
+    out = drive_vlm('demo-pruners', '--keep-ratio', '1.5')
     assert out.returncode == 2
     assert 'keep_ratio' in out.stderr
+
+
+def test_main_demo_runs_the_pipeline_and_says_the_model_is_random(tmp_path):
+    env = {**os.environ, 'XDG_CACHE_HOME': str(tmp_path)}
+    out = subprocess.run([*CLI, 'demo', '--frames', '2', '--max-new-tokens', '4'],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert 'RANDOM weights' in out.stdout and 'nonsense' in out.stdout
+    assert out.stdout.count('tokens kept per view: FRONT 73') == 2
+    assert 'ms pruned vs' in out.stdout
+    assert out.stdout.count('trajectory:') == 2
+    assert (tmp_path / 'drive_vlm_pruned' / 'tiny-llava-onevision' / 'config.json').is_file()

@@ -18,6 +18,13 @@ of the accuracy at a fraction of the prefill cost. Run a subcommand with --help 
 """
 
 DEMO_HELP = """\
+Run the whole pipeline (vision encoder -> pruner -> LLM) on a few synthetic six-view frames
+and print, per frame, the tokens kept per camera, prefill time pruned vs unpruned, the answer
+and its trajectory (or why none was parsed). Without --model it builds and caches a tiny
+random-weight LLaVA-OneVision, which answers nonsense: it shows the path, not accuracy.
+"""
+
+DEMO_PRUNERS_HELP = """\
 Show what each pruner keeps on a synthetic six-view scene (6 x 729 tokens): tokens kept per
 camera, how many planted objects still have a token, the share spent on sky/road, the time per
 call, and ASCII maps of the front camera. Needs no model and no ROS.
@@ -53,9 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
-    demo = sub.add_parser(
-        'demo', help='show which tokens each pruner keeps (synthetic scene)',
+    main_demo = sub.add_parser(
+        'demo', help='run the pruned VLM on synthetic six-view frames (the main demo)',
         description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    main_demo.add_argument('--frames', type=int, default=3, help='frames to run (default 3)')
+    main_demo.add_argument('--keep-ratio', type=_keep_ratio, default=0.1,
+                           help='fraction of visual tokens KEPT, in (0, 1] (default 0.1)')
+    main_demo.add_argument('--pruner', type=_pruner, default='tfps', help='pruner (default tfps)')
+    main_demo.add_argument('--prune-layer', type=int, default=0,
+                           help='0: after the projector; K >= 1: before LLM layer K (default 0)')
+    main_demo.add_argument('--model', help='checkpoint directory or cached model id '
+                                           '(default: the tiny random-weight model)')
+    main_demo.add_argument('--max-new-tokens', type=int, default=24,
+                           help='tokens to generate (default 24)')
+
+    demo = sub.add_parser(
+        'demo-pruners', help='show which tokens each pruner keeps (synthetic tokens, no model)',
+        description=DEMO_PRUNERS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument('--keep-ratio', type=_keep_ratio, default=0.1,
                       help='fraction of visual tokens KEPT, in (0, 1] (default 0.1)')
@@ -111,9 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == 'demo':
-        from .demo_pruners import run_demo
+        from .demo import run_demo
 
-        return run_demo(args.keep_ratio, args.dim, args.seed, args.view_weights)
+        return run_demo(args.frames, args.keep_ratio, args.pruner, args.prune_layer, args.model,
+                        args.max_new_tokens)
+    if args.command == 'demo-pruners':
+        from .demo_pruners import run_demo as run_pruner_demo
+
+        return run_pruner_demo(args.keep_ratio, args.dim, args.seed, args.view_weights)
     if args.command == 'make-tiny-model':
         from ..models.tiny import make_tiny_model
 
