@@ -18,7 +18,7 @@ def pipeline(tiny_llava):
 def pipeline_prefill(pipeline, frame, settings):
     """Run the pipeline's own steps up to prefill, exposing the hooks' kept tokens."""
     adapter = pipeline.adapter
-    plan = PrunePlan.of(settings, [settings.keep_ratio])
+    plan = PrunePlan(settings, [settings.keep_ratio])
     feats = adapter.encode(adapter.preprocess(frame.images), 1)
     tokens = ViewTokens(feats.tokens.features, frame.names)
     inputs = adapter.build_inputs(feats, plan.before_llm(tokens),

@@ -150,7 +150,7 @@ class Pipeline:
             pixels = adapter.preprocess([img for f in frames for img in f.images])
         with timer.stage('vision'):
             feats = adapter.encode(pixels, batch)
-        plan = PrunePlan.of(shared, [s.keep_ratio for s in settings])
+        plan = PrunePlan(shared, [s.keep_ratio for s in settings])
         names = tuple(frames[0].names)
         with timer.stage('prune'):
             tokens = ViewTokens(feats.tokens.features, names, feats.tokens.counts)
@@ -242,10 +242,6 @@ class PrunePlan:
 
     settings: RuntimeSettings
     ratios: list[float]
-
-    @staticmethod
-    def of(settings: RuntimeSettings, ratios: list[float]) -> PrunePlan:
-        return PrunePlan(settings, ratios)
 
     def _allocator(self):
         s = self.settings
