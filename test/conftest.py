@@ -5,12 +5,37 @@ from drive_vlm_pruned.pipeline.camera_set import CameraSet
 import numpy as np
 import pytest
 
+FAMILIES = ('llava-onevision', 'internvl')
+
 
 @pytest.fixture(scope='session')
-def tiny_llava(tmp_path_factory):
+def tiny_checkpoints(tmp_path_factory):
+    """Build each family's tiny checkpoint at most once per session."""
     from drive_vlm_pruned.models.tiny import make_tiny_model
 
-    return make_tiny_model('llava-onevision', tmp_path_factory.mktemp('tiny') / 'llava-ov')
+    built = {}
+
+    def get(family: str):
+        if family not in built:
+            built[family] = make_tiny_model(family, tmp_path_factory.mktemp('tiny') / family)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope='session')
+def tiny_llava(tiny_checkpoints):
+    return tiny_checkpoints('llava-onevision')
+
+
+@pytest.fixture(scope='module', params=FAMILIES)
+def pipeline(request, tiny_checkpoints):
+    """Load a pipeline on each family's tiny checkpoint."""
+    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.loading import LoadSpec
+    from drive_vlm_pruned.pipeline.pipeline import Pipeline
+
+    return Pipeline(load_adapter(LoadSpec(str(tiny_checkpoints(request.param)))))
 
 
 def random_frame(seed: int = 0, size=(90, 160), stamp_ns: int = 1_000_000_000,

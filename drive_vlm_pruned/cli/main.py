@@ -8,7 +8,7 @@ import sys
 
 from ..pruning import check_keep_ratio, check_pruner_name, pruner_names
 
-TINY_FAMILIES = ('llava-onevision',)
+TINY_FAMILIES = ('llava-onevision', 'internvl')
 
 DESCRIPTION = """\
 drive-vlm: a multi-view driving VLM whose visual tokens are pruned before or inside the LLM.

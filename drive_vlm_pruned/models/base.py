@@ -71,9 +71,25 @@ class VLMAdapter(ABC):
         self.device = device
         self.dtype = dtype
 
-    @abstractmethod
     def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
-        """Turn RGB uint8 ``H x W x 3`` images (all views of all samples) into pixel values."""
+        """
+        Turn RGB uint8 ``H x W x 3`` images (all views of all samples) into pixel values.
+
+        Each view becomes one square encoder input (bicubic, antialiased), normalised with the
+        checkpoint's image mean and std: LLaVA-OneVision's base crop, one InternVL tile.
+        """
+        proc = self.image_processor
+        size = (proc.size['height'], proc.size['width'])
+        mean = torch.tensor(proc.image_mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(proc.image_std, device=self.device).view(1, 3, 1, 1)
+        out = []
+        for img in images:
+            x = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
+            x = x.permute(2, 0, 1)[None].float()
+            x = torch.nn.functional.interpolate(x, size=size, mode='bicubic', align_corners=False,
+                                                antialias=True)
+            out.append(x.clamp(0, 255) / 255.0)
+        return ((torch.cat(out) - mean) / std).to(self.dtype)
 
     @abstractmethod
     def encode(self, pixels: Tensor, batch: int) -> VisualFeatures:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,21 +26,6 @@ class LlavaOnevisionAdapter(VLMAdapter):
     @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
-        """Resize each view to the encoder's square input and normalise (the base crop)."""
-        proc = self.image_processor
-        size = (proc.size['height'], proc.size['width'])
-        mean = torch.tensor(proc.image_mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(proc.image_std, device=self.device).view(1, 3, 1, 1)
-        out = []
-        for img in images:
-            x = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
-            x = x.permute(2, 0, 1)[None].float()
-            x = torch.nn.functional.interpolate(x, size=size, mode='bicubic', align_corners=False,
-                                                antialias=True)
-            out.append(x.clamp(0, 255) / 255.0)
-        return ((torch.cat(out) - mean) / std).to(self.dtype)
 
     def encode(self, pixels: Tensor, batch: int) -> VisualFeatures:
         views = pixels.shape[0] // batch

@@ -6,11 +6,13 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
 from .base import VLMAdapter
+from .internvl import InternVLAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .loading import check_checkpoint, check_family, LoadSpec, resolve_checkpoint
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
     LlavaOnevisionAdapter.family: LlavaOnevisionAdapter,
+    InternVLAdapter.family: InternVLAdapter,
 }
 
 

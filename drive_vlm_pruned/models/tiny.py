@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<image>', '<video>']
+SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<image>', '<video>', '<img>',
+                  '</img>', '<IMG_CONTEXT>']
 CORPUS = [
     'The ego vehicle drives forward on a straight road. A car is ahead in the front view.',
     'A pedestrian crosses on the left. The truck behind is slowing down. Traffic light is red.',
@@ -21,7 +22,7 @@ CORPUS = [
     'system user assistant helpful driving assistant images six These are the and',
     '0123456789 [ ] , . - + : ; ( ) < > / PLANNING meters seconds intervals',
 ]
-FAMILIES = ('llava-onevision',)
+FAMILIES = ('llava-onevision', 'internvl')
 
 
 def build_tokenizer(vocab_size: int = 512):
@@ -51,7 +52,8 @@ def make_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    model, processor = _llava_onevision(tokenizer)
+    build = {'llava-onevision': _llava_onevision, 'internvl': _internvl}[family]
+    model, processor = build(tokenizer)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
@@ -83,5 +85,31 @@ def _llava_onevision(tokenizer):
     processor = ip.LlavaOnevisionImageProcessorPil(
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
         size={'height': 384, 'width': 384},
+    )
+    return model, processor
+
+
+def _internvl(tokenizer):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+    from transformers.models.got_ocr2 import image_processing_pil_got_ocr2 as ip
+
+    vision = {'model_type': 'internvl_vision', 'hidden_size': 32, 'intermediate_size': 64,
+              'num_hidden_layers': 2, 'num_attention_heads': 2, 'image_size': [448, 448],
+              'patch_size': [14, 14]}
+    text = {'model_type': 'qwen2', 'vocab_size': len(tokenizer), 'hidden_size': 64,
+            'intermediate_size': 128, 'num_hidden_layers': 4, 'num_attention_heads': 4,
+            'num_key_value_heads': 2, 'max_position_embeddings': 8192}
+    config = InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>'),
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy='default',
+    )
+    model = InternVLForConditionalGeneration(config).eval()
+    processor = ip.GotOcr2ImageProcessorPil(
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        size={'height': 448, 'width': 448}, crop_to_patches=False,
     )
     return model, processor

@@ -1,11 +1,9 @@
-"""The frame pipeline on a tiny LLaVA-OneVision, against the unmodified Hugging Face model."""
+"""The frame pipeline on each tiny VLM family, against the unmodified Hugging Face model."""
 
 from conftest import random_frame
-from drive_vlm_pruned.models.load import load_adapter
-from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.camera_set import CameraSet
 from drive_vlm_pruned.pipeline.generate import prefill
-from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
+from drive_vlm_pruned.pipeline.pipeline import RuntimeSettings
 from drive_vlm_pruned.pruning import keep_all, make_pruner, prune
 import numpy as np
 import pytest
@@ -15,13 +13,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 QUESTION = 'What are the important objects in the current scene?'
 
 
-@pytest.fixture(scope='module')
-def pipeline(tiny_llava):
-    return Pipeline(load_adapter(LoadSpec(str(tiny_llava))))
-
-
-def reference_sequence(adapter, frame, kept_counts, n_view):
-    """Input ids with k_v + 1 image tokens per view, and ORIGINAL positions, built by hand."""
+def reference_sequence(adapter, frame, kept_counts, n_view, suffix=1):
+    """Input ids with k_v + suffix image tokens per view, and ORIGINAL positions, by hand."""
     pieces = adapter.prompt(QUESTION, frame.names).pieces
     ids, positions, cursor = [], [], 0
     for v, piece in enumerate(pieces):
@@ -29,9 +22,10 @@ def reference_sequence(adapter, frame, kept_counts, n_view):
         positions += list(range(cursor, cursor + len(piece)))
         cursor += len(piece)
         if v < len(pieces) - 1:
-            ids += [adapter.image_token_id] * (len(kept_counts[v]) + 1)
-            positions += [cursor + i for i in kept_counts[v]] + [cursor + n_view]
-            cursor += n_view + 1
+            ids += [adapter.image_token_id] * (len(kept_counts[v]) + suffix)
+            positions += [cursor + i for i in kept_counts[v]]
+            positions += list(range(cursor + n_view, cursor + n_view + suffix))
+            cursor += n_view + suffix
     return torch.tensor([ids]), torch.tensor([positions])
 
 
@@ -41,16 +35,24 @@ def ours(adapter, frame, kept):
     return prefill(adapter.model, inputs).logits[0], feats
 
 
+def hf_image_inputs(adapter, pixels):
+    """Return the image arguments each family's own forward takes."""
+    if adapter.family == 'llava-onevision':
+        views = pixels.shape[0]
+        return {'pixel_values': pixels, 'image_sizes': torch.tensor([[384, 384]] * views),
+                'batch_num_images': torch.tensor([views])}
+    return {'pixel_values': pixels}
+
+
 @torch.inference_mode()
 def test_keep_ratio_one_matches_the_unpruned_hugging_face_model(pipeline):
     adapter, frame = pipeline.adapter, random_frame(1)
     pixels = adapter.preprocess(frame.images)
-    counts = torch.tensor([[729] * 6])
-    logits, _ = ours(adapter, frame, keep_all(counts, adapter.device))
-    ids, _ = reference_sequence(adapter, frame, [list(range(729))] * 6, 729)
-    sizes = torch.tensor([[384, 384]] * 6)
-    model_inputs = {'input_ids': ids, 'pixel_values': pixels, 'image_sizes': sizes,
-                    'batch_num_images': torch.tensor([6])}
+    feats = adapter.encode(pixels, 1)
+    n, suffix = feats.tokens.view_sizes()[0], feats.suffix[0].shape[1]
+    logits, _ = ours(adapter, frame, keep_all(feats.tokens.valid_counts(), adapter.device))
+    ids, _ = reference_sequence(adapter, frame, [list(range(n))] * 6, n, suffix)
+    model_inputs = {'input_ids': ids, **hf_image_inputs(adapter, pixels)}
     ref = adapter.model(**model_inputs).logits[0, -1]
     torch.testing.assert_close(logits, ref.float(), rtol=1e-4, atol=1e-4)
 
@@ -59,36 +61,43 @@ def test_keep_ratio_one_matches_the_unpruned_hugging_face_model(pipeline):
     result = pipeline.run(CameraSet(frame.stamp_ns, frame.images, frame.names, QUESTION),
                           RuntimeSettings(keep_ratio=1.0, max_new_tokens=8))
     assert result.answer == ref_text
-    assert result.tokens_after == [729] * 6
+    assert result.tokens_after == [n] * 6
 
 
 @torch.inference_mode()
 def test_layer0_pruning_equals_hf_fed_only_kept_features_at_original_positions(pipeline):
     adapter, frame = pipeline.adapter, random_frame(2)
     feats = adapter.encode(adapter.preprocess(frame.images), 1)
+    n, suffix = feats.tokens.view_sizes()[0], feats.suffix[0].shape[1]
     kept = prune(make_pruner('tfps'), feats.tokens, 0.2)
     logits, _ = ours(adapter, frame, kept)
     kept_rows = [ix.tolist() for ix in kept.indices[0]]
-    ids, positions = reference_sequence(adapter, frame, kept_rows, 729)
+    ids, positions = reference_sequence(adapter, frame, kept_rows, n, suffix)
     features = [torch.cat([feats.tokens.features[v][0, kept.indices[0][v]], feats.suffix[v][0]])
                 for v in range(6)]
-    ref = adapter.model(
-        input_ids=ids, position_ids=positions,
-        mm_encoder_outputs={'image': BaseModelOutputWithPooling(pooler_output=features)},
-    ).logits[0, -1]
+    if adapter.family == 'llava-onevision':
+        image = {'mm_encoder_outputs': {'image': BaseModelOutputWithPooling(
+            pooler_output=features)}}
+    else:  # InternVL's forward takes no precomputed features: scatter them as it would
+        embeds = adapter.embed(ids)
+        mask = (ids == adapter.image_token_id)[..., None].expand_as(embeds)
+        image = {'inputs_embeds': embeds.masked_scatter(mask, torch.cat(features))}
+        ids = None
+    ref = adapter.model(input_ids=ids, position_ids=positions, **image).logits[0, -1]
     torch.testing.assert_close(logits, ref.float(), rtol=1e-4, atol=1e-4)
-    assert ids.shape[1] < 0.3 * (ids.shape[1] + sum(729 - len(r) for r in kept_rows))
+    assert sum(len(r) for r in kept_rows) == round(0.2 * 6 * n)
 
 
 def test_result_reports_tokens_stamp_timings_and_flops(pipeline):
     frame = random_frame(3, stamp_ns=1_234_567_890)
     result = pipeline.run(frame, RuntimeSettings(keep_ratio=0.1, max_new_tokens=4))
     assert result.stamp_ns == 1_234_567_890
-    assert result.tokens_before == [729] * 6
-    assert sum(result.tokens_after) == round(0.1 * 6 * 729)
-    assert result.prompt_tokens - result.prompt_tokens_kept == 6 * 729 - sum(result.tokens_after)
+    n = result.tokens_before[0]
+    assert result.tokens_before == [n] * 6
+    assert sum(result.tokens_after) == round(0.1 * 6 * n)
+    assert result.prompt_tokens - result.prompt_tokens_kept == 6 * n - sum(result.tokens_after)
     assert set(result.timings_ms) == {'preprocess', 'vision', 'prune', 'prefill', 'decode'}
-    assert 0 < result.prefill_flops < 0.2 * result.prefill_flops_unpruned
+    assert 0 < result.prefill_flops < 0.5 * result.prefill_flops_unpruned
     assert result.trajectory.ok or result.trajectory.reason
     assert result.summary()['tokens_kept_per_view']['CAM_FRONT'] == result.tokens_after[0]
 
@@ -138,7 +147,7 @@ def test_bad_frames_get_errors_that_name_the_problem(pipeline, frame, message):
 
 
 def test_prompt_longer_than_the_context_is_rejected(pipeline):
-    frame = random_frame(8, question='car ' * 6000)
+    frame = random_frame(8, question='car ' * 9000)
     with pytest.raises(ValueError, match='context'):
         pipeline.run(frame, RuntimeSettings(max_new_tokens=4))
 
