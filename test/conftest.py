@@ -5,7 +5,7 @@ from drive_vlm_pruned.pipeline.camera_set import CameraSet
 import numpy as np
 import pytest
 
-FAMILIES = ('llava-onevision', 'internvl')
+FAMILIES = ('llava-onevision', 'internvl', 'qwen2.5-vl')
 
 
 @pytest.fixture(scope='session')

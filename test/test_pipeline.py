@@ -35,13 +35,25 @@ def ours(adapter, frame, kept):
     return prefill(adapter.model, inputs).logits[0], feats
 
 
-def hf_image_inputs(adapter, pixels):
+def hf_image_inputs(adapter, pixels, ids):
     """Return the image arguments each family's own forward takes."""
+    views = pixels.values.shape[0] if pixels.grid_thw is None else pixels.grid_thw.shape[0]
     if adapter.family == 'llava-onevision':
-        views = pixels.shape[0]
-        return {'pixel_values': pixels, 'image_sizes': torch.tensor([[384, 384]] * views),
+        return {'pixel_values': pixels.values, 'image_sizes': torch.tensor([[384, 384]] * views),
                 'batch_num_images': torch.tensor([views])}
-    return {'pixel_values': pixels}
+    if adapter.family == 'qwen2.5-vl':
+        return {'pixel_values': pixels.values, 'image_grid_thw': pixels.grid_thw,
+                'mm_token_type_ids': (ids == adapter.image_token_id).int()}
+    return {'pixel_values': pixels.values}
+
+
+def original_positions(adapter, frame, feats, positions):
+    """Map indices into the unpruned sequence to the positions the model uses there."""
+    if adapter.family != 'qwen2.5-vl':
+        return positions
+    prompt = adapter.prompt(QUESTION, frame.names)
+    full = adapter.full_rope_index(prompt, feats.tokens.view_sizes(), feats.grid_thw)
+    return full[:, positions[0]][:, None]  # [3, 1, L]
 
 
 @torch.inference_mode()
@@ -52,7 +64,7 @@ def test_keep_ratio_one_matches_the_unpruned_hugging_face_model(pipeline):
     n, suffix = feats.tokens.view_sizes()[0], feats.suffix[0].shape[1]
     logits, _ = ours(adapter, frame, keep_all(feats.tokens.valid_counts(), adapter.device))
     ids, _ = reference_sequence(adapter, frame, [list(range(n))] * 6, n, suffix)
-    model_inputs = {'input_ids': ids, **hf_image_inputs(adapter, pixels)}
+    model_inputs = {'input_ids': ids, **hf_image_inputs(adapter, pixels, ids)}
     ref = adapter.model(**model_inputs).logits[0, -1]
     torch.testing.assert_close(logits, ref.float(), rtol=1e-4, atol=1e-4)
 
@@ -73,12 +85,13 @@ def test_layer0_pruning_equals_hf_fed_only_kept_features_at_original_positions(p
     logits, _ = ours(adapter, frame, kept)
     kept_rows = [ix.tolist() for ix in kept.indices[0]]
     ids, positions = reference_sequence(adapter, frame, kept_rows, n, suffix)
+    positions = original_positions(adapter, frame, feats, positions)
     features = [torch.cat([feats.tokens.features[v][0, kept.indices[0][v]], feats.suffix[v][0]])
                 for v in range(6)]
     if adapter.family == 'llava-onevision':
         image = {'mm_encoder_outputs': {'image': BaseModelOutputWithPooling(
             pooler_output=features)}}
-    else:  # InternVL's forward takes no precomputed features: scatter them as it would
+    else:  # no precomputed-feature entry point: scatter the features as the model would
         embeds = adapter.embed(ids)
         mask = (ids == adapter.image_token_id)[..., None].expand_as(embeds)
         image = {'inputs_embeds': embeds.masked_scatter(mask, torch.cat(features))}
@@ -86,6 +99,29 @@ def test_layer0_pruning_equals_hf_fed_only_kept_features_at_original_positions(p
     ref = adapter.model(input_ids=ids, position_ids=positions, **image).logits[0, -1]
     torch.testing.assert_close(logits, ref.float(), rtol=1e-4, atol=1e-4)
     assert sum(len(r) for r in kept_rows) == round(0.2 * 6 * n)
+
+
+@torch.inference_mode()
+def test_qwen_mrope_ids_of_kept_tokens_equal_their_ids_in_the_full_sequence(pipeline):
+    adapter = pipeline.adapter
+    if adapter.family != 'qwen2.5-vl':
+        pytest.skip('3-D mrope positions exist only in Qwen2.5-VL')
+    frame = random_frame(21, size=(120, 300))
+    feats = adapter.encode(adapter.preprocess(frame.images), 1)
+    kept = prune(make_pruner('tfps'), feats.tokens, 0.3)
+    prompt = adapter.prompt(QUESTION, frame.names)
+    inputs = adapter.build_inputs(feats, kept, [prompt])
+    ids = torch.tensor(adapter.full_sequence_ids(prompt, feats.tokens.view_sizes()))
+    mm = (ids == adapter.image_token_id).int()
+    full, _ = adapter.model.model.get_rope_index(ids[None], mm_token_type_ids=mm[None],
+                                                 image_grid_thw=feats.grid_thw)
+    image_rows = mm.nonzero()[:, 0].split(feats.tokens.view_sizes())
+    for v, rows in enumerate(image_rows):
+        kept_full = full[:, 0, rows[kept.indices[0][v]]]
+        got = inputs.position_ids[:, 0, inputs.visual_rows[v][0]]
+        assert torch.equal(got, kept_full)
+        assert len(set(kept_full[1].tolist())) > 1  # real 2-D grid ids, not a 1-D fallback
+    assert inputs.next_position[0] == full.max() + 1  # the rope-delta correction
 
 
 def test_result_reports_tokens_stamp_timings_and_flops(pipeline):
@@ -147,7 +183,7 @@ def test_bad_frames_get_errors_that_name_the_problem(pipeline, frame, message):
 
 
 def test_prompt_longer_than_the_context_is_rejected(pipeline):
-    frame = random_frame(8, question='car ' * 9000)
+    frame = random_frame(8, question='car ' * 9000)  # longer than 8192 tokens for any family
     with pytest.raises(ValueError, match='context'):
         pipeline.run(frame, RuntimeSettings(max_new_tokens=4))
 

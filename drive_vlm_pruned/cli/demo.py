@@ -59,10 +59,12 @@ def synthetic_frame(index: int, size: tuple[int, int] = (225, 400), seed: int = 
 
 
 def run_demo(frames: int = 3, keep_ratio: float = 0.1, pruner: str = 'tfps',
-             prune_layer: int = 0, model: str | None = None, max_new_tokens: int = 24) -> int:
+             prune_layer: int = 0, model: str | None = None, max_new_tokens: int = 24,
+             device: str = 'cpu', dtype: str = 'auto', attn: str = 'auto') -> int:
     """Print, per frame, tokens kept per view, prefill ms pruned vs unpruned, answer, path."""
     directory = model or str(tiny_model_dir())
-    pipe = Pipeline(load_adapter(LoadSpec(directory)))
+    pipe = Pipeline(load_adapter(LoadSpec(directory, device=device, dtype=dtype,
+                                          attn_implementation=attn)))
     print(f'Model: {directory}')
     if model is None:
         print('NOTE: this is a tiny model with RANDOM weights. It answers nonsense and almost '

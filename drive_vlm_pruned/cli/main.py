@@ -8,7 +8,7 @@ import sys
 
 from ..pruning import check_keep_ratio, check_pruner_name, pruner_names
 
-TINY_FAMILIES = ('llava-onevision', 'internvl')
+TINY_FAMILIES = ('llava-onevision', 'internvl', 'qwen2.5-vl')
 
 DESCRIPTION = """\
 drive-vlm: a multi-view driving VLM whose visual tokens are pruned before or inside the LLM.
@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                                            '(default: the tiny random-weight model)')
     main_demo.add_argument('--max-new-tokens', type=int, default=24,
                            help='tokens to generate (default 24)')
+    main_demo.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
+    main_demo.add_argument('--dtype', default='auto',
+                           choices=['auto', 'float32', 'bfloat16', 'float16'],
+                           help='model dtype (default auto: bfloat16 on CUDA, float32 on CPU)')
+    main_demo.add_argument('--attn', default='auto',
+                           choices=['auto', 'sdpa', 'eager', 'flash_attention_2'],
+                           help='attention implementation (default auto: flash_attention_2 '
+                                'when flash-attn is installed on CUDA, else sdpa)')
 
     demo = sub.add_parser(
         'demo-pruners', help='show which tokens each pruner keeps (synthetic tokens, no model)',
@@ -136,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(args.frames, args.keep_ratio, args.pruner, args.prune_layer, args.model,
-                        args.max_new_tokens)
+                        args.max_new_tokens, args.device, args.dtype, args.attn)
     if args.command == 'demo-pruners':
         from .demo_pruners import run_demo as run_pruner_demo
 

@@ -22,6 +22,14 @@ from ..pruning import KeptTokens, ViewTokens
 
 
 @dataclass(frozen=True)
+class Pixels:
+    """Encoder input for all views of all samples (view v of sample b is image ``b*V + v``)."""
+
+    values: Tensor
+    grid_thw: Tensor | None = None  # [images, 3] patch grid, for Qwen2.5-VL's dynamic resolution
+
+
+@dataclass(frozen=True)
 class VisualFeatures:
     """
     Encoder + projector output of every view, split into prunable rows and a fixed suffix.
@@ -33,6 +41,7 @@ class VisualFeatures:
 
     tokens: ViewTokens
     suffix: tuple[Tensor, ...]
+    grid_thw: Tensor | None = None  # [B * V, 3], Qwen2.5-VL only
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class PrefillInputs:
 
     inputs_embeds: Tensor  # [B, L, D]
     attention_mask: Tensor  # [B, L] long, 0 at left padding
-    position_ids: Tensor  # [B, L] (1-D RoPE)
+    position_ids: Tensor  # [B, L] (1-D RoPE) or [3, B, L] (Qwen2.5-VL's 3-D mrope)
     next_position: Tensor  # [B]: position of the first generated token
     full_length: list[int]  # unpruned prompt length per sample
     kept_length: list[int]  # pruned prompt length per sample (without padding)
@@ -71,7 +80,7 @@ class VLMAdapter(ABC):
         self.device = device
         self.dtype = dtype
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
+    def preprocess(self, images: Sequence[np.ndarray]) -> Pixels:
         """
         Turn RGB uint8 ``H x W x 3`` images (all views of all samples) into pixel values.
 
@@ -89,10 +98,10 @@ class VLMAdapter(ABC):
             x = torch.nn.functional.interpolate(x, size=size, mode='bicubic', align_corners=False,
                                                 antialias=True)
             out.append(x.clamp(0, 255) / 255.0)
-        return ((torch.cat(out) - mean) / std).to(self.dtype)
+        return Pixels(((torch.cat(out) - mean) / std).to(self.dtype))
 
     @abstractmethod
-    def encode(self, pixels: Tensor, batch: int) -> VisualFeatures:
+    def encode(self, pixels: Pixels, batch: int) -> VisualFeatures:
         """Run the vision encoder and projector; views of sample b are rows ``b*V .. b*V+V-1``."""
 
     @abstractmethod
@@ -134,6 +143,13 @@ class VLMAdapter(ABC):
     def decoder_layers(self):
         """Return the LLM's decoder layers (hooks for in-LLM pruning attach here)."""
         return self.model.get_decoder().layers
+
+    def full_sequence_ids(self, prompt: PromptPieces, view_tokens: Sequence[int]) -> list[int]:
+        """Return the unpruned prompt ids: each image slot holds its view's placeholders."""
+        ids = list(prompt.pieces[0])
+        for n, piece in zip(view_tokens, prompt.pieces[1:]):
+            ids += [self.image_token_id] * n + list(piece)
+        return ids
 
     @property
     def attn_implementation(self) -> str:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor
-
-from .base import PromptPieces, VisualFeatures, VLMAdapter
+from .base import Pixels, PromptPieces, VisualFeatures, VLMAdapter
 from .prompts import six_view_text
 from ..pruning import ViewTokens
 
@@ -26,11 +24,11 @@ class InternVLAdapter(VLMAdapter):
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
-    def encode(self, pixels: Tensor, batch: int) -> VisualFeatures:
-        views = pixels.shape[0] // batch
+    def encode(self, pixels: Pixels, batch: int) -> VisualFeatures:
+        views = pixels.values.shape[0] // batch
         cfg = self.model.config
         out = self.model.model.get_image_features(
-            pixel_values=pixels,
+            pixel_values=pixels.values,
             vision_feature_layer=cfg.vision_feature_layer,
             vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         ).pooler_output  # [images, 256, D]

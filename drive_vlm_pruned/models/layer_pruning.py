@@ -92,7 +92,7 @@ class LayerPruningHooks:
         cos, sin = kwargs['position_embeddings']
         self._cut = {
             'attention_mask': self._mask(hidden.dtype),
-            'position_ids': _take(kwargs['position_ids'], self.rows),
+            'position_ids': _take_positions(kwargs.get('position_ids'), self.rows),
             'position_embeddings': (_take(cos, self.rows), _take(sin, self.rows)),
         }
         cut = _take(hidden, self.rows)
@@ -177,6 +177,15 @@ def _take(x: Tensor, rows: Tensor) -> Tensor:
         x = x.expand(rows.shape[0], *x.shape[1:])
     index = rows.reshape(*rows.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
     return torch.gather(x, 1, index)
+
+
+def _take_positions(position_ids: Tensor | None, rows: Tensor) -> Tensor | None:
+    """Cut ``[B, S]`` (or ``[3, B, S]``) position ids; Qwen2.5-VL's layers may get None."""
+    if position_ids is None:
+        return None
+    if position_ids.dim() == 3:
+        return torch.stack([_take(p, rows) for p in position_ids])
+    return _take(position_ids, rows)
 
 
 def _rotate_half(x: Tensor) -> Tensor:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
 
-from .base import PromptPieces, VisualFeatures, VLMAdapter
+from .base import Pixels, PromptPieces, VisualFeatures, VLMAdapter
 from .prompts import six_view_text
 from ..pruning import ViewTokens
 
@@ -27,13 +26,13 @@ class LlavaOnevisionAdapter(VLMAdapter):
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
-    def encode(self, pixels: Tensor, batch: int) -> VisualFeatures:
-        views = pixels.shape[0] // batch
+    def encode(self, pixels: Pixels, batch: int) -> VisualFeatures:
+        views = pixels.values.shape[0] // batch
         cfg = self.model.config
         side = cfg.vision_config.image_size
-        sizes = torch.tensor([[side, side]] * pixels.shape[0], device=self.device)
+        sizes = torch.tensor([[side, side]] * pixels.values.shape[0], device=self.device)
         out = self.model.model.get_image_features(
-            pixels, sizes,
+            pixels.values, sizes,
             vision_feature_layer=cfg.vision_feature_layer,
             vision_feature_select_strategy=cfg.vision_feature_select_strategy,
             batch_num_images=torch.tensor([views] * batch, device=self.device),

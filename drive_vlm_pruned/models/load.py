@@ -9,10 +9,12 @@ from .base import VLMAdapter
 from .internvl import InternVLAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .loading import check_checkpoint, check_family, LoadSpec, resolve_checkpoint
+from .qwen2_5_vl import Qwen25VLAdapter
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
     LlavaOnevisionAdapter.family: LlavaOnevisionAdapter,
     InternVLAdapter.family: InternVLAdapter,
+    Qwen25VLAdapter.family: Qwen25VLAdapter,
 }
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<image>', '<video>', '<img>',
-                  '</img>', '<IMG_CONTEXT>']
+                  '</img>', '<IMG_CONTEXT>', '<|vision_start|>', '<|vision_end|>',
+                  '<|image_pad|>']
 CORPUS = [
     'The ego vehicle drives forward on a straight road. A car is ahead in the front view.',
     'A pedestrian crosses on the left. The truck behind is slowing down. Traffic light is red.',
@@ -22,7 +23,7 @@ CORPUS = [
     'system user assistant helpful driving assistant images six These are the and',
     '0123456789 [ ] , . - + : ; ( ) < > / PLANNING meters seconds intervals',
 ]
-FAMILIES = ('llava-onevision', 'internvl')
+FAMILIES = ('llava-onevision', 'internvl', 'qwen2.5-vl')
 
 
 def build_tokenizer(vocab_size: int = 512):
@@ -52,7 +53,8 @@ def make_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    build = {'llava-onevision': _llava_onevision, 'internvl': _internvl}[family]
+    build = {'llava-onevision': _llava_onevision, 'internvl': _internvl,
+             'qwen2.5-vl': _qwen2_5_vl}[family]
     model, processor = build(tokenizer)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -112,4 +114,32 @@ def _internvl(tokenizer):
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
         size={'height': 448, 'width': 448}, crop_to_patches=False,
     )
+    return model, processor
+
+
+def _qwen2_5_vl(tokenizer):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as ip
+
+    vision = {'depth': 2, 'hidden_size': 32, 'num_heads': 2, 'intermediate_size': 64,
+              'out_hidden_size': 64, 'patch_size': 14, 'spatial_merge_size': 2,
+              'temporal_patch_size': 2, 'window_size': 112, 'fullatt_block_indexes': [1]}
+    # mrope_section sums to head_dim / 2 = 64 / 4 / 2.
+    text = {'vocab_size': len(tokenizer), 'hidden_size': 64, 'intermediate_size': 128,
+            'num_hidden_layers': 4, 'num_attention_heads': 4, 'num_key_value_heads': 2,
+            'max_position_embeddings': 8192,
+            'rope_scaling': {'type': 'mrope', 'mrope_section': [2, 3, 3]},
+            'bos_token_id': tokenizer.pad_token_id, 'eos_token_id': tokenizer.eos_token_id}
+    config = Qwen2_5_VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids('<|image_pad|>'),
+        video_token_id=tokenizer.convert_tokens_to_ids('<video>'),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids('<|vision_start|>'),
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    # Small pixel budget: a 16:9 camera image becomes about 16 x 28 patches, 112 merged tokens.
+    processor = ip.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 448)
     return model, processor
