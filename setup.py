@@ -46,7 +46,7 @@ setup(
     # A range, not a pin: an installed torch (CPU or CUDA build) satisfies it and is kept.
     install_requires=[
         'torch>=2.4', 'numpy', 'pyyaml', 'setuptools',
-        'transformers>=5.0,<6', 'safetensors', 'tokenizers', 'pillow',
+        'transformers>=5.0,<6', 'safetensors', 'tokenizers', 'pillow', 'matplotlib',
     ],
     extras_require={
         'ros': ROS_WHEELS,

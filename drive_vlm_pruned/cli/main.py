@@ -135,7 +135,65 @@ def build_parser() -> argparse.ArgumentParser:
                     help='torch CPU threads (default: torch default, usually the core count)')
     bp.add_argument('--json-out', metavar='PATH', help='write one JSON record per cell here')
     bp.add_argument('--markdown-out', metavar='PATH', help='write the markdown table here')
+    bench_prefill_parser(bench_sub)
     return parser
+
+
+BENCH_PREFILL_HELP = """\
+Prefill speed-up vs keep ratio. Builds a real-size model shape (real transformers classes,
+random weights: timing does not depend on weight values), runs synthetic six-view frames through
+the pipeline for every pruner x keep ratio x prune layer, and reports vision / prune / prefill /
+time-to-first-token / decode ms (median and IQR), peak GPU memory, analytic FLOPs, the FLOPs-ideal
+speed-up, the measured speed-up over keep 1.0 (pruning overhead included, vision excluded) and
+efficiency = measured / ideal. Writes JSON, a markdown table and a PNG plot on request.
+
+presets: tiny, cpu-small (CPU), llava-ov-0.5b, llava-ov-7b, drivemm-8b, qwen2.5-vl-3b-1596,
+qwen2.5-vl-3b-262k (GPU). --layers N shortens the LLM for CPU runs.
+
+example: drive-vlm bench prefill --preset llava-ov-7b --device cuda --plot bench-out/7b.png
+"""
+
+
+def bench_prefill_parser(bench_sub) -> None:
+    from ..bench.prefill import KEEP_RATIOS, PRESETS
+
+    bp = bench_sub.add_parser(
+        'prefill', help='prefill speed-up vs keep ratio against the FLOPs ideal',
+        description=BENCH_PREFILL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bp.add_argument('--preset', default='cpu-small', choices=sorted(PRESETS),
+                    help='model shape (default cpu-small)')
+    bp.add_argument('--model', metavar='DIR',
+                    help='benchmark this local checkpoint (directory or cached id) instead')
+    bp.add_argument('--layers', type=int, default=0,
+                    help='shorten the LLM to N layers (0 = the preset depth)')
+    bp.add_argument('--pruners', nargs='+', type=_pruner, default=['tfps', 'divprune', 'fastv',
+                                                                   'mvpruner'],
+                    metavar='NAME', help='pruners (default tfps divprune fastv mvpruner)')
+    bp.add_argument('--keep-ratios', nargs='+', type=_keep_ratio, default=list(KEEP_RATIOS),
+                    help='fractions KEPT (default 1.0 0.5 0.25 0.125 0.1 0.05)')
+    bp.add_argument('--prune-layers', nargs='+', type=int, default=[0, 2],
+                    help='0: after the projector; K: before LLM layer K (default 0 2)')
+    bp.add_argument('--device', default='cuda' if _has_cuda() else 'cpu',
+                    help='cpu or cuda[:N] (default: cuda when available)')
+    bp.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
+                    help='model dtype (default: bfloat16 on CUDA, float32 on CPU)')
+    bp.add_argument('--attn', default='sdpa', choices=['sdpa', 'eager', 'flash_attention_2'],
+                    help='attention implementation (default sdpa)')
+    bp.add_argument('--warmup', type=int, default=1, help='untimed runs per cell (default 1)')
+    bp.add_argument('--repeats', type=int, default=3, help='timed runs per cell (default 3)')
+    bp.add_argument('--new-tokens', type=int, default=8,
+                    help='tokens decoded per run, for decode ms/token (default 8)')
+    bp.add_argument('--threads', type=int, default=0, help='torch CPU threads (default: torch)')
+    bp.add_argument('--json-out', metavar='PATH', help='write one JSON record per cell')
+    bp.add_argument('--markdown-out', metavar='PATH', help='write the markdown table')
+    bp.add_argument('--plot', metavar='PNG', help='write speed-up vs keep ratio as a PNG')
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(make_tiny_model(args.family, args.out_dir, args.seed))
         return 0
+    if args.command == 'bench' and args.bench == 'prefill':
+        from ..bench.prefill import main as bench_prefill_main
+
+        return bench_prefill_main(args)
     if args.command == 'bench' and args.bench == 'pruners':
         from ..bench.pruners import main as bench_pruners_main
 

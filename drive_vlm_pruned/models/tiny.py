@@ -53,8 +53,8 @@ def make_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    build = {'llava-onevision': _llava_onevision, 'internvl': _internvl,
-             'qwen2.5-vl': _qwen2_5_vl}[family]
+    build = {'llava-onevision': build_llava_onevision, 'internvl': build_internvl,
+             'qwen2.5-vl': build_qwen2_5_vl}[family]
     model, processor = build(tokenizer)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -64,16 +64,19 @@ def make_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def _llava_onevision(tokenizer):
+TINY_TEXT = {'model_type': 'qwen2', 'hidden_size': 64, 'intermediate_size': 128,
+             'num_hidden_layers': 4, 'num_attention_heads': 4, 'num_key_value_heads': 2,
+             'max_position_embeddings': 8192}
+
+
+def build_llava_onevision(tokenizer, vision: dict | None = None, text: dict | None = None):
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
     from transformers.models.llava_onevision import image_processing_pil_llava_onevision as ip
 
-    vision = {'model_type': 'siglip_vision_model', 'hidden_size': 32, 'intermediate_size': 64,
-              'num_hidden_layers': 2, 'num_attention_heads': 2, 'image_size': 384,
-              'patch_size': 14}
-    text = {'model_type': 'qwen2', 'vocab_size': len(tokenizer), 'hidden_size': 64,
-            'intermediate_size': 128, 'num_hidden_layers': 4, 'num_attention_heads': 4,
-            'num_key_value_heads': 2, 'max_position_embeddings': 8192}
+    vision = vision or {'model_type': 'siglip_vision_model', 'hidden_size': 32,
+                        'intermediate_size': 64, 'num_hidden_layers': 2,
+                        'num_attention_heads': 2, 'image_size': 384, 'patch_size': 14}
+    text = {**(text or TINY_TEXT), 'vocab_size': len(tokenizer)}
     config = LlavaOnevisionConfig(
         vision_config=vision,
         text_config=text,
@@ -83,15 +86,16 @@ def _llava_onevision(tokenizer):
         vision_feature_layer=-1,
     )
     model = LlavaOnevisionForConditionalGeneration(config).eval()
+    side = vision['image_size']
     # SigLIP normalisation, as in the real llava-onevision-qwen2-*-ov-hf checkpoints.
     processor = ip.LlavaOnevisionImageProcessorPil(
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-        size={'height': 384, 'width': 384},
+        size={'height': side, 'width': side},
     )
     return model, processor
 
 
-def _internvl(tokenizer):
+def build_internvl(tokenizer):
     from transformers import InternVLConfig, InternVLForConditionalGeneration
     from transformers.models.got_ocr2 import image_processing_pil_got_ocr2 as ip
 
@@ -117,19 +121,22 @@ def _internvl(tokenizer):
     return model, processor
 
 
-def _qwen2_5_vl(tokenizer):
+def build_qwen2_5_vl(tokenizer, vision: dict | None = None, text: dict | None = None,
+                     pixels: tuple[int, int] = (56 * 56, 224 * 448)):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as ip
 
-    vision = {'depth': 2, 'hidden_size': 32, 'num_heads': 2, 'intermediate_size': 64,
-              'out_hidden_size': 64, 'patch_size': 14, 'spatial_merge_size': 2,
-              'temporal_patch_size': 2, 'window_size': 112, 'fullatt_block_indexes': [1]}
+    vision = vision or {'depth': 2, 'hidden_size': 32, 'num_heads': 2, 'intermediate_size': 64,
+                        'out_hidden_size': 64, 'patch_size': 14, 'spatial_merge_size': 2,
+                        'temporal_patch_size': 2, 'window_size': 112,
+                        'fullatt_block_indexes': [1]}
     # mrope_section sums to head_dim / 2 = 64 / 4 / 2.
-    text = {'vocab_size': len(tokenizer), 'hidden_size': 64, 'intermediate_size': 128,
-            'num_hidden_layers': 4, 'num_attention_heads': 4, 'num_key_value_heads': 2,
-            'max_position_embeddings': 8192,
-            'rope_scaling': {'type': 'mrope', 'mrope_section': [2, 3, 3]},
-            'bos_token_id': tokenizer.pad_token_id, 'eos_token_id': tokenizer.eos_token_id}
+    text = text or {'hidden_size': 64, 'intermediate_size': 128, 'num_hidden_layers': 4,
+                    'num_attention_heads': 4, 'num_key_value_heads': 2,
+                    'max_position_embeddings': 8192,
+                    'rope_scaling': {'type': 'mrope', 'mrope_section': [2, 3, 3]}}
+    text = {**text, 'vocab_size': len(tokenizer), 'bos_token_id': tokenizer.pad_token_id,
+            'eos_token_id': tokenizer.eos_token_id}
     config = Qwen2_5_VLConfig(
         vision_config=vision,
         text_config=text,
@@ -140,6 +147,6 @@ def _qwen2_5_vl(tokenizer):
         eos_token_id=tokenizer.eos_token_id,
     )
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    # Small pixel budget: a 16:9 camera image becomes about 16 x 28 patches, 112 merged tokens.
-    processor = ip.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 448)
+    # Tiny default budget: a 16:9 camera image becomes about 16 x 28 patches, 112 merged tokens.
+    processor = ip.Qwen2VLImageProcessorPil(min_pixels=pixels[0], max_pixels=pixels[1])
     return model, processor

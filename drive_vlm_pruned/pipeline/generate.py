@@ -21,6 +21,7 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    stop_at_eos: bool = True  # benchmarks turn it off to time a fixed number of tokens
 
 
 @dataclass
@@ -69,7 +70,8 @@ def decode(model, start: Prefilled, inputs: PrefillInputs, eos_ids: list[int], p
         tok = _choose(logits, sampling, generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
-        done |= torch.isin(tok, eos)
+        if sampling.stop_at_eos:
+            done |= torch.isin(tok, eos)
         if bool(done.all()):  # one sync per generated token: decode is per token anyway
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)

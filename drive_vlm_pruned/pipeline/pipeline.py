@@ -54,6 +54,7 @@ class RuntimeSettings:
     top_p: float = 1.0
     min_tokens_per_view: int = 1
     seed: int = 0
+    stop_at_eos: bool = True
 
     def validate(self, llm_layers: int) -> None:
         """Raise ValueError naming the bad setting and its valid range."""
@@ -164,7 +165,8 @@ class Pipeline:
             start = prefill(adapter.model, inputs, hooks)
         if hooks is not None:
             kept = _compose(kept, hooks.kept)
-        sampling = Sampling(shared.max_new_tokens, shared.temperature, shared.top_p, shared.seed)
+        sampling = Sampling(shared.max_new_tokens, shared.temperature, shared.top_p, shared.seed,
+                            shared.stop_at_eos)
         with timer.stage('decode'):
             generated = decode(adapter.model, start, inputs, adapter.eos_token_ids,
                                adapter.pad_token_id, sampling)

@@ -1,0 +1,319 @@
+"""
+``drive-vlm bench prefill``: prefill speed-up vs keep ratio, against the FLOPs ideal.
+
+Real-size model shapes are built from configs with the families' real transformers classes and
+random weights (timing does not depend on the weight values) and run through the same
+``Pipeline`` as everything else. Per cell (pruner x keep ratio x prune layer) it reports median and
+interquartile spread after warm-up of: vision ms, prune ms, prefill ms, time to first token
+(preprocess + vision + prune + prefill), decode ms per token, peak GPU memory, analytic prefill
+FLOPs, the FLOPs-ideal speed-up, the measured speed-up over keep 1.0 at the same prune layer, and
+efficiency = measured / ideal.
+
+The speed-up is prefill time of keep 1.0 over (prune + prefill) time of the cell: pruning overhead
+is included, the vision encoder is not (it runs whatever the keep ratio; it is reported apart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+import json
+from pathlib import Path
+
+import torch
+
+from .timing import device_label, summarize
+from ..models.load import ADAPTERS, load_adapter
+from ..models.loading import LoadSpec
+from ..models.tiny import build_llava_onevision, build_qwen2_5_vl, build_tokenizer
+from ..pipeline.pipeline import Pipeline, RuntimeSettings
+from ..pipeline.synthetic_frames import synthetic_frame
+from ..pruning import make_pruner, MVPruner, Stage
+
+KEEP_RATIOS = (1.0, 0.5, 0.25, 0.125, 0.1, 0.05)
+SIGLIP_SO400M = {'model_type': 'siglip_vision_model', 'hidden_size': 1152,
+                 'intermediate_size': 4304, 'num_hidden_layers': 26, 'num_attention_heads': 16,
+                 'image_size': 384, 'patch_size': 14}
+QWEN25_VL_VIT = {'depth': 32, 'hidden_size': 1280, 'num_heads': 16, 'intermediate_size': 3420,
+                 'out_hidden_size': 2048, 'patch_size': 14, 'spatial_merge_size': 2,
+                 'temporal_patch_size': 2, 'window_size': 112,
+                 'fullatt_block_indexes': [7, 15, 23, 31]}
+
+
+def _qwen2(hidden, layers, heads, kv, inter, **extra) -> dict:
+    return {'model_type': 'qwen2', 'hidden_size': hidden, 'num_hidden_layers': layers,
+            'num_attention_heads': heads, 'num_key_value_heads': kv, 'intermediate_size': inter,
+            'max_position_embeddings': 32768, **extra}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model shape to benchmark: family, vision and text configs, camera image size."""
+
+    name: str
+    family: str
+    description: str
+    vision: dict
+    text: dict
+    image_hw: tuple[int, int] = (900, 1600)
+    qwen_pixels: tuple[int, int] | None = None  # (min, max) pixels for Qwen2.5-VL's processor
+
+
+PRESETS = {p.name: p for p in (
+    Preset('tiny', 'llava-onevision', 'test-size LLaVA-OneVision (6 x 729 tokens, 4 x 64 LLM)',
+           {**SIGLIP_SO400M, 'hidden_size': 32, 'intermediate_size': 64,
+            'num_hidden_layers': 1, 'num_attention_heads': 2},
+           _qwen2(64, 4, 4, 2, 128)),
+    Preset('cpu-small', 'llava-onevision',
+           'CPU preset: 6 x 729 tokens, 2-layer 256-wide SigLIP stand-in, Qwen2 LLM 512 x 4',
+           {**SIGLIP_SO400M, 'hidden_size': 256, 'intermediate_size': 1024,
+            'num_hidden_layers': 2, 'num_attention_heads': 4},
+           _qwen2(512, 4, 8, 2, 1408)),
+    Preset('llava-ov-0.5b', 'llava-onevision', 'llava-onevision-qwen2-0.5b-ov: SigLIP-so400m + '
+           'Qwen2-0.5B, six 384 px views', SIGLIP_SO400M, _qwen2(896, 24, 14, 2, 4864)),
+    Preset('llava-ov-7b', 'llava-onevision', 'llava-onevision-qwen2-7b-ov: SigLIP-so400m + '
+           'Qwen2-7B, six 384 px views', SIGLIP_SO400M, _qwen2(3584, 28, 28, 4, 18944)),
+    Preset('drivemm-8b', 'llava-onevision', 'DriveMM shape: SigLIP-so400m + Llama-3.1-8B',
+           SIGLIP_SO400M,
+           {'model_type': 'llama', 'hidden_size': 4096, 'num_hidden_layers': 32,
+            'num_attention_heads': 32, 'num_key_value_heads': 8, 'intermediate_size': 14336,
+            'max_position_embeddings': 32768, 'rope_theta': 500000.0}),
+    Preset('qwen2.5-vl-3b-1596', 'qwen2.5-vl', 'Qwen2.5-VL-3B at Impromptu 1596 px: 3249 '
+           'tokens per view', QWEN25_VL_VIT,
+           _qwen2(2048, 36, 16, 2, 11008, rope_scaling={'type': 'mrope',
+                                                        'mrope_section': [16, 24, 24]}),
+           image_hw=(1596, 1596), qwen_pixels=(1596 * 1596, 1596 * 1596)),
+    Preset('qwen2.5-vl-3b-262k', 'qwen2.5-vl', 'Qwen2.5-VL-3B at 262144 px: 1600 x 900 -> 312 '
+           'tokens per view', QWEN25_VL_VIT,
+           _qwen2(2048, 36, 16, 2, 11008, rope_scaling={'type': 'mrope',
+                                                        'mrope_section': [16, 24, 24]}),
+           qwen_pixels=(56 * 56, 262144)),
+)}
+
+
+def build_preset(preset: Preset, device: str, dtype: torch.dtype, layers: int | None,
+                 attn: str = 'sdpa'):
+    """Instantiate the preset's model (random weights, real classes) as a pipeline adapter."""
+    text = dict(preset.text)
+    if layers:
+        text['num_hidden_layers'] = layers
+    tokenizer = build_tokenizer()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            if preset.family == 'qwen2.5-vl':
+                text.pop('model_type', None)
+                model, processor = build_qwen2_5_vl(tokenizer, preset.vision, text,
+                                                    preset.qwen_pixels)
+            else:
+                model, processor = build_llava_onevision(tokenizer, preset.vision, text)
+    finally:
+        torch.set_default_dtype(previous)
+    model.config.get_text_config()._attn_implementation = attn
+    model.config._attn_implementation = attn
+    return ADAPTERS[preset.family](model.eval(), tokenizer, processor, torch.device(device),
+                                   dtype)
+
+
+@dataclass
+class PrefillCell:
+    """One benchmark cell; times in ms as median and interquartile spread over the repeats."""
+
+    preset: str
+    llm_layers: int
+    pruner: str
+    keep_ratio: float
+    prune_layer: int
+    device: str
+    dtype: str
+    visual_tokens: int
+    visual_tokens_kept: int
+    prompt_tokens: int
+    vision_ms: float
+    vision_spread_ms: float
+    prune_ms: float
+    prune_spread_ms: float
+    prefill_ms: float
+    prefill_spread_ms: float
+    ttft_ms: float
+    ttft_spread_ms: float
+    decode_ms_per_token: float
+    decode_spread_ms: float
+    peak_gpu_mem_mb: float | None
+    prefill_flops: int
+    prefill_flops_unpruned: int
+    ideal_speedup: float
+    measured_speedup: float = float('nan')
+    efficiency: float = float('nan')
+    repeats: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def run_cell(pipe: Pipeline, preset: Preset, settings: RuntimeSettings, warmup: int,
+             repeats: int, device: torch.device) -> PrefillCell:
+    frame = synthetic_frame(0, size=preset.image_hw)
+    for _ in range(warmup):
+        pipe.run(frame, settings)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    runs = [pipe.run(frame, settings) for _ in range(max(1, repeats))]
+    stage = {k: summarize([r.timings_ms[k] for r in runs])
+             for k in ('vision', 'prune', 'prefill')}
+    ttft = summarize([sum(r.timings_ms[k] for k in ('preprocess', 'vision', 'prune', 'prefill'))
+                      for r in runs])
+    per_token = summarize([r.timings_ms['decode'] / max(r.generated_tokens, 1) for r in runs])
+    last = runs[-1]
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == 'cuda' else None
+    return PrefillCell(
+        preset=preset.name, llm_layers=pipe.shape.layers, pruner=settings.pruner,
+        keep_ratio=settings.keep_ratio, prune_layer=settings.prune_layer,
+        device=device_label(device), dtype=str(pipe.adapter.dtype).replace('torch.', ''),
+        visual_tokens=sum(last.tokens_before), visual_tokens_kept=sum(last.tokens_after),
+        prompt_tokens=last.prompt_tokens,
+        vision_ms=stage['vision'].median_ms, vision_spread_ms=stage['vision'].spread_ms,
+        prune_ms=stage['prune'].median_ms, prune_spread_ms=stage['prune'].spread_ms,
+        prefill_ms=stage['prefill'].median_ms, prefill_spread_ms=stage['prefill'].spread_ms,
+        ttft_ms=ttft.median_ms, ttft_spread_ms=ttft.spread_ms,
+        decode_ms_per_token=per_token.median_ms, decode_spread_ms=per_token.spread_ms,
+        peak_gpu_mem_mb=peak, prefill_flops=last.prefill_flops,
+        prefill_flops_unpruned=last.prefill_flops_unpruned,
+        ideal_speedup=last.prefill_flops_unpruned / last.prefill_flops, repeats=len(runs),
+    )
+
+
+def sweep(pipe: Pipeline, preset: Preset, pruners: Sequence[str], keep_ratios: Sequence[float],
+          prune_layers: Sequence[int], warmup: int, repeats: int, new_tokens: int,
+          progress: Callable[[str], None] = print) -> list[PrefillCell]:
+    """Every valid (prune layer, pruner, keep ratio) cell plus keep 1.0 as the baseline."""
+    device = pipe.adapter.device
+    cells = []
+    for layer in prune_layers:
+        base_settings = RuntimeSettings(keep_ratio=1.0, pruner='tfps', prune_layer=layer,
+                                        max_new_tokens=new_tokens, stop_at_eos=False)
+        base = run_cell(pipe, preset, base_settings, warmup, repeats, device)
+        base.pruner = 'none'
+        _speedup(base, base)
+        cells.append(base)
+        progress(_line(base))
+        for name in pruners:
+            if not _valid_at(name, layer):
+                continue
+            for keep in keep_ratios:
+                if keep >= 1.0:
+                    continue
+                settings = RuntimeSettings(keep_ratio=keep, pruner=name, prune_layer=layer,
+                                           max_new_tokens=new_tokens, stop_at_eos=False)
+                cell = run_cell(pipe, preset, settings, warmup, repeats, device)
+                _speedup(cell, base)
+                cells.append(cell)
+                progress(_line(cell))
+    return cells
+
+
+def _valid_at(name: str, layer: int) -> bool:
+    pruner = make_pruner(name)
+    if isinstance(pruner, MVPruner):
+        return True
+    return layer > 0 or pruner.stage is Stage.PRE_LLM
+
+
+def _speedup(cell: PrefillCell, base: PrefillCell) -> None:
+    cell.measured_speedup = base.prefill_ms / max(cell.prefill_ms + cell.prune_ms, 1e-9)
+    cell.efficiency = cell.measured_speedup / cell.ideal_speedup
+
+
+def _line(c: PrefillCell) -> str:
+    return (f'  K={c.prune_layer} {c.pruner:<12} keep={c.keep_ratio:<6} prefill '
+            f'{c.prefill_ms:9.1f} ms  prune {c.prune_ms:7.1f} ms  speed-up '
+            f'{c.measured_speedup:5.2f}x (ideal {c.ideal_speedup:5.2f}x)')
+
+
+def markdown_table(cells: Sequence[PrefillCell]) -> str:
+    head = ('| K | pruner | keep | tokens kept | vision ms | prune ms | prefill ms | TTFT ms | '
+            'decode ms/tok | peak MB | GFLOPs | ideal x | measured x | efficiency |')
+    lines = [head, '|' + '---|' * 14]
+    for c in cells:
+        peak = f'{c.peak_gpu_mem_mb:.0f}' if c.peak_gpu_mem_mb is not None else '-'
+        lines.append(
+            f'| {c.prune_layer} | {c.pruner} | {c.keep_ratio} | {c.visual_tokens_kept}/'
+            f'{c.visual_tokens} | {c.vision_ms:.1f} | {c.prune_ms:.1f} ± {c.prune_spread_ms:.1f}'
+            f' | {c.prefill_ms:.1f} ± {c.prefill_spread_ms:.1f} | {c.ttft_ms:.1f} | '
+            f'{c.decode_ms_per_token:.2f} | {peak} | {c.prefill_flops / 1e9:.1f} | '
+            f'{c.ideal_speedup:.2f} | {c.measured_speedup:.2f} | {c.efficiency:.2f} |'
+        )
+    return '\n'.join(lines)
+
+
+def plot(cells: Sequence[PrefillCell], path: str | Path, title: str) -> None:
+    """PNG: measured speed-up vs keep ratio per pruner and prune layer, with the FLOPs ideal."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    layers = sorted({c.prune_layer for c in cells})
+    fig, axes = plt.subplots(1, len(layers), figsize=(6 * len(layers), 4.5), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        at = [c for c in cells if c.prune_layer == layer]
+        base = [(c.keep_ratio, c.measured_speedup, 1.0) for c in at if c.pruner == 'none']
+        for name in sorted({c.pruner for c in at if c.pruner != 'none'}):
+            pts = sorted(base + [(c.keep_ratio, c.measured_speedup, c.ideal_speedup)
+                                 for c in at if c.pruner == name])
+            keeps = [k for k, _, _ in pts]
+            line, = ax.plot(keeps, [m for _, m, _ in pts], 'o-', label=f'{name} measured')
+            ax.plot(keeps, [i for _, _, i in pts], '--', color=line.get_color(), alpha=0.6,
+                    label=f'{name} FLOPs ideal')
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('keep ratio')
+        ax.set_ylabel('prefill speed-up vs keep 1.0')
+        ax.set_title(f'prune layer {layer}')
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    """Entry point of ``drive-vlm bench prefill`` (arguments from ``cli.main``)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype != 'auto' else (
+        torch.bfloat16 if device.type == 'cuda' else torch.float32)
+    if args.model:
+        adapter = load_adapter(LoadSpec(args.model, device=str(device), dtype=args.dtype,
+                                        attn_implementation=args.attn))
+        preset = Preset(Path(args.model).name, adapter.family, f'checkpoint {args.model}', {}, {})
+        if args.layers:
+            print('--layers is ignored with --model: a checkpoint keeps its depth')
+            args.layers = 0
+    else:
+        preset = PRESETS[args.preset]
+        adapter = build_preset(preset, str(device), dtype, args.layers, args.attn)
+    pipe = Pipeline(adapter)
+    depth = f', LLM shortened to {args.layers} layers' if args.layers else ''
+    title = f'{preset.name} ({preset.description}){depth} on {device_label(device)}'
+    print(f'Benchmarking {title}, {args.repeats} repeats after {args.warmup} warm-up runs.')
+    print('Speed-up = prefill(keep 1.0) / (prune + prefill); the vision encoder is outside it.')
+    if args.layers:
+        print('The LLM is shortened: at prune layer 0 the speed-up ratios barely change (every '
+              'layer scales alike); at layer K they depend on K / depth, so read them with care.')
+    cells = sweep(pipe, preset, args.pruners, args.keep_ratios, args.prune_layers,
+                  args.warmup, args.repeats, args.new_tokens)
+    print()
+    print(markdown_table(cells))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps([asdict(c) for c in cells], indent=1) + '\n')
+        print(f'\nwrote {len(cells)} records to {args.json_out}')
+    if args.markdown_out:
+        Path(args.markdown_out).write_text(f'{title}\n\n{markdown_table(cells)}\n')
+    if args.plot:
+        plot(cells, args.plot, title)
+        print(f'wrote {args.plot}')
+    return 0
