@@ -5,7 +5,11 @@ import json
 import subprocess
 import sys
 
-from drive_vlm_pruned.bench.prefill import PrefillCell
+from drive_vlm_pruned.bench.prefill import build_preset, PrefillCell, PRESETS
+from drive_vlm_pruned.pipeline.flops import LLMShape
+import numpy as np
+import pytest
+import torch
 
 CLI = [sys.executable, '-m', 'drive_vlm_pruned.cli.main']
 
@@ -39,3 +43,24 @@ def test_bench_prefill_tiny_preset_writes_json_markdown_and_plot(tmp_path):
             assert rec['prefill_flops'] < rec['prefill_flops_unpruned']
     assert (tmp_path / 'b.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert '| K | pruner | keep |' in (tmp_path / 'b.md').read_text()
+
+
+@pytest.mark.parametrize('name, family, shape, tokens_per_view', [
+    ('llava-ov-7b', 'llava-onevision', (28, 3584, 28, 4, 128, 18944), 729),
+    ('drivemm-8b', 'llava-onevision', (32, 4096, 32, 8, 128, 14336), 729),
+    ('qwen2.5-vl-3b-1596', 'qwen2.5-vl', (36, 2048, 16, 2, 128, 11008), 3249),
+])
+def test_gpu_presets_have_the_published_shapes(name, family, shape, tokens_per_view):
+    preset = PRESETS[name]
+    adapter = build_preset(preset, 'meta', torch.bfloat16, None)  # meta: no memory is used
+    llm = LLMShape.from_config(adapter.text_config)
+    assert adapter.family == family
+    assert (llm.layers, llm.hidden, llm.heads, llm.kv_heads, llm.head_dim,
+            llm.intermediate) == shape
+    if family == 'qwen2.5-vl':
+        image = np.zeros((*preset.image_hw, 3), np.uint8)
+        grid = adapter.image_processor(images=[image], return_tensors='pt')['image_grid_thw']
+        assert int(grid.prod()) // 4 == tokens_per_view  # 2 x 2 merge
+    else:
+        side = adapter.model.config.vision_config.image_size
+        assert (side // adapter.model.config.vision_config.patch_size) ** 2 == tokens_per_view
