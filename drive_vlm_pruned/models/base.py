@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .prompts import six_view_text
 from ..pruning import KeptTokens, ViewTokens
 
 
@@ -67,10 +68,15 @@ class PromptPieces:
     pieces: tuple[list[int], ...]
 
 
+SYSTEM = '<|im_start|>system\nYou are a helpful driving assistant.<|im_end|>\n'
+
+
 class VLMAdapter(ABC):
     """One VLM family behind the pipeline: encode, build prompt inputs, name the LLM parts."""
 
     family: ClassVar[str]
+    image_open: ClassVar[str] = ''  # text right before each view's image tokens
+    image_close: ClassVar[str] = ''  # text right after them
 
     def __init__(self, model, tokenizer, image_processor, device: torch.device,
                  dtype: torch.dtype) -> None:
@@ -104,14 +110,20 @@ class VLMAdapter(ABC):
     def encode(self, pixels: Pixels, batch: int) -> VisualFeatures:
         """Run the vision encoder and projector; views of sample b are rows ``b*V .. b*V+V-1``."""
 
-    @abstractmethod
     def prompt(self, question: str, names: Sequence[str]) -> PromptPieces:
-        """Tokenize the family's six-view template around the image slots."""
+        """Tokenize the chat-formatted six-view template around the image slots."""
+        text = list(six_view_text(tuple(names)))
+        text = [t + self.image_open for t in text[:-1]] + [text[-1]]
+        text = [text[0]] + [self.image_close + t for t in text[1:]]
+        text[0] = SYSTEM + '<|im_start|>user\n' + text[0]
+        text[-1] = text[-1] + question + '<|im_end|>\n<|im_start|>assistant\n'
+        return PromptPieces(tuple(self.tokenizer(t, add_special_tokens=False).input_ids
+                                  for t in text))
 
     @property
-    @abstractmethod
     def image_token_id(self) -> int:
         """Return the placeholder token id the model's embedding expects at image rows."""
+        return self.model.config.image_token_id
 
     @property
     def eos_token_ids(self) -> list[int]:

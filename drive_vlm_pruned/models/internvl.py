@@ -8,21 +8,14 @@ prunable; the ``<img>`` and ``</img>`` markers around them are text and always s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from .base import Pixels, PromptPieces, VisualFeatures, VLMAdapter
-from .prompts import six_view_text
+from .base import Pixels, VisualFeatures, VLMAdapter
 from ..pruning import ViewTokens
-
-SYSTEM = '<|im_start|>system\nYou are a helpful driving assistant.<|im_end|>\n'
 
 
 class InternVLAdapter(VLMAdapter):
     family = 'internvl'
-
-    @property
-    def image_token_id(self) -> int:
-        return self.model.config.image_token_id
+    image_open = '<img>'
+    image_close = '</img>'
 
     def encode(self, pixels: Pixels, batch: int) -> VisualFeatures:
         views = pixels.values.shape[0] // batch
@@ -35,12 +28,3 @@ class InternVLAdapter(VLMAdapter):
         feats = [out[v::views] for v in range(views)]
         empty = out.new_zeros(batch, 0, out.shape[-1])
         return VisualFeatures(ViewTokens.from_list(feats), tuple(empty for _ in range(views)))
-
-    def prompt(self, question: str, names: Sequence[str]) -> PromptPieces:
-        text = list(six_view_text(tuple(names)))
-        text = [t + '<img>' for t in text[:-1]] + [text[-1]]
-        text = [text[0]] + ['</img>' + t for t in text[1:]]
-        text[0] = SYSTEM + '<|im_start|>user\n' + text[0]
-        text[-1] = text[-1] + question + '<|im_end|>\n<|im_start|>assistant\n'
-        return PromptPieces(tuple(self.tokenizer(t, add_special_tokens=False).input_ids
-                                  for t in text))

@@ -8,23 +8,14 @@ follows them (730 per view). The 729 patch tokens are prunable; the newline alwa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from .base import Pixels, PromptPieces, VisualFeatures, VLMAdapter
-from .prompts import six_view_text
+from .base import Pixels, VisualFeatures, VLMAdapter
 from ..pruning import ViewTokens
-
-SYSTEM = '<|im_start|>system\nYou are a helpful driving assistant.<|im_end|>\n'
 
 
 class LlavaOnevisionAdapter(VLMAdapter):
     family = 'llava-onevision'
-
-    @property
-    def image_token_id(self) -> int:
-        return self.model.config.image_token_id
 
     def encode(self, pixels: Pixels, batch: int) -> VisualFeatures:
         views = pixels.values.shape[0] // batch
@@ -44,12 +35,3 @@ class LlavaOnevisionAdapter(VLMAdapter):
             feats.append(rows[:, :-1])
             suffix.append(rows[:, -1:])
         return VisualFeatures(ViewTokens.from_list(feats), tuple(suffix))
-
-    def prompt(self, question: str, names: Sequence[str]) -> PromptPieces:
-        text = list(six_view_text(tuple(names)))
-        text[0] = SYSTEM + '<|im_start|>user\n' + text[0]
-        text[-1] = text[-1] + question + '<|im_end|>\n<|im_start|>assistant\n'
-        return PromptPieces(tuple(self._ids(t) for t in text))
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids

@@ -18,18 +18,13 @@ import numpy as np
 import torch
 
 from .base import Pixels, PrefillInputs, PromptPieces, VisualFeatures, VLMAdapter
-from .prompts import six_view_text
 from ..pruning import KeptTokens, ViewTokens
-
-SYSTEM = '<|im_start|>system\nYou are a helpful driving assistant.<|im_end|>\n'
 
 
 class Qwen25VLAdapter(VLMAdapter):
     family = 'qwen2.5-vl'
-
-    @property
-    def image_token_id(self) -> int:
-        return self.model.config.image_token_id
+    image_open = '<|vision_start|>'
+    image_close = '<|vision_end|>'
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Pixels:
         out = self.image_processor(images=list(images), return_tensors='pt')
@@ -52,15 +47,6 @@ class Qwen25VLAdapter(VLMAdapter):
         empty = feats[0].new_zeros(batch, 0, feats[0].shape[-1])
         return VisualFeatures(ViewTokens.from_list(feats), tuple(empty for _ in range(views)),
                               pixels.grid_thw)
-
-    def prompt(self, question: str, names: Sequence[str]) -> PromptPieces:
-        text = list(six_view_text(tuple(names)))
-        text = [t + '<|vision_start|>' for t in text[:-1]] + [text[-1]]
-        text = [text[0]] + ['<|vision_end|>' + t for t in text[1:]]
-        text[0] = SYSTEM + '<|im_start|>user\n' + text[0]
-        text[-1] = text[-1] + question + '<|im_end|>\n<|im_start|>assistant\n'
-        return PromptPieces(tuple(self.tokenizer(t, add_special_tokens=False).input_ids
-                                  for t in text))
 
     def build_inputs(self, feats: VisualFeatures, kept: KeptTokens,
                      prompts: Sequence[PromptPieces]) -> PrefillInputs:
