@@ -53,6 +53,8 @@ setup(
         # ament's flake8/pep257 linters with the plugins ROS installs beside them; like 'ros',
         # only for machines without a sourced ROS (which brings its own).
         'lint': ROS_LINT,
+        # ONNX export (torch's dynamo exporter needs onnxscript) and the onnxruntime backend.
+        'onnx': ['onnx', 'onnxscript', 'onnxruntime'],
         'test': ['pytest', 'hypothesis', 'ruff'],
     },
     zip_safe=True,

@@ -16,7 +16,8 @@ def drive_vlm(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize('args', [[], ['demo'], ['demo-pruners'], ['bench'], ['bench', 'pruners'],
-                                  ['make-tiny-model']])
+                                  ['make-tiny-model'], ['export-vision'], ['build-engine'],
+                                  ['bench', 'prefill']])
 def test_every_subcommand_explains_itself(args):
     out = drive_vlm(*args, '--help')
     assert out.returncode == 0, out.stderr
@@ -70,3 +71,18 @@ def test_main_demo_runs_the_pipeline_and_says_the_model_is_random(tmp_path):
     assert 'ms pruned vs' in out.stdout
     assert out.stdout.count('trajectory:') == 2
     assert (tmp_path / 'drive_vlm_pruned' / 'tiny-llava-onevision' / 'config.json').is_file()
+
+
+def test_export_vision_prints_the_parity_error_and_build_engine_explains_missing_tensorrt(
+        tiny_llava, tmp_path):
+    onnx = tmp_path / 'v.onnx'
+    out = drive_vlm('export-vision', '--model', str(tiny_llava), '--onnx', str(onnx))
+    assert out.returncode == 0, out.stderr
+    error = float(out.stdout.split('max abs error ')[1].split()[0])
+    assert onnx.is_file() and error < 1e-4
+    out = drive_vlm('build-engine', '--onnx', str(onnx), '--engine', str(tmp_path / 'v.plan'))
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert out.returncode == 2
+        assert 'tensorrt is not installed' in out.stderr

@@ -106,6 +106,28 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument('out_dir', metavar='OUT_DIR', help='new (or empty) directory to write')
     tiny.add_argument('--seed', type=int, default=0, help='weight seed (default 0)')
 
+    export = sub.add_parser(
+        'export-vision', help='export the vision encoder + projector to ONNX and check it',
+        description='Export the vision tower and projector of a checkpoint to ONNX (fixed image '
+                    'size, dynamic number of views), then run the graph in ONNX Runtime and '
+                    'PyTorch on the same random views and print the max abs error.',
+    )
+    export.add_argument('--model', required=True, help='checkpoint directory or cached model id')
+    export.add_argument('--onnx', required=True, metavar='OUT.onnx', help='file to write')
+    export.add_argument('--views', type=int, default=6, help='views in the check (default 6)')
+
+    engine = sub.add_parser(
+        'build-engine', help='build (or reuse) a TensorRT engine from an exported ONNX graph',
+        description='Build a TensorRT engine for the vision encoder, cached under a key of '
+                    'TensorRT version, GPU compute capability, precision and shape: a matching '
+                    'engine is reused, anything else rebuilt. Needs a CUDA GPU with TensorRT.',
+    )
+    engine.add_argument('--onnx', required=True, help='ONNX graph from export-vision')
+    engine.add_argument('--engine', required=True, metavar='OUT.plan', help='engine file')
+    engine.add_argument('--fp16', action='store_true', help='FP16 engine')
+    engine.add_argument('--views', type=int, default=6, help='largest number of views (6)')
+    engine.add_argument('--force', action='store_true', help='rebuild even if the key matches')
+
     bench = sub.add_parser('bench', help='benchmarks that print figures',
                            description='Benchmarks. Each prints a table; none is a test.')
     bench_sub = bench.add_subparsers(dest='bench', metavar='BENCH', required=True)
@@ -190,6 +212,45 @@ def bench_prefill_parser(bench_sub) -> None:
     bp.add_argument('--plot', metavar='PNG', help='write speed-up vs keep ratio as a PNG')
 
 
+def _export_vision(args) -> int:
+    import torch
+
+    from ..models.load import load_adapter
+    from ..models.loading import LoadSpec
+    from ..vision.onnx_export import export_onnx, max_abs_error
+
+    try:
+        adapter = load_adapter(LoadSpec(args.model))
+    except ValueError as err:
+        print(f'drive-vlm export-vision: {err}', file=sys.stderr)
+        return 2
+    module = adapter.vision_module()
+    if module is None:
+        print(f'drive-vlm export-vision: {adapter.family} has no exportable vision module yet',
+              file=sys.stderr)
+        return 2
+    path = export_onnx(module, adapter.image_shape, args.onnx)
+    pixels = torch.randn(args.views, *adapter.image_shape)
+    error = max_abs_error(path, module, pixels)
+    print(f'wrote {path} ({path.stat().st_size / 2**20:.1f} MiB), input [views, '
+          f'{", ".join(map(str, adapter.image_shape))}]')
+    print(f'ONNX Runtime vs PyTorch on {args.views} random views: max abs error {error:.2e}')
+    return 0
+
+
+def _build_engine(args) -> int:
+    from ..vision.backends import BackendUnavailable
+    from ..vision.tensorrt_engine import build_engine
+
+    try:
+        path, what = build_engine(args.onnx, args.engine, args.fp16, args.views, args.force)
+    except (BackendUnavailable, ValueError) as err:
+        print(f'drive-vlm build-engine: {err}', file=sys.stderr)
+        return 2
+    print(f'{path}: {what}')
+    return 0
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -212,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(make_tiny_model(args.family, args.out_dir, args.seed))
         return 0
+    if args.command == 'export-vision':
+        return _export_vision(args)
+    if args.command == 'build-engine':
+        return _build_engine(args)
     if args.command == 'bench' and args.bench == 'prefill':
         from ..bench.prefill import main as bench_prefill_main
 

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import nn, Tensor
 
 from .prompts import six_view_text
 from ..pruning import KeptTokens, ViewTokens
@@ -85,6 +85,19 @@ class VLMAdapter(ABC):
         self.image_processor = image_processor
         self.device = device
         self.dtype = dtype
+        # The vision backend (vision/backends.py); eager torch until load_adapter picks another.
+        self.vision = self.vision_module()
+        self.vision_backend = 'torch'
+
+    def vision_module(self) -> nn.Module | None:
+        """Return the exportable ``[n, 3, H, W] -> [n, N, D]`` encoder, or None if not."""
+        return None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Return the fixed (3, H, W) encoder input of this model."""
+        size = self.image_processor.size
+        return (3, size['height'], size['width'])
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Pixels:
         """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
@@ -10,6 +12,7 @@ from .internvl import InternVLAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .loading import check_checkpoint, check_family, LoadSpec, resolve_checkpoint
 from .qwen2_5_vl import Qwen25VLAdapter
+from ..vision.backends import BackendRequest, choose_backend
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
     LlavaOnevisionAdapter.family: LlavaOnevisionAdapter,
@@ -18,8 +21,12 @@ ADAPTERS: dict[str, type[VLMAdapter]] = {
 }
 
 
-def load_adapter(spec: LoadSpec) -> VLMAdapter:
-    """Resolve, check and load ``spec.model``; ValueError names whatever is missing or wrong."""
+def load_adapter(spec: LoadSpec, log: Callable[[str], None] = print) -> VLMAdapter:
+    """
+    Resolve, check and load ``spec.model``; ValueError names whatever is missing or wrong.
+
+    The vision backend is chosen here; an unavailable one falls back (``log`` gets the reason).
+    """
     directory = resolve_checkpoint(spec.model)
     family = check_family(spec.family, check_checkpoint(directory), directory)
     if family not in ADAPTERS:
@@ -38,4 +45,14 @@ def load_adapter(spec: LoadSpec) -> VLMAdapter:
                                               trust_remote_code=False)
     processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True,
                                                    trust_remote_code=False)
-    return ADAPTERS[family](model, tokenizer, processor, device, dtype)
+    adapter = ADAPTERS[family](model, tokenizer, processor, device, dtype)
+    if spec.vision_backend == 'torch':
+        return adapter
+    if adapter.vision is None:
+        log(f'vision backend {spec.vision_backend!r} unavailable: {family} has no exportable '
+            "vision module yet; using 'torch'")
+        return adapter
+    request = BackendRequest(spec.vision_backend, spec.vision_onnx, spec.vision_engine)
+    backend = choose_backend(request, adapter.vision, device, dtype, log)
+    adapter.vision, adapter.vision_backend = backend, backend.name
+    return adapter

@@ -31,6 +31,9 @@ class LoadSpec:
     device: str = 'cpu'
     dtype: str = 'auto'  # 'auto': bfloat16 on CUDA, float32 on CPU
     attn_implementation: str = 'auto'  # 'auto': flash_attention_2 if installed on CUDA, else sdpa
+    vision_backend: str = 'torch'  # torch | compile | onnxruntime | tensorrt (vision/backends.py)
+    vision_onnx: str = ''  # ONNX file for the onnxruntime backend
+    vision_engine: str = ''  # TensorRT engine file for the tensorrt backend
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == 'auto':

@@ -1,0 +1,1 @@
+"""Vision-encoder backends: eager torch, torch.compile, ONNX Runtime and TensorRT."""

@@ -1,0 +1,109 @@
+"""Vision backends: ONNX export and parity, the onnxruntime pipeline, fallbacks, engine keys."""
+
+from conftest import random_frame
+from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.loading import LoadSpec
+from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
+from drive_vlm_pruned.vision.backends import BackendRequest, choose_backend
+from drive_vlm_pruned.vision.onnx_export import export_onnx, max_abs_error
+from drive_vlm_pruned.vision.tensorrt_engine import EngineKey, rebuild_reason, write_key
+import pytest
+import torch
+
+EXPORTABLE = ['llava-onevision', 'internvl']
+
+
+@pytest.fixture(scope='module')
+def exported(tiny_checkpoints, tmp_path_factory):
+    """Export each exportable tiny family once: {family: (checkpoint, onnx path)}."""
+    out = {}
+    for family in EXPORTABLE:
+        ckpt = tiny_checkpoints(family)
+        adapter = load_adapter(LoadSpec(str(ckpt)))
+        path = tmp_path_factory.mktemp('onnx') / f'{family}.onnx'
+        export_onnx(adapter.vision_module(), adapter.image_shape, path)
+        out[family] = (ckpt, path, adapter)
+    return out
+
+
+@pytest.mark.parametrize('family', EXPORTABLE)
+def test_onnx_runtime_matches_pytorch(exported, family):
+    _, path, adapter = exported[family]
+    # 5 views: a batch size the export never saw, so the views axis is really dynamic.
+    pixels = torch.randn(5, *adapter.image_shape)
+    # fp32 on both sides; only kernel summation order differs (observed ~6e-8 here). 1e-4 leaves
+    # room for real-size encoders, where 27 layers of 1152-wide sums accumulate rounding.
+    assert max_abs_error(path, adapter.vision_module(), pixels) < 1e-4
+
+
+@pytest.mark.parametrize('family', EXPORTABLE)
+def test_pipeline_with_onnxruntime_gives_the_same_greedy_answer(exported, family):
+    ckpt, path, _ = exported[family]
+    logs = []
+    spec = LoadSpec(str(ckpt), vision_backend='onnxruntime', vision_onnx=str(path))
+    ort_pipe = Pipeline(load_adapter(spec, log=logs.append))
+    assert ort_pipe.adapter.vision_backend == 'onnxruntime' and not logs
+    torch_pipe = Pipeline(load_adapter(LoadSpec(str(ckpt))))
+    settings = RuntimeSettings(keep_ratio=0.25, max_new_tokens=8)
+    frame = random_frame(31)
+    a, b = ort_pipe.run(frame, settings), torch_pipe.run(frame, settings)
+    assert a.answer == b.answer and a.kept_indices == b.kept_indices
+
+
+def test_missing_or_corrupt_onnx_falls_back_with_one_logged_reason(tiny_llava, tmp_path):
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(b'not an onnx graph')
+    for path, says in [(tmp_path / 'nope.onnx', 'not found'), (corrupt, 'could not be loaded')]:
+        logs = []
+        spec = LoadSpec(str(tiny_llava), vision_backend='onnxruntime', vision_onnx=str(path))
+        pipe = Pipeline(load_adapter(spec, log=logs.append))
+        assert pipe.adapter.vision_backend == 'torch'
+        assert says in logs[0] and 'onnxruntime' in logs[0]
+        assert any('compile' in line for line in logs)  # CPU: compile is skipped, then torch
+        assert pipe.run(random_frame(32), RuntimeSettings(max_new_tokens=2)).answer is not None
+
+
+def test_tensorrt_without_tensorrt_falls_back_to_onnxruntime(exported):
+    ckpt, path, adapter = exported['llava-onevision']
+    logs = []
+    backend = choose_backend(BackendRequest('tensorrt', onnx_path=str(path)),
+                             adapter.vision_module(), torch.device('cpu'), torch.float32,
+                             logs.append)
+    assert backend.name == 'onnxruntime' and backend.requested == 'tensorrt'
+    assert 'tensorrt' in logs[0]
+
+
+def test_onnx_backend_rejects_a_wrong_image_size_with_the_fix(exported):
+    _, path, adapter = exported['llava-onevision']
+    backend = choose_backend(BackendRequest('onnxruntime', onnx_path=str(path)),
+                             adapter.vision_module(), torch.device('cpu'), torch.float32)
+    with pytest.raises(ValueError, match='re-export'):
+        backend(torch.randn(1, 3, 224, 224))
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match='tensorrt, onnxruntime, compile, torch'):
+        choose_backend(BackendRequest('openvino'), torch.nn.Identity(), torch.device('cpu'),
+                       torch.float32)
+
+
+def test_family_without_an_exportable_encoder_logs_and_uses_torch(tiny_checkpoints):
+    logs = []
+    spec = LoadSpec(str(tiny_checkpoints('qwen2.5-vl')), vision_backend='onnxruntime')
+    adapter = load_adapter(spec, log=logs.append)
+    assert adapter.vision_backend == 'torch' and 'no exportable vision module' in logs[0]
+
+
+def test_engine_cache_key_decides_reuse_and_rebuild(tmp_path):
+    key = EngineKey('10.3.0', '8.7', 'fp16', (6, 3, 384, 384))
+    engine = tmp_path / 'vision.plan'
+    assert 'no engine' in rebuild_reason(engine, key)
+    engine.write_bytes(b'serialized engine')
+    assert 'missing or unreadable' in rebuild_reason(engine, key)
+    write_key(engine, key)
+    assert rebuild_reason(engine, key) is None
+    assert rebuild_reason(engine, key, force=True) == 'rebuild forced'
+    other = EngineKey('11.0.0', '9.0', 'fp16', (6, 3, 384, 384))
+    reason = rebuild_reason(engine, other)
+    assert 'tensorrt: 10.3.0 -> 11.0.0' in reason and 'compute_capability: 8.7 -> 9.0' in reason
+    assert 'precision' not in reason
