@@ -86,3 +86,13 @@ def test_export_vision_prints_the_parity_error_and_build_engine_explains_missing
     except ImportError:
         assert out.returncode == 2
         assert 'tensorrt is not installed' in out.stderr
+
+
+def test_bench_vision_times_torch_and_onnxruntime(tmp_path):
+    path = tmp_path / 'v.json'
+    out = drive_vlm('bench', 'vision', '--device', 'cpu', '--views', '1', '--layers', '1',
+                    '--repeats', '1', '--warmup', '0', '--json-out', str(path))
+    assert out.returncode == 0, out.stderr
+    records = json.loads(path.read_text())
+    assert [r['backend'] for r in records] == ['torch', 'onnxruntime']
+    assert all(r['median_ms'] > 0 and r['vision_layers'] == 1 for r in records)

@@ -158,6 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument('--json-out', metavar='PATH', help='write one JSON record per cell here')
     bp.add_argument('--markdown-out', metavar='PATH', help='write the markdown table here')
     bench_prefill_parser(bench_sub)
+    bv = bench_sub.add_parser(
+        'vision', help='vision-encoder latency for six views per backend',
+        description='Time the vision encoder (+ projector) on six views with every backend '
+                    'available here: on CPU torch vs onnxruntime, on GPU torch vs compile (vs '
+                    'TensorRT where installed). Real-size shapes with random weights; --layers '
+                    'shortens the tower for CPU runs.',
+    )
+    bv.add_argument('--encoders', nargs='+', default=['siglip-so400m'],
+                    choices=['siglip-so400m', 'qwen2.5-vl-vit-1596'],
+                    help='encoder shapes (default siglip-so400m)')
+    bv.add_argument('--backends', nargs='+', choices=['torch', 'compile', 'onnxruntime',
+                                                      'tensorrt'],
+                    help='default: torch onnxruntime on CPU, torch compile tensorrt on CUDA')
+    bv.add_argument('--device', default='cuda' if _has_cuda() else 'cpu')
+    bv.add_argument('--views', type=int, default=6, help='camera views (default 6)')
+    bv.add_argument('--layers', type=int, default=0, help='shorten the tower (0 = full depth)')
+    bv.add_argument('--warmup', type=int, default=1)
+    bv.add_argument('--repeats', type=int, default=5)
+    bv.add_argument('--threads', type=int, default=0)
+    bv.add_argument('--json-out', metavar='PATH')
     return parser
 
 
@@ -277,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export_vision(args)
     if args.command == 'build-engine':
         return _build_engine(args)
+    if args.command == 'bench' and args.bench == 'vision':
+        from ..bench.vision import main as bench_vision_main
+
+        return bench_vision_main(args)
     if args.command == 'bench' and args.bench == 'prefill':
         from ..bench.prefill import main as bench_prefill_main
 

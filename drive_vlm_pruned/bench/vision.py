@@ -1,0 +1,126 @@
+"""
+``drive-vlm bench vision``: vision-encoder latency for six views, per available backend.
+
+The encoder runs on every frame whatever the keep ratio, so on a pruned model it becomes a large
+share of the latency. Shapes are real (SigLIP-so400m at 384 px as in LLaVA-OneVision/DriveMM;
+Qwen2.5-VL's ViT at the Impromptu resolution) with random weights; ``--layers`` shortens the
+tower for CPU runs (latency scales with depth, the backend ratio barely does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+import json
+from pathlib import Path
+import tempfile
+
+import torch
+
+from .prefill import build_preset, PRESETS
+from .timing import device_label, time_call
+from ..vision.backends import BackendRequest, BackendUnavailable, choose_backend
+from ..vision.onnx_export import export_onnx
+
+ENCODERS = {'siglip-so400m': 'llava-ov-7b', 'qwen2.5-vl-vit-1596': 'qwen2.5-vl-3b-1596'}
+
+
+@dataclass(frozen=True)
+class VisionCell:
+    encoder: str
+    vision_layers: int
+    backend: str
+    views: int
+    device: str
+    median_ms: float
+    spread_ms: float
+    repeats: int
+    note: str = ''
+
+
+def _shorten(preset, layers: int):
+    vision = dict(preset.vision)
+    key = 'depth' if 'depth' in vision else 'num_hidden_layers'
+    if layers:
+        vision[key] = layers
+        if 'fullatt_block_indexes' in vision:
+            vision['fullatt_block_indexes'] = [i for i in vision['fullatt_block_indexes']
+                                               if i < layers] or [layers - 1]
+    text = {**preset.text, 'num_hidden_layers': 1}  # the LLM is not timed here
+    return type(preset)(**{**asdict(preset), 'vision': vision, 'text': text}), vision[key]
+
+
+def bench_vision(encoder: str, backends: list[str], device: torch.device, views: int,
+                 layers: int, warmup: int, repeats: int, workdir: Path) -> list[VisionCell]:
+    preset, depth = _shorten(PRESETS[ENCODERS[encoder]], layers)
+    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    adapter = build_preset(preset, str(device), dtype, None)
+    frames = [img for _ in range(1) for img in _frame_images(preset, views)]
+    pixels = adapter.preprocess(frames)
+    module = adapter.vision_module()
+    cells = []
+    for name in backends:
+        note = ''
+        if name == 'torch' or module is None:
+            def run(p=pixels):
+                return adapter.encode(p, 1)
+
+            if name != 'torch':
+                cells.append(VisionCell(encoder, depth, name, views, device_label(device),
+                                        float('nan'), float('nan'), 0,
+                                        'no exportable module for this encoder yet'))
+                continue
+        else:
+            request = BackendRequest(name)
+            if name == 'onnxruntime':
+                path = workdir / f'{encoder}-{depth}.onnx'
+                export_onnx(module, adapter.image_shape, path)
+                request = BackendRequest(name, onnx_path=str(path))
+            try:
+                backend = choose_backend(request, module, device, dtype, log=lambda s: None)
+            except BackendUnavailable as err:
+                note = str(err)
+            else:
+                if backend.name != name:
+                    note = backend.reasons[0]
+            if note:
+                cells.append(VisionCell(encoder, depth, name, views, device_label(device),
+                                        float('nan'), float('nan'), 0, note))
+                continue
+
+            def run(b=backend, p=pixels.values):
+                return b(p)
+
+        with torch.inference_mode():
+            t = time_call(run, device, warmup, repeats)
+        cells.append(VisionCell(encoder, depth, name, views, device_label(device),
+                                round(t.median_ms, 2), round(t.spread_ms, 2), t.repeats, note))
+    return cells
+
+
+def _frame_images(preset, views: int):
+    from ..pipeline.synthetic_frames import synthetic_frame
+
+    return list(synthetic_frame(0, size=preset.image_hw).images)[:views]
+
+
+def main(args) -> int:
+    """Entry point of ``drive-vlm bench vision`` (arguments from ``cli.main``)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    backends = args.backends or (['torch', 'compile', 'tensorrt'] if device.type == 'cuda'
+                                 else ['torch', 'onnxruntime'])
+    cells = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for encoder in args.encoders:
+            cells += bench_vision(encoder, backends, device, args.views, args.layers,
+                                  args.warmup, args.repeats, Path(tmp))
+    print('| encoder | layers | backend | views | device | median ms | IQR ms | note |')
+    print('|---|---|---|---|---|---|---|---|')
+    for c in cells:
+        print(f'| {c.encoder} | {c.vision_layers} | {c.backend} | {c.views} | {c.device} | '
+              f'{c.median_ms} | {c.spread_ms} | {c.note} |')
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps([asdict(c) for c in cells], indent=1) + '\n')
+    return 0
