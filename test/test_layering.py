@@ -5,6 +5,8 @@ from pathlib import Path
 import subprocess
 import sys
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PRUNING = ROOT / 'drive_vlm_pruned' / 'pruning'
 ALLOWED_EXTERNAL = {'torch', 'yaml', '__future__', 'abc', 'collections', 'dataclasses', 'enum',
@@ -41,3 +43,33 @@ def test_importing_pruning_loads_no_ros_and_no_transformers():
     for forbidden in ('rclpy', 'transformers', 'sensor_msgs', 'rosbags'):
         assert f"'{forbidden}'" not in loaded
     assert "'torch'" in loaded
+
+
+LOWER_MAY_NOT_IMPORT = {
+    'vision': {'models', 'pipeline', 'bench', 'cli'},
+    'models': {'pipeline', 'bench', 'cli'},
+    'pipeline': {'bench', 'cli'},
+}
+
+
+def internal_targets(path: Path, package: str) -> set[str]:
+    """Names of the drive_vlm_pruned subpackages a module imports (relative or absolute)."""
+    targets = set()
+    for level, module in imported_modules(path):
+        parts = module.split('.') if module else []
+        if level == 0 and parts[:1] == ['drive_vlm_pruned'] and len(parts) > 1:
+            targets.add(parts[1])
+        elif level == 1 and parts:
+            targets.add(package)
+        elif level == 2 and parts:
+            targets.add(parts[0])
+    return targets
+
+
+@pytest.mark.parametrize('package', sorted(LOWER_MAY_NOT_IMPORT))
+def test_lower_layers_never_import_higher_ones_or_ros(package):
+    for path in (ROOT / 'drive_vlm_pruned' / package).glob('*.py'):
+        bad = internal_targets(path, package) & LOWER_MAY_NOT_IMPORT[package]
+        assert not bad, f'{package}/{path.name} imports {bad}'
+        external = {m.split('.')[0] for level, m in imported_modules(path) if level == 0}
+        assert not external & {'rclpy', 'rosbags', 'sensor_msgs'}, f'{path.name} imports ROS'
