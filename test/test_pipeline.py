@@ -1,6 +1,8 @@
 """The frame pipeline on each tiny VLM family, against the unmodified Hugging Face model."""
 
 from conftest import random_frame
+from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.camera_set import CameraSet
 from drive_vlm_pruned.pipeline.generate import prefill
 from drive_vlm_pruned.pipeline.pipeline import RuntimeSettings
@@ -102,10 +104,8 @@ def test_layer0_pruning_equals_hf_fed_only_kept_features_at_original_positions(p
 
 
 @torch.inference_mode()
-def test_qwen_mrope_ids_of_kept_tokens_equal_their_ids_in_the_full_sequence(pipeline):
-    adapter = pipeline.adapter
-    if adapter.family != 'qwen2.5-vl':
-        pytest.skip('3-D mrope positions exist only in Qwen2.5-VL')
+def test_qwen_mrope_ids_of_kept_tokens_equal_their_ids_in_the_full_sequence(tiny_checkpoints):
+    adapter = load_adapter(LoadSpec(str(tiny_checkpoints('qwen2.5-vl'))))
     frame = random_frame(21, size=(120, 300))
     feats = adapter.encode(adapter.preprocess(frame.images), 1)
     kept = prune(make_pruner('tfps'), feats.tokens, 0.3)

@@ -24,7 +24,7 @@ import torch
 
 from .timing import device_label, summarize
 from ..models.load import ADAPTERS, load_adapter
-from ..models.loading import LoadSpec
+from ..models.loading import LoadSpec, model_dtype
 from ..models.tiny import build_llava_onevision, build_qwen2_5_vl, build_tokenizer
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
 from ..pipeline.synthetic_frames import synthetic_frame
@@ -283,8 +283,7 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype != 'auto' else (
-        torch.bfloat16 if device.type == 'cuda' else torch.float32)
+    dtype = model_dtype(device.type, args.dtype)
     if args.model:
         adapter = load_adapter(LoadSpec(args.model, device=str(device), dtype=args.dtype,
                                         attn_implementation=args.attn))

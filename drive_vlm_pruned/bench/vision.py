@@ -18,6 +18,7 @@ import torch
 
 from .prefill import build_preset, PRESETS
 from .timing import device_label, time_call
+from ..models.loading import model_dtype
 from ..vision.backends import BackendRequest, BackendUnavailable, choose_backend
 from ..vision.onnx_export import export_onnx
 
@@ -52,49 +53,41 @@ def _shorten(preset, layers: int):
 def bench_vision(encoder: str, backends: list[str], device: torch.device, views: int,
                  layers: int, warmup: int, repeats: int, workdir: Path) -> list[VisionCell]:
     preset, depth = _shorten(PRESETS[ENCODERS[encoder]], layers)
-    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    dtype = model_dtype(device.type)
     adapter = build_preset(preset, str(device), dtype, None)
-    frames = [img for _ in range(1) for img in _frame_images(preset, views)]
-    pixels = adapter.preprocess(frames)
-    module = adapter.vision_module()
+    pixels = adapter.preprocess(_frame_images(preset, views))
     cells = []
     for name in backends:
-        note = ''
-        if name == 'torch' or module is None:
-            def run(p=pixels):
-                return adapter.encode(p, 1)
-
-            if name != 'torch':
-                cells.append(VisionCell(encoder, depth, name, views, device_label(device),
-                                        float('nan'), float('nan'), 0,
-                                        'no exportable module for this encoder yet'))
-                continue
-        else:
-            request = BackendRequest(name)
-            if name == 'onnxruntime':
-                path = workdir / f'{encoder}-{depth}.onnx'
-                export_onnx(module, adapter.image_shape, path)
-                request = BackendRequest(name, onnx_path=str(path))
-            try:
-                backend = choose_backend(request, module, device, dtype, log=lambda s: None)
-            except BackendUnavailable as err:
-                note = str(err)
-            else:
-                if backend.name != name:
-                    note = backend.reasons[0]
-            if note:
-                cells.append(VisionCell(encoder, depth, name, views, device_label(device),
-                                        float('nan'), float('nan'), 0, note))
-                continue
-
-            def run(b=backend, p=pixels.values):
-                return b(p)
-
-        with torch.inference_mode():
-            t = time_call(run, device, warmup, repeats)
-        cells.append(VisionCell(encoder, depth, name, views, device_label(device),
-                                round(t.median_ms, 2), round(t.spread_ms, 2), t.repeats, note))
+        run, note = _runner(name, adapter, pixels, device, dtype, workdir / f'{encoder}-{depth}')
+        median = spread = float('nan')
+        count = 0
+        if run is not None:
+            with torch.inference_mode():
+                t = time_call(run, device, warmup, repeats)
+            median, spread, count = round(t.median_ms, 2), round(t.spread_ms, 2), t.repeats
+        cells.append(VisionCell(encoder, depth, name, views, device_label(device), median,
+                                spread, count, note))
     return cells
+
+
+def _runner(name, adapter, pixels, device, dtype, stem: Path):
+    """Return ``(run, '')`` timing one encoder call with this backend, or ``(None, why not)``."""
+    module = adapter.vision_module()
+    if module is None:  # Qwen2.5-VL: only the model's own path, through the adapter
+        if name != 'torch':
+            return None, 'no exportable module for this encoder yet'
+        return (lambda: adapter.encode(pixels, 1)), ''
+    request = BackendRequest(name)
+    if name == 'onnxruntime':
+        path = export_onnx(module, adapter.image_shape, stem.with_suffix('.onnx'))
+        request = BackendRequest(name, onnx_path=str(path))
+    try:
+        backend = choose_backend(request, module, device, dtype, log=lambda s: None)
+    except BackendUnavailable as err:
+        return None, str(err)
+    if backend.name != name:
+        return None, backend.reasons[0]
+    return (lambda: backend(pixels.values)), ''
 
 
 def _frame_images(preset, views: int):

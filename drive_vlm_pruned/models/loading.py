@@ -36,15 +36,7 @@ class LoadSpec:
     vision_engine: str = ''  # TensorRT engine file for the tensorrt backend
 
     def torch_dtype(self) -> torch.dtype:
-        if self.dtype == 'auto':
-            return torch.bfloat16 if self.device.startswith('cuda') else torch.float32
-        try:
-            return {'float32': torch.float32, 'bfloat16': torch.bfloat16,
-                    'float16': torch.float16}[self.dtype]
-        except KeyError:
-            raise ValueError(
-                f'dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16'
-            ) from None
+        return model_dtype(self.device, self.dtype)
 
     def attention(self) -> str:
         if self.attn_implementation != 'auto':
@@ -52,6 +44,19 @@ class LoadSpec:
         if self.device.startswith('cuda') and importlib.util.find_spec('flash_attn'):
             return 'flash_attention_2'
         return 'sdpa'
+
+
+def model_dtype(device: str, dtype: str = 'auto') -> torch.dtype:
+    """Return the torch dtype for a dtype name; 'auto' is bfloat16 on CUDA, float32 elsewhere."""
+    if dtype == 'auto':
+        return torch.bfloat16 if device.startswith('cuda') else torch.float32
+    try:
+        return {'float32': torch.float32, 'bfloat16': torch.bfloat16,
+                'float16': torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(
+            f'dtype {dtype!r} is not one of auto, float32, bfloat16, float16'
+        ) from None
 
 
 def resolve_checkpoint(model: str) -> Path:
