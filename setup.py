@@ -47,6 +47,8 @@ setup(
     install_requires=[
         'torch>=2.4', 'numpy', 'pyyaml', 'setuptools',
         'transformers>=5.0,<6', 'safetensors', 'tokenizers', 'pillow', 'matplotlib',
+        # rosbag2 read/write in pure Python: bag synth/play and the offline runner need no ROS.
+        'rosbags>=0.10', 'tqdm',
     ],
     extras_require={
         'ros': ROS_WHEELS,
@@ -65,6 +67,7 @@ setup(
     entry_points={
         'console_scripts': [
             'drive-vlm = drive_vlm_pruned.cli.main:main',
+            'vlm_node = drive_vlm_pruned.node.main:main',
         ],
     },
 )

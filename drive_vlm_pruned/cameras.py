@@ -10,3 +10,19 @@ NUSCENES_CAMERAS: tuple[str, ...] = (
     'CAM_BACK_LEFT',
     'CAM_BACK_RIGHT',
 )
+
+
+def camera_topic(name: str, compressed: bool = False) -> str:
+    """
+    Return the default topic of camera ``name``: ``/cam_front/image_raw`` (+ ``/compressed``).
+
+    The ``/compressed`` suffix follows image_transport, so bags we write replay into stock
+    subscribers too.
+    """
+    base = f'/{name.lower()}/image_raw'
+    return base + '/compressed' if compressed else base
+
+
+def camera_topics(compressed: bool = False) -> tuple[str, ...]:
+    """Return the six default camera topics, in nuScenes order."""
+    return tuple(camera_topic(name, compressed) for name in NUSCENES_CAMERAS)
