@@ -45,6 +45,23 @@ def test_importing_pruning_loads_no_ros_and_no_transformers():
     assert "'torch'" in loaded
 
 
+SCENES = ROOT / 'drive_vlm_pruned' / 'scenes'
+
+
+def test_scenes_import_only_numpy_the_stdlib_and_the_camera_layout():
+    """The scene generator stays reusable for training: numpy only, no torch, no ROS."""
+    for path in SCENES.glob('*.py'):
+        for level, module in imported_modules(path):
+            if level == 0:
+                top = module.split('.')[0]
+                assert top == 'numpy' or top in sys.stdlib_module_names, (
+                    f'scenes/{path.name} imports {module}')
+            elif level == 2:  # drive_vlm_pruned.<x>: only the plain camera-layout constants
+                assert module == 'cameras', f'scenes/{path.name} imports ..{module}'
+            else:
+                assert level == 1, f'scenes/{path.name} imports from {"." * level}{module}'
+
+
 LOWER_MAY_NOT_IMPORT = {
     'vision': {'models', 'pipeline', 'bench', 'cli'},
     'models': {'pipeline', 'bench', 'cli'},
