@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 import sys
 
+from .node import add_node_parser
 from ..pruning import check_keep_ratio, check_pruner_name, pruner_names
 
 TINY_FAMILIES = ('llava-onevision', 'internvl', 'qwen2.5-vl')
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument('--fp16', action='store_true', help='FP16 engine')
     engine.add_argument('--views', type=int, default=6, help='largest number of views (6)')
     engine.add_argument('--force', action='store_true', help='rebuild even if the key matches')
+
+    add_node_parser(sub)
 
     bench = sub.add_parser('bench', help='benchmarks that print figures',
                            description='Benchmarks. Each prints a table; none is a test.')
@@ -293,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(make_tiny_model(args.family, args.out_dir, args.seed))
         return 0
+    if args.command == 'node':
+        from .node import run_node
+
+        return run_node(args)
     if args.command == 'export-vision':
         return _export_vision(args)
     if args.command == 'build-engine':

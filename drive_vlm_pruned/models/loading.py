@@ -113,3 +113,23 @@ def check_family(requested: str, found: str, directory: Path) -> str:
             f'checkpoint {directory} is a {found} model, but family {requested!r} was asked for'
         )
     return found
+
+
+def check_spec(spec: LoadSpec) -> tuple[Path, str, int]:
+    """
+    Check a LoadSpec without loading weights: (directory, family, LLM layer count).
+
+    Cheap enough to run before an asynchronous load, so a bad model path fails at once.
+    """
+    if not spec.model:
+        raise ValueError('no model given: set the model parameter to a checkpoint directory '
+                         '(drive-vlm make-tiny-model builds a tiny one for tests)')
+    directory = resolve_checkpoint(spec.model)
+    family = check_family(spec.family, check_checkpoint(directory), directory)
+    model_dtype(spec.device, spec.dtype)
+    config = json.loads((directory / 'config.json').read_text())
+    text = config.get('text_config') or config.get('llm_config') or config
+    layers = text.get('num_hidden_layers')
+    if not isinstance(layers, int) or layers < 1:
+        raise ValueError(f'{directory / "config.json"}: no num_hidden_layers in its text config')
+    return directory, family, layers

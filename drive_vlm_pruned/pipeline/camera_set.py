@@ -16,18 +16,22 @@ class CameraSet:
 
     ``images[v]`` is an ``H x W x 3`` uint8 RGB array of camera ``names[v]``; sizes may differ
     between cameras. ``stamp_ns`` is the set's stamp (the node copies it onto every output).
+    ``missing`` names cameras left out (silent ones, with the node's ``min_views`` below six):
+    such a set runs on the views it has, and its result is marked degraded.
     """
 
     stamp_ns: int
     images: tuple[np.ndarray, ...]
     names: tuple[str, ...] = NUSCENES_CAMERAS
     question: str = ''
+    missing: tuple[str, ...] = ()
 
     def validate(self, expected_views: int = len(NUSCENES_CAMERAS)) -> None:
         """Raise ValueError naming the bad view and the fix."""
-        if len(self.images) != expected_views:
+        if not self.images or len(self.images) + len(self.missing) != expected_views:
             raise ValueError(
-                f'got {len(self.images)} camera images, the model expects {expected_views} '
+                f'got {len(self.images)} camera images and {len(self.missing)} named missing; '
+                f'the model expects {expected_views} '
                 f'({", ".join(NUSCENES_CAMERAS[:expected_views])}): send one image per camera'
             )
         if len(self.names) != len(self.images):

@@ -62,6 +62,11 @@ class RuntimeSettings:
         check_pruner_name(self.pruner)
         if not 0 <= self.prune_layer < llm_layers:
             raise ValueError(f'prune_layer={self.prune_layer} must be in [0, {llm_layers - 1}]')
+        if self.prune_layer == 0 and make_pruner(self.pruner).stage is Stage.IN_LLM:
+            raise ValueError(
+                f'pruner {self.pruner!r} acts inside the LLM; set prune_layer >= 1 (FastV and '
+                'DART use 2), or pick tfps, divprune, mvpruner, random or stride'
+            )
         if self.max_new_tokens < 1:
             raise ValueError(f'max_new_tokens={self.max_new_tokens} must be >= 1')
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -89,6 +94,7 @@ class Result:
     timings_ms: dict[str, float] = field(default_factory=dict)
     prefill_flops: int = 0
     prefill_flops_unpruned: int = 0
+    missing_views: tuple[str, ...] = ()  # cameras the set lacked (degraded when non-empty)
 
     def summary(self) -> dict:
         """JSON-ready dict (the node's ~/result payload and the offline runner's lines)."""
@@ -99,6 +105,7 @@ class Result:
         out['trajectory_reason'] = self.trajectory.reason
         out['kept_indices'] = None  # large; callers that want it read the attribute
         out['tokens_kept_per_view'] = dict(zip(self.view_names, self.tokens_after))
+        out['degraded'] = bool(self.missing_views)
         return out
 
 
@@ -229,6 +236,7 @@ class Pipeline:
             timings_ms=dict(timings),
             prefill_flops=prefill_flops(self.shape, first_len, kept_len, settings.prune_layer),
             prefill_flops_unpruned=prefill_flops(self.shape, full),
+            missing_views=tuple(frame.missing),
         )
 
 
@@ -260,11 +268,6 @@ class PrunePlan:
             return keep_all(tokens.valid_counts(), tokens.device)
         if isinstance(pruner, MVPruner):  # at layer 0 only stage 1 can run (docs/pruning.md)
             pruner = pruner.stage1
-        if pruner.stage is Stage.IN_LLM:
-            raise ValueError(
-                f'pruner {s.pruner!r} acts inside the LLM; set prune_layer >= 1 (FastV and DART '
-                'use 2), or pick tfps, divprune, mvpruner, random or stride'
-            )
         return prune(pruner, tokens, self.ratios, self._allocator(), seed=s.seed)
 
     def in_llm_hooks(self, adapter: VLMAdapter, inputs, names) -> LayerPruningHooks | None:

@@ -1,0 +1,1 @@
+"""From camera messages to CameraSets: synchronisation, image decoding, frame assembly (no ROS)."""

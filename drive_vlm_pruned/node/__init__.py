@@ -1,0 +1,1 @@
+"""The ROS 2 node: six synchronized cameras in, answers, results and trajectories out."""

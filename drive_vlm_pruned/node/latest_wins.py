@@ -1,0 +1,70 @@
+"""One worker thread with a one-slot mailbox: the newest item wins, replaced ones are counted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import threading
+from typing import Generic, TypeVar
+
+Item = TypeVar('Item')
+
+
+class LatestWinsWorker(Generic[Item]):
+    """
+    Runs ``handle`` on one thread, always on the newest submitted item.
+
+    Inference is slower than the cameras, so queueing sets would grow latency without bound:
+    a submit while the worker is busy replaces the waiting item (``dropped`` counts it).
+    """
+
+    def __init__(self, handle: Callable[[Item], None], name: str = 'vlm-worker') -> None:
+        self._handle = handle
+        self._cond = threading.Condition()
+        self._pending: Item | None = None
+        self._stopping = False
+        self.dropped = 0
+        self.busy = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Item) -> bool:
+        """Hand ``item`` over; return True when it replaced (dropped) a waiting one."""
+        with self._cond:
+            replaced = self._pending is not None
+            if replaced:
+                self.dropped += 1
+            self._pending = item
+            self._cond.notify()
+            return replaced
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the running item, drop the waiting one, and join the thread."""
+        with self._cond:
+            self._stopping = True
+            self._pending = None
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def idle(self) -> bool:
+        """Return True when nothing runs and nothing waits."""
+        with self._cond:
+            return not self.busy and self._pending is None
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                item, self._pending = self._pending, None
+                self.busy = True  # under the lock, so idle never sees a gap
+            try:
+                self._handle(item)
+            finally:
+                self.busy = False

@@ -1,0 +1,98 @@
+"""Node start-up and shutdown: compressed input, fail-fast on a bad model, no leaked threads."""
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+import threading
+
+from drive_vlm_pruned.cameras import NUSCENES_CAMERAS
+import pytest
+import rclpy
+from ros_harness import (
+    camera_images,
+    compressed_msg,
+    NodeUnderTest,
+    Probe,
+    ros_context,
+    STAMP0,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compressed_jpeg_and_png_are_answered_and_a_corrupt_jpeg_is_counted(tiny_llava):
+    context = ros_context()
+    node = NodeUnderTest(context, model=str(tiny_llava), use_compressed=True, max_new_tokens=4,
+                         diagnostics_period=0.2)
+    probe = Probe(context, compressed=True)
+    try:
+        probe.wait_connected()
+        assert node.node.topics[0] == '/cam_front/image_raw/compressed'
+        for index, fmt in ((1, 'jpeg'), (2, 'png')):
+            stamp = probe.publish_set(index, make=lambda img, s, f=fmt: compressed_msg(img, s, f))
+            wait_for(lambda s=stamp: any(r['stamp_ns'] == s for r in probe.results), 30,
+                     f'the {fmt} set to be answered')
+        stamp = STAMP0 + 3 * 83_333_333
+        msgs = [compressed_msg(img, stamp + v * 7_000_000)
+                for v, img in enumerate(camera_images(3))]
+        msgs[1].data = bytes(msgs[1].data)[:40]  # a JPEG cut off after its header
+        probe.publish_msgs(msgs)
+        wait_for(lambda: probe.inference_diag().get('skipped_bad.corrupt_compressed') == '1', 20,
+                 'the corrupt JPEG to be counted')
+        assert probe.inference_diag()['skipped_bad.corrupt_compressed.camera'] == \
+            NUSCENES_CAMERAS[1]
+        stamp = probe.publish_set(4, make=compressed_msg)
+        wait_for(lambda: any(r['stamp_ns'] == stamp for r in probe.results), 30,
+                 'the node to answer after the corrupt JPEG')
+    finally:
+        probe.close()
+        node.close()
+        rclpy.shutdown(context=context)
+
+
+def test_node_threads_stop_when_destroyed(tiny_llava):
+    context = ros_context()
+    node = NodeUnderTest(context, model=str(tiny_llava))
+    node.close()
+    rclpy.shutdown(context=context)
+    names = {t.name for t in threading.enumerate()}
+    assert not names & {'vlm-worker', 'vlm-loader'}
+
+
+def run_node(*ros_args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, '-m', 'drive_vlm_pruned.node.main', '--ros-args', *ros_args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ)
+
+
+@pytest.mark.parametrize('case', ['missing', 'broken', 'empty', 'bad_keep_ratio',
+                                  'params_file'])
+def test_a_bad_model_or_parameter_fails_fast_with_the_reason(case, tmp_path, tiny_llava):
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'config.json').write_text('{not json')
+    args = {
+        'missing': ['-p', f'model:={tmp_path / "nowhere"}'],
+        'broken': ['-p', f'model:={broken}'],
+        'empty': [],
+        'bad_keep_ratio': ['-p', f'model:={tiny_llava}', '-p', 'keep_ratio:=1'],
+        # config/vlm.yaml loads with every type right; only its empty model stops the start
+        'params_file': ['--params-file', str(ROOT / 'config' / 'vlm.yaml')],
+    }[case]
+    out = run_node(*args)
+    assert out.returncode != 0
+    expected = {'missing': 'nowhere', 'broken': 'not valid JSON', 'empty': 'no model given',
+                'bad_keep_ratio': 'write 1.0 for a double', 'params_file': 'no model given'}[case]
+    assert expected in out.stderr, out.stderr[-2000:]
+    assert 'Traceback' not in out.stderr
+
+
+def test_drive_vlm_node_shorthands_become_typed_ros_parameters(tmp_path):
+    # --keep-ratio 1 must reach ROS as the double 1.0; the missing model is what stops it.
+    cmd = [sys.executable, '-m', 'drive_vlm_pruned.cli.main', 'node', '--model',
+           str(tmp_path / 'nowhere'), '--keep-ratio', '1', '--max-new-tokens', '5',
+           '--', '--ros-args', '-p', 'pruner:=stride']
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert 'nowhere' in out.stderr and 'Traceback' not in out.stderr
