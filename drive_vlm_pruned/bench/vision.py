@@ -4,13 +4,16 @@
 The encoder runs on every frame whatever the keep ratio, so on a pruned model it becomes a large
 share of the latency. Shapes are real (SigLIP-so400m at 384 px as in LLaVA-OneVision/DriveMM;
 Qwen2.5-VL's ViT at the Impromptu resolution) with random weights; ``--layers`` shortens the
-tower for CPU runs (latency scales with depth, the backend ratio barely does).
+tower for CPU runs (latency scales with depth, the backend ratio barely does). Every backend times
+the same exportable module on the same input: for Qwen2.5-VL, the windowed-ViT encoder of the
+frames' own patch grid (models/qwen_vision.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 import json
+import os
 from pathlib import Path
 import tempfile
 
@@ -22,7 +25,8 @@ from ..models.loading import model_dtype
 from ..vision.backends import BackendRequest, BackendUnavailable, choose_backend
 from ..vision.onnx_export import export_onnx
 
-ENCODERS = {'siglip-so400m': 'llava-ov-7b', 'qwen2.5-vl-vit-1596': 'qwen2.5-vl-3b-1596'}
+ENCODERS = {'siglip-so400m': 'llava-ov-7b', 'qwen2.5-vl-vit-1596': 'qwen2.5-vl-3b-1596',
+            'qwen2.5-vl-vit-262k': 'qwen2.5-vl-3b-262k'}
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,13 @@ def bench_vision(encoder: str, backends: list[str], device: torch.device, views:
 
 def _runner(name, adapter, pixels, device, dtype, stem: Path):
     """Return ``(run, '')`` timing one encoder call with this backend, or ``(None, why not)``."""
-    module = adapter.vision_module()
-    if module is None:  # Qwen2.5-VL: only the model's own path, through the adapter
-        if name != 'torch':
-            return None, 'no exportable module for this encoder yet'
-        return (lambda: adapter.encode(pixels, 1)), ''
+    module, shape, values = _encoder(adapter, pixels)
     request = BackendRequest(name)
     if name == 'onnxruntime':
-        path = export_onnx(module, adapter.image_shape, stem.with_suffix('.onnx'))
+        too_big = _eager_attention_note(module, values.shape[0])
+        if too_big:
+            return None, too_big
+        path = export_onnx(module, shape, stem.with_suffix('.onnx'))
         request = BackendRequest(name, onnx_path=str(path))
     try:
         backend = choose_backend(request, module, device, dtype, log=lambda s: None)
@@ -87,7 +90,36 @@ def _runner(name, adapter, pixels, device, dtype, stem: Path):
         return None, str(err)
     if backend.name != name:
         return None, backend.reasons[0]
-    return (lambda: backend(pixels.values)), ''
+    return (lambda: backend(values)), ''
+
+
+def _encoder(adapter, pixels):
+    """Return the exportable encoder, one view's input shape and the views' input tensor."""
+    if pixels.grid_thw is None:
+        return adapter.vision_module(), adapter.image_shape, pixels.values
+    # Qwen2.5-VL: the encoder of the frames' patch grid (the preset's image size and pixel
+    # budget), fed the processor's patches of each view.
+    module = adapter.vision_module(tuple(pixels.grid_thw[0, 1:].tolist()))
+    return module, module.input_shape, pixels.values.reshape(-1, *module.input_shape)
+
+
+def _eager_attention_note(module, views: int) -> str:
+    """
+    Return why the exported graph would not fit in memory here, or '' when it fits.
+
+    The ONNX graph of Qwen2.5-VL's ViT computes its full-attention blocks eagerly: fp32 scores and
+    softmax of views x heads x patches^2 (6 x 16 x 12996^2: 65 GB for 1596 px frames).
+    """
+    patches = getattr(module, 'patches', 0)
+    if not patches:
+        return ''
+    heads = module.blocks[0].attn.num_heads
+    need = 2 * 4 * views * heads * patches ** 2
+    have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    if need <= have // 2:
+        return ''
+    return (f'eager full attention of {views} x {patches} patches needs ~{need / 2**30:.0f} GiB '
+            f'({have / 2**30:.0f} GiB here); time qwen2.5-vl-vit-262k or fewer views')
 
 
 def _frame_images(preset, views: int):

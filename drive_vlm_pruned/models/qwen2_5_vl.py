@@ -7,17 +7,26 @@ squares give 57 x 57 = 3249 merged tokens; Impromptu's 262144-pixel setting turn
 gives the prunable tokens. Positions are 3-D (mrope: temporal, height, width): they are computed by
 the model's own ``get_rope_index`` on the UNPRUNED sequence and gathered at the kept rows, and
 decoding continues from the last prompt position + 1, which is the rope-delta correction.
+
+The ViT runs through ``QwenVisionEncoder`` (models/qwen_vision.py): the model's own blocks for one
+fixed patch grid, with the rotary table, window permutation and masks precomputed, so it exports
+to ONNX like the other families' encoders. The exported grid is the one the processor gives a
+``camera_hw`` frame (nuScenes: 1600 x 900); only the number of views is dynamic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .base import Pixels, PrefillInputs, PromptPieces, VisualFeatures, VLMAdapter
+from .qwen_vision import QwenVisionEncoder
 from ..pruning import KeptTokens, ViewTokens
 
 
@@ -25,6 +34,32 @@ class Qwen25VLAdapter(VLMAdapter):
     family = 'qwen2.5-vl'
     image_open = '<|vision_start|>'
     image_close = '<|vision_end|>'
+    # The camera frame size the exportable encoder is fixed for: nuScenes' six 1600 x 900 views.
+    camera_hw: ClassVar[tuple[int, int]] = (900, 1600)
+    # Backends that run a graph built for one input shape; torch and compile run any grid.
+    FIXED_GRID_BACKENDS: ClassVar[tuple[str, ...]] = ('onnxruntime', 'tensorrt')
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._grid_encoders: dict[tuple[int, int], QwenVisionEncoder] = {}
+
+    def vision_module(self, grid_hw: tuple[int, int] | None = None) -> QwenVisionEncoder:
+        """Return the exportable ViT + merger for a ``grid_hw`` patch grid (``vision_grid``)."""
+        return QwenVisionEncoder(self.model.model.visual, grid_hw or self.vision_grid)
+
+    @cached_property
+    def vision_grid(self) -> tuple[int, int]:
+        """Return the ``(grid_h, grid_w)`` patch grid the processor gives a ``camera_hw`` frame."""
+        frame = np.zeros((*self.camera_hw, 3), dtype=np.uint8)
+        grid = self.image_processor(images=[frame], return_tensors='pt')['image_grid_thw'][0]
+        return int(grid[1]), int(grid[2])
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """Return one view's fixed encoder input: ``(patches, patch_dim)`` of ``vision_grid``."""
+        config = self.model.config.vision_config
+        patch_dim = (config.in_channels * config.temporal_patch_size * config.patch_size ** 2)
+        return (self.vision_grid[0] * self.vision_grid[1], patch_dim)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Pixels:
         out = self.image_processor(images=list(images), return_tensors='pt')
@@ -33,8 +68,7 @@ class Qwen25VLAdapter(VLMAdapter):
 
     def encode(self, pixels: Pixels, batch: int) -> VisualFeatures:
         views = pixels.grid_thw.shape[0] // batch
-        per_image = self.model.model.get_image_features(pixels.values,
-                                                        pixels.grid_thw).pooler_output
+        per_image = self._vision_features(pixels)
         feats = []
         for v in range(views):
             rows = [per_image[b * views + v] for b in range(batch)]
@@ -47,6 +81,38 @@ class Qwen25VLAdapter(VLMAdapter):
         empty = feats[0].new_zeros(batch, 0, feats[0].shape[-1])
         return VisualFeatures(ViewTokens.from_list(feats), tuple(empty for _ in range(views)),
                               pixels.grid_thw)
+
+    def _vision_features(self, pixels: Pixels) -> list[Tensor]:
+        """Encode each image; images of one patch grid go through the encoder together."""
+        grids = [tuple(g) for g in pixels.grid_thw.tolist()]
+        chunks = pixels.values.split([t * h * w for t, h, w in grids])
+        out: list[Tensor] = [None] * len(grids)
+        for grid in dict.fromkeys(grids):
+            members = [i for i, g in enumerate(grids) if g == grid]
+            encoder = self._encoder(grid)
+            feats = encoder(torch.stack([chunks[i] for i in members])).to(self.dtype)
+            for row, i in enumerate(members):
+                out[i] = feats[row]
+        return out
+
+    def _encoder(self, grid: tuple[int, int, int]):
+        """Return the vision backend for ``grid``, or an eager encoder built for it."""
+        frames, height, width = grid
+        if frames != 1:
+            raise ValueError(f'grid {grid}: only single images are encoded here, not videos')
+        if (height, width) == self.vision_grid:
+            return self.vision
+        if self.vision_backend in self.FIXED_GRID_BACKENDS:
+            fixed_h, fixed_w = self.vision_grid
+            raise ValueError(
+                f'the {self.vision_backend} vision encoder is fixed to a {fixed_h} x {fixed_w} '
+                f'patch grid ({self.camera_hw[1]} x {self.camera_hw[0]} frames), these frames '
+                f'give {height} x {width}: feed {self.camera_hw[1]} x {self.camera_hw[0]} '
+                'frames, or use vision_backend torch'
+            )
+        if (height, width) not in self._grid_encoders:
+            self._grid_encoders[height, width] = self.vision_module((height, width))
+        return self._grid_encoders[height, width]
 
     def build_inputs(self, feats: VisualFeatures, kept: KeptTokens,
                      prompts: Sequence[PromptPieces]) -> PrefillInputs:

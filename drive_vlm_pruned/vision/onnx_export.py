@@ -3,7 +3,8 @@ Export a vision encoder (vision tower + projector) to ONNX and check it with ONN
 
 The image size is fixed per model; only the batch (the camera views) is dynamic, so one graph
 serves any number of views and changing the keep ratio never touches it (the pruner and the LLM
-stay outside).
+stay outside). One view's input is an image ``(3, H, W)`` for SigLIP and InternViT, and the
+processor's patches ``(grid_h * grid_w, patch_dim)`` of one fixed grid for Qwen2.5-VL's ViT.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 def export_onnx(module: nn.Module, image_shape: tuple[int, int, int], path: str | Path,
                 max_views: int = 64) -> Path:
-    """Export ``module`` (``[n, 3, H, W] -> [n, N, D]``) with a dynamic first dimension."""
+    """Export ``module`` (``[n, *image_shape] -> [n, N, D]``) with a dynamic first dimension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(2, *image_shape)
