@@ -57,6 +57,11 @@ setup(
         'lint': ROS_LINT,
         # ONNX export (torch's dynamo exporter needs onnxscript) and the onnxruntime backend.
         'onnx': ['onnx', 'onnxscript', 'onnxruntime'],
+        # `drive-vlm bag from-nuscenes` reads the tables with nuscenes-devkit when it imports.
+        # 1.2.0 pins numpy<2 (and pulls opencv, scikit-learn, shapely): install it only in an
+        # environment that may go back to numpy 1; without it the converter reads the same JSON
+        # tables itself.
+        'nuscenes': ['nuscenes-devkit>=1.1'],
         'test': ['pytest', 'hypothesis', 'ruff'],
     },
     zip_safe=True,

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 import sys
 
+from .bag import add_bag_parser, run_bag
 from .node import add_node_parser
 from ..pruning import check_keep_ratio, check_pruner_name, pruner_names
 
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument('--repeats', type=int, default=5)
     bv.add_argument('--threads', type=int, default=0)
     bv.add_argument('--json-out', metavar='PATH')
+    add_bag_parser(sub)
     return parser
 
 
@@ -316,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..bench.pruners import main as bench_pruners_main
 
         return bench_pruners_main(args)
+    if args.command == 'bag':
+        return run_bag(args)
     return 2
 
 
