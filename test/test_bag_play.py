@@ -107,7 +107,7 @@ def test_publishes_the_recorded_bytes_and_skips_missing_types(bag, listener_fact
             assert topic not in stats.published
     assert stats.skipped_messages == sum(
         len(recorded(bag, t)) for t in stats.skipped_topics)
-    assert threading.active_count() == threads  # the player's context is gone
+    assert threading.active_count() <= threads  # the player left no thread behind
 
 
 def test_rate_scales_the_timing(bag, listener_factory):
