@@ -15,6 +15,7 @@ ROS_WHEELS = [
     'ros-nav-msgs',
     'ros-geometry-msgs',
     'ros-diagnostic-msgs',
+    'ros-visualization-msgs',  # /gt/objects in our bags (tf2_msgs has no PyPI wheel)
 ]
 
 ROS_LINT = [
@@ -49,6 +50,7 @@ setup(
         'transformers>=5.0,<6', 'safetensors', 'tokenizers', 'pillow', 'matplotlib',
         # rosbag2 read/write in pure Python: bag synth/play and the offline runner need no ROS.
         'rosbags>=0.10', 'tqdm',
+        'mcap',  # streams the records of a truncated .mcap that rosbags cannot open
     ],
     extras_require={
         'ros': ROS_WHEELS,

@@ -96,3 +96,30 @@ def test_drive_vlm_node_shorthands_become_typed_ros_parameters(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert 'nowhere' in out.stderr and 'Traceback' not in out.stderr
+
+
+@pytest.mark.parametrize('onnx', ['exported', 'missing'])
+def test_vision_backend_parameters_use_onnxruntime_or_fall_back(onnx, tiny_llava, tmp_path):
+    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.loading import LoadSpec
+    from drive_vlm_pruned.vision.onnx_export import export_onnx
+
+    path = tmp_path / 'vision.onnx'
+    if onnx == 'exported':
+        adapter = load_adapter(LoadSpec(str(tiny_llava)))
+        export_onnx(adapter.vision_module(), adapter.image_shape, path)
+    context = ros_context()
+    node = NodeUnderTest(context, model=str(tiny_llava), vision_backend='onnxruntime',
+                         vision_onnx=str(path), max_new_tokens=2)
+    try:
+        # missing file: onnxruntime -> compile (CUDA only) -> torch, each reason logged once
+        want = 'onnxruntime' if onnx == 'exported' else 'torch'
+        assert node.node.health.model_detail.endswith(f'vision backend {want}')
+        probe = Probe(context)
+        probe.wait_connected()
+        stamp = probe.publish_set(1)
+        wait_for(lambda: any(r['stamp_ns'] == stamp for r in probe.results), 30, 'an answer')
+        probe.close()
+    finally:
+        node.close()
+        rclpy.shutdown(context=context)

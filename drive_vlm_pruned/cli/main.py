@@ -8,6 +8,7 @@ import sys
 
 from .bag import add_bag_parser, run_bag
 from .node import add_node_parser
+from .run import add_run_parser
 from ..pruning import check_keep_ratio, check_pruner_name, pruner_names
 
 TINY_FAMILIES = ('llava-onevision', 'internvl', 'qwen2.5-vl')
@@ -20,10 +21,12 @@ of the accuracy at a fraction of the prefill cost. Run a subcommand with --help 
 """
 
 DEMO_HELP = """\
-Run the whole pipeline (vision encoder -> pruner -> LLM) on a few synthetic six-view frames
-and print, per frame, the tokens kept per camera, prefill time pruned vs unpruned, the answer
-and its trajectory (or why none was parsed). Without --model it builds and caches a tiny
-random-weight LLaVA-OneVision, which answers nonsense: it shows the path, not accuracy.
+Write a synthetic six-camera bag, start the drive_vlm ROS node, play the bag into it over DDS
+(loopback when ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) and print every ~/result: tokens kept
+per camera, prefill ms, latency, answer and trajectory (or why none was parsed). Then set
+keep_ratio 1.0 through the parameter service (as `ros2 param set` does) and replay, to compare
+prefill. Without --model it builds and caches a tiny random-weight LLaVA-OneVision, which
+answers nonsense: it shows the path, not accuracy. Without rclpy it runs `drive-vlm run`.
 """
 
 DEMO_PRUNERS_HELP = """\
@@ -66,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         'demo', help='run the pruned VLM on synthetic six-view frames (the main demo)',
         description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    main_demo.add_argument('--frames', type=int, default=3, help='frames to run (default 3)')
+    main_demo.add_argument('--frames', type=int, default=12,
+                           help='six-camera sets in the bag, 12 per second (default 12)')
     main_demo.add_argument('--keep-ratio', type=_keep_ratio, default=0.1,
                            help='fraction of visual tokens KEPT, in (0, 1] (default 0.1)')
     main_demo.add_argument('--pruner', type=_pruner, default='tfps', help='pruner (default tfps)')
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument('--force', action='store_true', help='rebuild even if the key matches')
 
     add_node_parser(sub)
+    add_run_parser(sub, _keep_ratio, _pruner)
 
     bench = sub.add_parser('bench', help='benchmarks that print figures',
                            description='Benchmarks. Each prints a table; none is a test.')
@@ -169,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                     'TensorRT where installed). Real-size shapes with random weights; --layers '
                     'shortens the tower for CPU runs.',
     )
-    bv.add_argument('--encoders', nargs='+', default=['siglip-so400m'],
-                    choices=['siglip-so400m', 'qwen2.5-vl-vit-1596'],
+    from ..bench.vision import ENCODERS
+
+    bv.add_argument('--encoders', nargs='+', default=['siglip-so400m'], choices=sorted(ENCODERS),
                     help='encoder shapes (default siglip-so400m)')
     bv.add_argument('--backends', nargs='+', choices=['torch', 'compile', 'onnxruntime',
                                                       'tensorrt'],
@@ -298,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(make_tiny_model(args.family, args.out_dir, args.seed))
         return 0
+    if args.command == 'run':
+        from .run import run_command
+
+        return run_command(args)
     if args.command == 'node':
         from .node import run_node
 

@@ -68,7 +68,7 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
                 raise ImageError('unsupported_format', (
                     f'compressed image is {img.format} (format field {fmt!r}); '
                     'publish JPEG or PNG'))
-            rgb = np.asarray(img.convert('RGB'))
+            rgb = np.array(img.convert('RGB'))  # writable: torch.from_numpy warns otherwise
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
