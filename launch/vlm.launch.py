@@ -46,7 +46,7 @@ def _node(context, *args, **kwargs):
         name=LaunchConfiguration('node_name').perform(context),
         output='screen',
         emulate_tty=True,
-        parameters=[params_file, overrides],
+        parameters=[params_file] + ([overrides] if overrides else []),
     )]
 
 

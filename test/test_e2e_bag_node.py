@@ -28,19 +28,26 @@ def test_played_bag_is_answered_or_counted_and_matches_the_offline_run(tiny_llav
     node = NodeUnderTest(context, model=str(tiny_llava), max_new_tokens=6)
     probe = Probe(context)
     try:
-        stats = play_bag(bag, PlayOptions(wait_for_subscribers_s=20.0))
+        # quarter speed: the tiny model answers most sets, so the comparison covers many
+        stats = play_bag(bag, PlayOptions(rate=0.25, wait_for_subscribers_s=20.0))
         assert stats.published['/cam_front/image_raw'] == FRAMES
         health = node.node.health
-        node.wait_idle()
+
+        def counted() -> int:
+            with health.lock:
+                return (health.processed + sum(health.dropped.values())
+                        + sum(health.skipped.values()))
+
+        # the last messages may still be in flight when the player returns
+        wait_for(lambda: counted() == FRAMES and node.node.worker.idle, 30,
+                 f'all {FRAMES} played sets to be answered or counted as dropped')
         wait_for(lambda: len(probe.results) == health.processed, 20,
                  'every answer to arrive over DDS')
-        with health.lock:
-            counted = (health.processed + sum(health.dropped.values())
-                       + sum(health.skipped.values()))
-        assert counted == FRAMES, (health.processed, health.dropped, health.skipped)
+        assert counted() == FRAMES, (health.processed, health.dropped, health.skipped)
         assert node.node.sync.pending() == 0 and sum(node.node.sync.evicted) == 0
         answered = {r['stamp_ns']: r for r in probe.results}
-        assert set(answered) <= set(played) and len(answered) == health.processed >= 1
+        assert set(answered) <= set(played) and len(answered) == health.processed
+        assert len(answered) >= FRAMES // 2
     finally:
         probe.close()
         node.close()

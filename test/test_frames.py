@@ -74,6 +74,16 @@ def test_closest_candidate_wins_and_repeated_stamps_replace():
     assert done.messages == ('x', 'near')
 
 
+def test_a_message_older_than_a_full_queue_is_evicted_not_emitted():
+    # stamps going back (a looped bag, a sim-time reset) must not crash the synchronizer
+    sync = ApproximateTimeSynchronizer(2, queue_size=3)
+    for k in range(3):
+        sync.add(0, (10 + k) * PERIOD, k)
+    sync.add(1, 0, 'old')
+    assert sync.add(0, 0, 'older') is None
+    assert sync.evicted == [1, 0] and 0 in sync.queues[1]
+
+
 def test_full_queues_evict_the_oldest_and_count_it():
     sync = ApproximateTimeSynchronizer(2, queue_size=3)
     for k in range(5):

@@ -89,7 +89,7 @@ def test_outputs_carry_the_input_sets_stamp(fresh):
     assert result['degraded'] is False
 
 
-def test_keep_ratio_and_pruner_change_live_through_set_parameters(fresh):
+def test_keep_ratio_and_pruner_change_live_through_set_parameters(fresh, tmp_path):
     node, probe = fresh
     full = result_for(probe, probe.publish_set(110))
     (ok,) = probe.set_params(keep_ratio=0.1)
@@ -109,6 +109,10 @@ def test_keep_ratio_and_pruner_change_live_through_set_parameters(fresh):
     assert not in_llm.successful and 'prune_layer' in in_llm.reason
     (read_only,) = probe.set_params(model='/elsewhere')
     assert not read_only.successful
+    partial = tmp_path / 'front_only.yaml'
+    partial.write_text('view_keep_weights:\n  CAM_FRONT: 1.0\n')
+    (weights,) = probe.set_params(view_keep_weights_file=str(partial))
+    assert not weights.successful and 'CAM_BACK' in weights.reason
 
     after = result_for(probe, probe.publish_set(112))
     assert after['keep_ratio'] == 0.1 and after['pruner'] == 'tfps'
@@ -238,6 +242,7 @@ def test_silent_camera_is_named_and_min_views_5_runs_degraded(fresh):
 def test_kept_token_mosaic_renders_only_while_subscribed(fresh):
     node, probe = fresh
     assert probe.node.count_subscribers('/drive_vlm/kept_tokens') == 0
+    assert node.node.health.processed > 0 and node.node.mosaics_rendered == 0
     sub = probe.subscribe_mosaic()
     wait_for(lambda: node.node.kept_pub.get_subscription_count() == 1, 10, 'the subscription')
     stamp = probe.publish_set(600)

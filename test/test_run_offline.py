@@ -103,6 +103,13 @@ def test_a_truncated_bag_reports_where_it_broke_and_keeps_earlier_results(
     assert str(damaged) in summary.damage
 
 
+def test_a_bag_without_the_camera_topics_names_what_it_has(synth, tiny_llava, tmp_path):
+    options = RunOptions(str(tiny_llava), str(synth), str(tmp_path / 'r.jsonl'), SETTINGS,
+                         camera_namespace='/car1', progress=False)
+    with pytest.raises(ValueError, match='has none of the camera topics.*/cam_front/image_raw'):
+        run_bag(options, log=lambda _: None)
+
+
 def test_run_cli_prints_the_table_and_names_a_missing_bag(tiny_llava, tmp_path, synth):
     from drive_vlm_pruned.cli.main import main
 

@@ -50,6 +50,20 @@ class BagReader:
         self.damage: BagBreak | None = None
         self.available: dict[str, str] = {}  # topic -> msgtype
 
+    def check_topics(self) -> None:
+        """Raise ValueError listing the bag's topics if it has none of the wanted ones."""
+        from rosbags.highlevel import AnyReader, AnyReaderError
+
+        try:
+            with AnyReader([self.path], default_typestore=typestore()) as reader:
+                found = {c.topic for c in reader.connections}
+        except AnyReaderError:
+            return  # damaged: messages() recovers what it can and reports the break
+        if self.topics is not None and not found & self.topics:
+            raise ValueError(f'bag {self.path} has none of the camera topics '
+                             f'{", ".join(sorted(self.topics)[:2])}, ...; it has '
+                             f'{", ".join(sorted(found))}: set the camera namespace')
+
     def messages(self) -> Iterator[BagMessage]:
         from rosbags.highlevel import AnyReader, AnyReaderError
 

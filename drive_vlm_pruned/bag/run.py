@@ -43,6 +43,7 @@ class RunOptions:
     load: LoadSpec | None = None
     slop_s: float = DEFAULT_SLOP_S
     limit: int = 0  # stop after this many sets (0: all)
+    camera_namespace: str = ''  # as the node's parameter: '/car1' reads /car1/cam_front/...
     progress: bool = True
 
 
@@ -106,16 +107,18 @@ def _median(values) -> str:
     return f'{float(np.median(values)):.1f}' if values else 'n/a'
 
 
-def camera_streams() -> dict[str, int]:
+def camera_streams(namespace: str = '') -> dict[str, int]:
     """Map every camera topic, raw and compressed, to its stream index in nuScenes order."""
-    return {camera_topic(name, c): i for i, name in enumerate(NUSCENES_CAMERAS)
+    prefix = ('/' + namespace.strip('/')) if namespace.strip('/') else ''
+    return {prefix + camera_topic(name, c): i for i, name in enumerate(NUSCENES_CAMERAS)
             for c in (False, True)}
 
 
 def run_bag(options: RunOptions, log: Callable[[str], None] = print) -> RunSummary:
     """Run every synchronized set of ``options.bag``; write JSON lines to ``options.out``."""
-    streams = camera_streams()
+    streams = camera_streams(options.camera_namespace)
     reader = BagReader(options.bag, list(streams))
+    reader.check_topics()
     truth = _ground_truth(options.bag, log)
     spec = options.load or LoadSpec(options.model)
     pipeline = Pipeline(load_adapter(spec, log))
@@ -153,7 +156,12 @@ def _run_set(pipeline: Pipeline, settings: RuntimeSettings, synced: SyncedSet,
         summary.skipped[err.kind] += 1
         return {'stamp_ns': synced.reference_stamp_ns, 'skipped': err.kind,
                 'camera': err.camera, 'error': str(err)}
-    result = pipeline.run(frame, settings)
+    try:
+        result = pipeline.run(frame, settings)
+    except Exception as err:  # noqa: B902 - like the node: skip the frame, count it, go on
+        summary.skipped['inference_error'] += 1
+        return {'stamp_ns': synced.reference_stamp_ns, 'skipped': 'inference_error',
+                'camera': None, 'error': f'{type(err).__name__}: {err}'}
     line = result.summary()
     del line['kept_indices']
     line['camera_stamps_ns'] = list(synced.stamps_ns)

@@ -30,6 +30,8 @@ def add_run_parser(sub, keep_ratio_type, pruner_type) -> None:
     run.add_argument('--max-new-tokens', type=int, default=64, help='default 64, as the node')
     run.add_argument('--question', help='question (default: the planning prompt, as the node)')
     run.add_argument('--slop', type=float, default=0.06, help='synchronizer slop s (0.06)')
+    run.add_argument('--camera-namespace', default='',
+                     help="prefix of the camera topics in the bag, e.g. '/car1' (default none)")
     run.add_argument('--limit', type=int, default=0, help='stop after N sets (default: all)')
     run.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
     run.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16',
@@ -57,7 +59,7 @@ def run_command(args: argparse.Namespace) -> int:
                     attn_implementation=args.attn, vision_backend=args.vision_backend,
                     vision_onnx=args.vision_onnx, vision_engine=args.vision_engine)
     options = RunOptions(args.model, args.bag, args.out, settings, load, args.slop, args.limit,
-                         not args.no_progress)
+                         args.camera_namespace, not args.no_progress)
     try:
         summary = run_bag(options, log=lambda text: print(text, file=sys.stderr))
     except (ValueError, FileNotFoundError) as err:

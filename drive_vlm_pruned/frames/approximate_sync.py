@@ -95,6 +95,8 @@ class ApproximateTimeSynchronizer(Generic[Msg]):
         while len(queue) > self.queue_size:
             del queue[min(queue)]
             self.evicted[stream] += 1
+        if stamp_ns not in queue:  # older than a full queue (stamps went back): evicted itself
+            return None
         return self._match(stream, stamp_ns)
 
     def _match(self, stream: int, stamp_ns: int) -> SyncedSet[Msg] | None:

@@ -71,6 +71,8 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
             rgb = np.array(img.convert('RGB'))  # writable: torch.from_numpy warns otherwise
     except ImageError:
         raise
+    except PILImage.DecompressionBombError as err:
+        raise ImageError('image_too_large', f'compressed image refused: {err}') from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError('corrupt_compressed', (
             f'compressed image (format {fmt!r}, {len(raw)} bytes) does not decode: {err}. '

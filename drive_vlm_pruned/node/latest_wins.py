@@ -23,6 +23,8 @@ class LatestWinsWorker(Generic[Item]):
         self._pending: Item | None = None
         self._stopping = False
         self.dropped = 0
+        self.errors = 0  # items whose handler raised (the handler should count its own faults)
+        self.last_error = ''
         self.busy = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -41,6 +43,8 @@ class LatestWinsWorker(Generic[Item]):
         """Finish the running item, drop the waiting one, and join the thread."""
         with self._cond:
             self._stopping = True
+            if self._pending is not None:  # never run: counted like any replaced item
+                self.dropped += 1
             self._pending = None
             self._cond.notify()
         self._thread.join(timeout)
@@ -66,5 +70,8 @@ class LatestWinsWorker(Generic[Item]):
                 self.busy = True  # under the lock, so idle never sees a gap
             try:
                 self._handle(item)
+            except Exception as err:  # noqa: B902 - the worker must outlive any one item
+                self.errors += 1
+                self.last_error = f'{type(err).__name__}: {err}'
             finally:
                 self.busy = False

@@ -100,7 +100,13 @@ PARAMETERS: dict[str, Spec] = {
 def view_weights_from(values: Mapping[str, Any]) -> dict[str, float] | None:
     """Return the per-camera weights the parameters ask for, or None for uniform budgets."""
     if values['view_keep_weights_file']:
-        return load_view_weights(values['view_keep_weights_file'])
+        weights = load_view_weights(values['view_keep_weights_file'])
+        missing = [c for c in NUSCENES_CAMERAS if c not in weights]
+        if missing:
+            raise ValueError(f'{values["view_keep_weights_file"]} has no weight for '
+                             f'{", ".join(missing)}: give all six cameras '
+                             f'({", ".join(NUSCENES_CAMERAS)})')
+        return weights
     weights = list(values['view_keep_weights'])
     if len(weights) != len(NUSCENES_CAMERAS):
         raise ValueError(f'view_keep_weights has {len(weights)} entries; give '

@@ -40,7 +40,7 @@ from ..models.loading import check_spec, LoadSpec
 from ..pipeline.pipeline import Pipeline
 
 NODE_NAME = 'drive_vlm'
-LIVE_EXTRA = ('min_views', 'view_timeout')  # live, but not part of RuntimeSettings
+MOSAIC_FRAME = 'kept_tokens_mosaic'  # an image of six cameras has no single optical frame
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class VlmNode(Node):
         self.health = NodeHealth(NUSCENES_CAMERAS)
         self.pipeline: Pipeline | None = None
         self.fatal: str | None = None
+        self.mosaics_rendered = 0
         self._logged: set[str] = set()
         self.sync: ApproximateTimeSynchronizer = ApproximateTimeSynchronizer(
             len(NUSCENES_CAMERAS), self.values['slop'])
@@ -147,7 +148,7 @@ class VlmNode(Node):
         values.update({p.name: p.value for p in params})
         try:
             settings = settings_from(values, self.llm_layers)
-        except ValueError as err:
+        except Exception as err:  # noqa: B902 - e.g. an unreadable weights file: say why
             return SetParametersResult(successful=False, reason=str(err))
         self.values, self.settings = values, settings
         return SetParametersResult(successful=True)
@@ -160,6 +161,12 @@ class VlmNode(Node):
     # --- cameras and synchronisation (executor thread) -------------------------------------
 
     def _on_image(self, index: int, msg) -> None:
+        try:
+            self._pair(index, msg)
+        except Exception as err:  # noqa: B902 - a camera callback must never stop the executor
+            self._fault('callback_error', NUSCENES_CAMERAS[index], f'{type(err).__name__}: {err}')
+
+    def _pair(self, index: int, msg) -> None:
         now = time.monotonic()
         self.health.cameras[index].mark(now)
         if not self.sync.active[index]:
@@ -217,16 +224,26 @@ class VlmNode(Node):
             self._fault('inference_error', None, f'{type(err).__name__}: {err}')
             return
         latency_ms = (time.monotonic() - job.completed) * 1000.0
+        if not self.context.ok():  # shutting down: the publishers may be gone
+            self.health.count_drop('shutdown')
+            return
+        try:
+            self._publish(frame, result, latency_ms, job.synced.stamps_ns)
+        except Exception as err:  # noqa: B902 - e.g. a context shut down mid-publish
+            self._fault('publish_error', None, f'{type(err).__name__}: {err}')
+            return
+        self.health.count_result(latency_ms, dict(zip(result.view_names, result.tokens_after)),
+                                 bool(result.missing_views))
+
+    def _publish(self, frame, result, latency_ms: float, stamps_ns) -> None:
         self.answer_pub.publish(string_msg(result.answer))
-        self.result_pub.publish(string_msg(result_json(result, latency_ms,
-                                                       job.synced.stamps_ns)))
+        self.result_pub.publish(string_msg(result_json(result, latency_ms, stamps_ns)))
         self.path_pub.publish(trajectory_path(result, self.values['frame_id']))
         if self.kept_pub.get_subscription_count() > 0:
             mosaic = render_mosaic(frame.images, frame.names, result.kept_indices,
                                    result.tokens_before)
-            self.kept_pub.publish(rgb_image(mosaic, result.stamp_ns, self.values['frame_id']))
-        self.health.count_result(latency_ms, dict(zip(result.view_names, result.tokens_after)),
-                                 bool(result.missing_views))
+            self.mosaics_rendered += 1
+            self.kept_pub.publish(rgb_image(mosaic, result.stamp_ns, MOSAIC_FRAME))
 
     def _fault(self, kind: str, camera: str | None, message: str) -> None:
         if self.health.count_fault(kind, camera, message):
@@ -293,8 +310,11 @@ class VlmNode(Node):
             values['tokens_kept_total'] = sum(h.tokens_kept.values())
         values.update({f'latency_ms.{k}': f'{v:.1f}' for k, v in h.latency_percentiles().items()})
         values.update({'keep_ratio': self.settings.keep_ratio, 'pruner': self.settings.pruner})
-        level = DiagnosticStatus.WARN if h.skipped else DiagnosticStatus.OK
+        values['worker_errors'] = self.worker.errors
+        level = DiagnosticStatus.WARN if h.skipped or self.worker.errors else DiagnosticStatus.OK
         message = f'{h.processed} frames' + (f'; last error: {h.last_error}' if h.skipped else '')
+        if not self.worker.alive:
+            level, message = DiagnosticStatus.ERROR, 'inference worker stopped'
         return diagnostic_status(f'{self.get_name()}: inference', level, message, values)
 
     # --- shutdown -------------------------------------------------------------------------
@@ -305,5 +325,9 @@ class VlmNode(Node):
         if getattr(self, 'worker', None) is not None:
             self.worker.stop()
         if getattr(self, '_loader', None) is not None:
-            self._loader.join(timeout=120.0)
+            # A load cannot be interrupted; the loader is a daemon thread, so Ctrl-C during a
+            # long load leaves it behind rather than hanging the shutdown.
+            self._loader.join(timeout=5.0)
+            if self._loader.is_alive():
+                self.get_logger().warning('model still loading at shutdown; abandoned')
         super().destroy_node()

@@ -38,8 +38,9 @@ def check_view_weights(weights: dict, source: str = 'view weights') -> dict[str,
     """Return ``{name: float}`` or raise ValueError on a non-numeric or non-positive weight."""
     out: dict[str, float] = {}
     for name, value in weights.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f'{source}: weight of {name!r} is {value!r}; use a number > 0')
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not 0 < value < float('inf'):
+            raise ValueError(f'{source}: weight of {name!r} is {value!r}; use a finite number > 0')
         out[str(name)] = float(value)
     if not out:
         raise ValueError(f'{source}: no view weights given')
