@@ -131,7 +131,7 @@ def test_remap_start_offset_and_topic_filter(bag, listener_factory):
                                  FRONT: (Image, qos_profile_sensor_data)})
     stats = play_bag(bag, PlayOptions(rate=4.0, remap=(parse_remap(f'{FRONT}:=/remapped/front'),),
                                       topics=(FRONT,), start_offset_s=0.2,
-                                      wait_for_subscribers_s=1.0))
+                                      wait_for_subscribers_s=10.0))
     stamps = [t for t, _ in recorded(bag, FRONT)]
     start = recorded(bag, '/tf_static')[0][0] + 200_000_000
     expected = [raw for t, raw in recorded(bag, FRONT) if t >= start]
@@ -150,7 +150,7 @@ def test_best_effort_override_reaches_only_best_effort_subscribers(bag, listener
     listener = listener_factory({FRONT: (Image, qos_profile_sensor_data),
                                  '/odom': (Odometry, reliable)})
     stats = play_bag(bag, PlayOptions(rate=4.0, qos='best-effort', topics=(FRONT, '/odom'),
-                                      wait_for_subscribers_s=0.5))
+                                      wait_for_subscribers_s=3.0))
     assert len(listener.wait_for(FRONT, FRAMES)) == FRAMES
     assert listener.got['/odom'] == []  # a reliable subscriber never matches best-effort
     assert stats.published['/odom'] == 6 * FRAMES
