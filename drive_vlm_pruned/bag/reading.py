@@ -80,6 +80,8 @@ class BagReader:
             self.available = {c.topic: c.msgtype for c in reader.connections}
             wanted = [c for c in reader.connections
                       if self.topics is None or c.topic in self.topics]
+            if not wanted:  # rosbags reads EVERY topic for an empty connection list
+                return
             count, last = 0, None
             try:
                 for conn, log_time, raw in reader.messages(connections=wanted):

@@ -163,7 +163,6 @@ def _run_set(pipeline: Pipeline, settings: RuntimeSettings, synced: SyncedSet,
         return {'stamp_ns': synced.reference_stamp_ns, 'skipped': 'inference_error',
                 'camera': None, 'error': f'{type(err).__name__}: {err}'}
     line = result.summary()
-    del line['kept_indices']
     line['camera_stamps_ns'] = list(synced.stamps_ns)
     record = truth.frame_at(result.stamp_ns, HALF_FRAME_NS) if truth else None
     score = None

@@ -19,14 +19,12 @@ import tempfile
 
 import torch
 
-from .prefill import build_preset, PRESETS
+from .prefill import build_preset
+from .shapes import ENCODERS, PRESETS
 from .timing import device_label, time_call
 from ..models.loading import model_dtype
 from ..vision.backends import BackendRequest, BackendUnavailable, choose_backend
 from ..vision.onnx_export import export_onnx
-
-ENCODERS = {'siglip-so400m': 'llava-ov-7b', 'qwen2.5-vl-vit-1596': 'qwen2.5-vl-3b-1596',
-            'qwen2.5-vl-vit-262k': 'qwen2.5-vl-3b-262k'}
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                     'TensorRT where installed). Real-size shapes with random weights; --layers '
                     'shortens the tower for CPU runs.',
     )
-    from ..bench.vision import ENCODERS
+    from ..bench.shapes import ENCODERS
 
     bv.add_argument('--encoders', nargs='+', default=['siglip-so400m'], choices=sorted(ENCODERS),
                     help='encoder shapes (default siglip-so400m)')
@@ -208,7 +208,7 @@ example: drive-vlm bench prefill --preset llava-ov-7b --device cuda --plot bench
 
 
 def bench_prefill_parser(bench_sub) -> None:
-    from ..bench.prefill import KEEP_RATIOS, PRESETS
+    from ..bench.shapes import KEEP_RATIOS, PRESETS
 
     bp = bench_sub.add_parser(
         'prefill', help='prefill speed-up vs keep ratio against the FLOPs ideal',

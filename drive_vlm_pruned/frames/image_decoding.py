@@ -103,7 +103,7 @@ def encode_raw(rgb: np.ndarray, encoding: str = 'rgb8') -> tuple[int, int, int, 
 
 
 def _as_bytes(data) -> bytes | memoryview:
-    # rclpy gives array.array('B') or bytes; rosbags gives numpy uint8 arrays.
-    if isinstance(data, np.ndarray):
-        return data.tobytes()
-    return memoryview(data).cast('B') if not isinstance(data, (bytes, bytearray)) else data
+    # rclpy gives array.array('B') or bytes, rosbags numpy uint8: view them all without a copy.
+    if isinstance(data, (bytes, bytearray)):
+        return data
+    return memoryview(data).cast('B')

@@ -28,7 +28,6 @@ def result_json(result: Result, latency_ms: float, camera_stamps_ns: Sequence[in
                     'nanosec': result.stamp_ns % 1_000_000_000}
     out['camera_stamps_ns'] = list(camera_stamps_ns)
     out['latency_ms'] = latency_ms
-    del out['kept_indices']
     return json.dumps(out)
 
 

@@ -103,7 +103,7 @@ class Result:
             [list(p) for p in self.trajectory.points] if self.trajectory.ok else None
         )
         out['trajectory_reason'] = self.trajectory.reason
-        out['kept_indices'] = None  # large; callers that want it read the attribute
+        del out['kept_indices']  # large; callers that want it read the attribute
         out['tokens_kept_per_view'] = dict(zip(self.view_names, self.tokens_after))
         out['degraded'] = bool(self.missing_views)
         return out
