@@ -15,6 +15,7 @@ import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
+from drive_vlm_pruned.bag.play import MATCH_SETTLE_S
 from drive_vlm_pruned.cameras import camera_topics, NUSCENES_CAMERAS
 from drive_vlm_pruned.frames.image_decoding import encode_raw
 from nav_msgs.msg import Path
@@ -104,6 +105,9 @@ class Probe:
     def wait_connected(self, timeout: float = 20.0) -> None:
         wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.cams), timeout,
                  'the node to subscribe to the six camera topics')
+        # Matching is one-sided: the node's best-effort readers may not know our writers yet
+        # and would drop the first samples (the bag player holds the same settle time).
+        time.sleep(MATCH_SETTLE_S)
 
     def publish_set(self, index: int, images: Sequence[np.ndarray] | None = None,
                     make: Callable | None = None, skip: Sequence[int] = ()) -> int:

@@ -127,10 +127,12 @@ def test_rate_scales_the_timing(bag, listener_factory):
 
 
 def test_remap_start_offset_and_topic_filter(bag, listener_factory):
-    listener = listener_factory({'/remapped/front': (Image, qos_profile_sensor_data),
-                                 FRONT: (Image, qos_profile_sensor_data)})
+    # Reliable both ends: a reliable writer resends what a reader missed while it was still
+    # learning of the writer, so an exact count cannot be lost to discovery timing.
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    listener = listener_factory({'/remapped/front': (Image, reliable), FRONT: (Image, reliable)})
     stats = play_bag(bag, PlayOptions(rate=4.0, remap=(parse_remap(f'{FRONT}:=/remapped/front'),),
-                                      topics=(FRONT,), start_offset_s=0.2,
+                                      topics=(FRONT,), start_offset_s=0.2, qos='reliable',
                                       wait_for_subscribers_s=10.0))
     stamps = [t for t, _ in recorded(bag, FRONT)]
     start = recorded(bag, '/tf_static')[0][0] + 200_000_000

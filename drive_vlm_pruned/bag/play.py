@@ -25,6 +25,8 @@ import time
 from ..cameras import camera_topics
 
 QOS_CHOICES = ('reliable', 'best-effort')
+# Time for readers to learn of our writers after the writers list them (_wait_for_subscribers).
+MATCH_SETTLE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,10 @@ def _wait_for_subscribers(node, publishers: dict, cameras: set[str], timeout_s: 
     Matched means a publisher sees as many subscriptions as the ROS graph lists for its topic,
     so the first messages are not lost to discovery still in progress. Return the camera
     topics still without a subscriber when the wait ended (timeout or ``stop``).
+
+    DDS matching is one-sided: our writer can list a reader before that reader has learnt of
+    the writer, and a best-effort reader drops samples from writers it does not know yet. No
+    API shows the reader's side, so once all is matched the player holds MATCH_SETTLE_S more.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -143,7 +149,10 @@ def _wait_for_subscribers(node, publishers: dict, cameras: set[str], timeout_s: 
                                if n in cameras and p.get_subscription_count() < 1))
         unmatched = [n for n, p in publishers.items()
                      if p.get_subscription_count() < node.count_subscribers(n)]
-        if (not missing and not unmatched) or time.monotonic() >= deadline or stop.wait(0.02):
+        if not missing and not unmatched:
+            stop.wait(MATCH_SETTLE_S)
+            return missing
+        if time.monotonic() >= deadline or stop.wait(0.02):
             return missing
 
 
