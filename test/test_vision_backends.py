@@ -4,14 +4,22 @@ from types import SimpleNamespace
 
 from conftest import random_frame
 from drive_vlm_pruned.bench.vision import _eager_attention_note, bench_vision
+from drive_vlm_pruned.cli.main import main as cli_main
 from drive_vlm_pruned.models.load import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.models.qwen2_5_vl import Qwen25VLAdapter
 from drive_vlm_pruned.models.qwen_vision import QwenVisionEncoder
 from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
 from drive_vlm_pruned.vision.backends import BackendRequest, choose_backend
-from drive_vlm_pruned.vision.onnx_export import export_onnx, max_abs_error
-from drive_vlm_pruned.vision.tensorrt_engine import EngineKey, rebuild_reason, write_key
+from drive_vlm_pruned.vision.onnx_export import check_parity, export_onnx, max_abs_error
+from drive_vlm_pruned.vision.tensorrt_engine import (
+    EngineKey,
+    onnx_metadata,
+    read_key,
+    read_metadata,
+    rebuild_reason,
+    write_key,
+)
 import numpy as np
 import pytest
 import torch
@@ -44,6 +52,27 @@ def test_onnx_runtime_matches_pytorch(exported, family):
     # reassociation in attention sums and GELU gives ~1e-6..1e-5 after a few real-width layers;
     # 1e-4 leaves room for real-size encoders (27-32 layers of 1152- or 1280-wide sums).
     assert max_abs_error(path, adapter.vision_module(), pixels) < 1e-4
+
+
+@pytest.mark.parametrize('family', EXPORTABLE)
+def test_fp16_graph_runs_in_the_onnx_backend_close_to_fp32(exported, family, tmp_path):
+    _, _, adapter = exported[family]
+    module = adapter.vision_module()
+    path = export_onnx(module, adapter.image_shape, tmp_path / 'fp16.onnx', fp16=True)
+    assert next(module.parameters()).dtype == torch.float32  # the export left the model alone
+    pixels = torch.randn(3, *adapter.image_shape)
+    parity = check_parity(path, module, pixels)
+    # FP16 rounds each op to 11 significant bits (unit roundoff 4.9e-4); a few layers of sums
+    # stay near 1e-3 of the output scale (5e-4 observed). A wrong graph is off by ~100%.
+    assert parity.graph_dtype == 'float16'
+    assert 0 < parity.max_abs_error < 1e-2 * parity.max_abs_feature
+    backend = choose_backend(BackendRequest('onnxruntime', onnx_path=str(path)), module,
+                             torch.device('cpu'), torch.float32)
+    got = backend(pixels)
+    assert backend.name == 'onnxruntime' and got.dtype == torch.float32
+    with torch.no_grad():
+        want = module(pixels)
+    assert (got - want).abs().max().item() < 1e-2 * parity.max_abs_feature
 
 
 @pytest.mark.parametrize('family', EXPORTABLE)
@@ -124,6 +153,44 @@ def test_qwen_onnx_backend_rejects_frames_of_another_grid_with_the_fix(exported)
         pipe.run(random_frame(33), RuntimeSettings(max_new_tokens=2))  # 160 x 90: 6 x 12
 
 
+def test_qwen_graph_for_another_camera_size_records_it_and_serves_those_frames(
+        tiny_checkpoints, tmp_path, capsys):
+    ckpt = tiny_checkpoints('qwen2.5-vl')
+    path = tmp_path / 'qwen_320x180.onnx'
+    assert cli_main(['export-vision', '--model', str(ckpt), '--onnx', str(path),
+                     '--camera-size', '320x180']) == 0
+    out = capsys.readouterr().out
+    assert 'fixed to 320x180 camera frames' in out and 'max abs error' in out
+    metadata = onnx_metadata(path)
+    assert metadata['drive_vlm.camera_hw'] == '180,320'
+    grid = tuple(int(v) for v in metadata['drive_vlm.grid_hw'].split(','))
+    assert grid != load_adapter(LoadSpec(str(ckpt))).vision_grid  # not the 1600 x 900 grid
+
+    spec = LoadSpec(str(ckpt), vision_backend='onnxruntime', vision_onnx=str(path))
+    ort_pipe = Pipeline(load_adapter(spec))
+    assert ort_pipe.adapter.vision_backend == 'onnxruntime'
+    assert ort_pipe.adapter.camera_hw == (180, 320) and ort_pipe.adapter.vision_grid == grid
+    settings = RuntimeSettings(keep_ratio=0.5, max_new_tokens=6)
+    frame = random_frame(34, size=(180, 320))
+    torch_result = Pipeline(load_adapter(LoadSpec(str(ckpt)))).run(frame, settings)
+    result = ort_pipe.run(frame, settings)
+    assert result.answer == torch_result.answer
+    assert result.kept_indices == torch_result.kept_indices
+    with pytest.raises(ValueError, match='320 x 180 frames.*--camera-size WxH'):
+        ort_pipe.run(random_frame(35, size=(900, 1600)), settings)
+
+
+def test_camera_size_is_refused_where_the_encoder_resizes_every_frame(
+        tiny_llava, tmp_path, capsys):
+    args = ['export-vision', '--model', str(tiny_llava), '--onnx', str(tmp_path / 'v.onnx')]
+    assert cli_main([*args, '--camera-size', '320x180']) == 2
+    assert 'leave the option out' in capsys.readouterr().err
+    assert not (tmp_path / 'v.onnx').exists()
+    with pytest.raises(SystemExit):
+        cli_main([*args, '--camera-size', '320'])
+    assert 'give WxH in pixels, e.g. 1600x900' in capsys.readouterr().err
+
+
 def test_bench_vision_times_the_qwen_vit_with_torch_and_onnxruntime(tmp_path):
     # Real widths at Impromptu's 262144-pixel budget (26 x 48 patches), 1 layer and 1 view: ~6 s.
     cells = bench_vision('qwen2.5-vl-vit-262k', ['torch', 'onnxruntime'], torch.device('cpu'),
@@ -156,8 +223,9 @@ def test_engine_cache_key_decides_reuse_and_rebuild(tmp_path):
     assert 'no engine' in rebuild_reason(engine, key)
     engine.write_bytes(b'serialized engine')
     assert 'missing or unreadable' in rebuild_reason(engine, key)
-    write_key(engine, key)
-    assert rebuild_reason(engine, key) is None
+    write_key(engine, key, {'drive_vlm.camera_hw': '180,320'})
+    assert rebuild_reason(engine, key) is None and read_key(engine) == key
+    assert read_metadata(engine) == {'drive_vlm.camera_hw': '180,320'}  # for the adapter
     assert rebuild_reason(engine, key, force=True) == 'rebuild forced'
     other = EngineKey('11.0.0', '9.0', 'fp16', (6, 3, 384, 384))
     reason = rebuild_reason(engine, other)

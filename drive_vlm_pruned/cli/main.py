@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('--model', required=True, help='checkpoint directory or cached model id')
     export.add_argument('--onnx', required=True, metavar='OUT.onnx', help='file to write')
     export.add_argument('--views', type=int, default=6, help='views in the check (default 6)')
+    export.add_argument('--camera-size', type=_camera_size, metavar='WxH',
+                        help='camera frame size the graph is fixed for (Qwen2.5-VL, whose ViT '
+                             'grid follows the frame; default 1600x900, nuScenes). The other '
+                             'families resize every frame to their fixed input')
+    export.add_argument('--fp16', action='store_true',
+                        help='FP16 graph (FP16 input, weights and output); what build-engine '
+                             '--fp16 needs on TensorRT 11, which builds strongly typed networks')
 
     engine = sub.add_parser(
         'build-engine', help='build (or reuse) a TensorRT engine from an exported ONNX graph',
@@ -248,25 +255,56 @@ def _export_vision(args) -> int:
 
     from ..models.load import load_adapter
     from ..models.loading import LoadSpec
-    from ..vision.onnx_export import export_onnx, max_abs_error
+    from ..vision.onnx_export import check_parity, export_onnx
 
     try:
         adapter = load_adapter(LoadSpec(args.model))
     except ValueError as err:
         print(f'drive-vlm export-vision: {err}', file=sys.stderr)
         return 2
+    if args.camera_size:
+        if not hasattr(adapter, 'set_camera_hw'):
+            print(f'drive-vlm export-vision: --camera-size: {adapter.family} resizes every '
+                  f'frame to its fixed {adapter.image_shape[-1]} px input, so its graph fits any '
+                  'camera; leave the option out', file=sys.stderr)
+            return 2
+        adapter.set_camera_hw(args.camera_size)
     module = adapter.vision_module()
     if module is None:
         print(f'drive-vlm export-vision: {adapter.family} has no exportable vision module yet',
               file=sys.stderr)
         return 2
-    path = export_onnx(module, adapter.image_shape, args.onnx)
+    path = export_onnx(module, adapter.image_shape, args.onnx, fp16=args.fp16,
+                       metadata=adapter.vision_metadata())
     pixels = torch.randn(args.views, *adapter.image_shape)
-    error = max_abs_error(path, module, pixels)
-    print(f'wrote {path} ({path.stat().st_size / 2**20:.1f} MiB), input [views, '
+    parity = check_parity(path, module, pixels)
+    print(f'wrote {path} ({_onnx_mib(path):.1f} MiB, {parity.graph_dtype}), input [views, '
           f'{", ".join(map(str, adapter.image_shape))}]')
-    print(f'ONNX Runtime vs PyTorch on {args.views} random views: max abs error {error:.2e}')
+    if hasattr(adapter, 'set_camera_hw'):
+        h, w = adapter.camera_hw
+        print(f'fixed to {w}x{h} camera frames ({adapter.vision_grid[0]} x '
+              f'{adapter.vision_grid[1]} patches); other sizes: --camera-size WxH')
+    print(f'ONNX Runtime ({parity.graph_dtype}) vs PyTorch (float32) on {args.views} random '
+          f'views: max abs error {parity.max_abs_error:.2e} (max |feature| '
+          f'{parity.max_abs_feature:.2e})')
     return 0
+
+
+def _camera_size(text: str) -> tuple[int, int]:
+    """Parse ``WxH`` (e.g. 1600x900) into ``(H, W)``."""
+    try:
+        width, height = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: give WxH in pixels, e.g. 1600x900') from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f'{text!r}: width and height must be positive')
+    return height, width
+
+
+def _onnx_mib(path) -> float:
+    """Size of a graph with its external-data files (large encoders keep weights beside it)."""
+    sizes = [p.stat().st_size for p in path.parent.glob(path.name + '*') if p.is_file()]
+    return sum(sizes) / 2**20
 
 
 def _build_engine(args) -> int:

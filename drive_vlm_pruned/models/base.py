@@ -93,6 +93,14 @@ class VLMAdapter(ABC):
         """Return the exportable ``[n, 3, H, W] -> [n, N, D]`` encoder, or None if not."""
         return None
 
+    def vision_metadata(self) -> dict[str, str]:
+        """Return what an exported graph must record to be loaded again (onnx_export keys)."""
+        return {}
+
+    def use_vision_backend(self, backend) -> None:
+        """Encode through ``backend`` (vision/backends.py ``VisionBackend``) from now on."""
+        self.vision, self.vision_backend = backend, backend.name
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """Return the fixed (3, H, W) encoder input of this model."""

@@ -54,5 +54,5 @@ def load_adapter(spec: LoadSpec, log: Callable[[str], None] = print) -> VLMAdapt
         return adapter
     request = BackendRequest(spec.vision_backend, spec.vision_onnx, spec.vision_engine)
     backend = choose_backend(request, adapter.vision, device, dtype, log)
-    adapter.vision, adapter.vision_backend = backend, backend.name
+    adapter.use_vision_backend(backend)
     return adapter

@@ -11,7 +11,9 @@ decoding continues from the last prompt position + 1, which is the rope-delta co
 The ViT runs through ``QwenVisionEncoder`` (models/qwen_vision.py): the model's own blocks for one
 fixed patch grid, with the rotary table, window permutation and masks precomputed, so it exports
 to ONNX like the other families' encoders. The exported grid is the one the processor gives a
-``camera_hw`` frame (nuScenes: 1600 x 900); only the number of views is dynamic.
+``camera_hw`` frame (nuScenes 1600 x 900 unless ``drive-vlm export-vision --camera-size`` says
+otherwise); the graph records that size, and loading it sets ``camera_hw`` again. Only the number
+of views is dynamic.
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ from torch import Tensor
 from .base import Pixels, PrefillInputs, PromptPieces, VisualFeatures, VLMAdapter
 from .qwen_vision import QwenVisionEncoder
 from ..pruning import KeptTokens, ViewTokens
+from ..vision.onnx_export import CAMERA_HW_KEY, format_hw, GRID_HW_KEY, parse_hw
 
 
 class Qwen25VLAdapter(VLMAdapter):
     family = 'qwen2.5-vl'
     image_open = '<|vision_start|>'
     image_close = '<|vision_end|>'
-    # The camera frame size the exportable encoder is fixed for: nuScenes' six 1600 x 900 views.
-    camera_hw: ClassVar[tuple[int, int]] = (900, 1600)
+    # The camera frame size the exportable encoder is fixed for (set_camera_hw): by default
+    # nuScenes' six 1600 x 900 views.
+    camera_hw: tuple[int, int] = (900, 1600)
     # Backends that run a graph built for one input shape; torch and compile run any grid.
     FIXED_GRID_BACKENDS: ClassVar[tuple[str, ...]] = ('onnxruntime', 'tensorrt')
 
@@ -46,6 +50,22 @@ class Qwen25VLAdapter(VLMAdapter):
     def vision_module(self, grid_hw: tuple[int, int] | None = None) -> QwenVisionEncoder:
         """Return the exportable ViT + merger for a ``grid_hw`` patch grid (``vision_grid``)."""
         return QwenVisionEncoder(self.model.model.visual, grid_hw or self.vision_grid)
+
+    def set_camera_hw(self, camera_hw: tuple[int, int]) -> None:
+        """Fix the exportable encoder to ``(H, W)`` camera frames (their patch grid)."""
+        if min(camera_hw) < 1:
+            raise ValueError(f'camera size {camera_hw[1]}x{camera_hw[0]}: give WxH in pixels')
+        self.camera_hw = tuple(camera_hw)
+        self.__dict__.pop('vision_grid', None)  # cached for the old size
+
+    def vision_metadata(self) -> dict[str, str]:
+        return {CAMERA_HW_KEY: format_hw(self.camera_hw), GRID_HW_KEY: format_hw(self.vision_grid)}
+
+    def use_vision_backend(self, backend) -> None:
+        """Use ``backend``; a fixed-grid graph's recorded camera size becomes ``camera_hw``."""
+        if CAMERA_HW_KEY in backend.metadata:
+            self.set_camera_hw(parse_hw(backend.metadata[CAMERA_HW_KEY]))
+        super().use_vision_backend(backend)
 
     @cached_property
     def vision_grid(self) -> tuple[int, int]:
@@ -108,7 +128,8 @@ class Qwen25VLAdapter(VLMAdapter):
                 f'the {self.vision_backend} vision encoder is fixed to a {fixed_h} x {fixed_w} '
                 f'patch grid ({self.camera_hw[1]} x {self.camera_hw[0]} frames), these frames '
                 f'give {height} x {width}: feed {self.camera_hw[1]} x {self.camera_hw[0]} '
-                'frames, or use vision_backend torch'
+                'frames, export for these frames (drive-vlm export-vision --camera-size WxH), '
+                'or use vision_backend torch'
             )
         if (height, width) not in self._grid_encoders:
             self._grid_encoders[height, width] = self.vision_module((height, width))

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn, Tensor
 
+from .onnx_export import onnx_input_dtype
+
 BACKENDS = ('tensorrt', 'onnxruntime', 'compile', 'torch')
 FALLBACK = {'tensorrt': 'onnxruntime', 'onnxruntime': 'compile', 'compile': 'torch'}
 
@@ -26,12 +28,13 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass
 class VisionBackend:
-    """A callable vision encoder and how it was chosen."""
+    """A callable vision encoder, how it was chosen, and its graph's metadata (onnx_export)."""
 
     name: str
     run: Callable[[Tensor], Tensor]
     requested: str = 'torch'
     reasons: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, pixel_values: Tensor) -> Tensor:
         return self.run(pixel_values)
@@ -55,8 +58,8 @@ def choose_backend(request: BackendRequest, module: nn.Module, device: torch.dev
     name, reasons = request.name, []
     while True:
         try:
-            run = _build(name, request, module, device, out_dtype)
-            return VisionBackend(name, run, request.name, reasons)
+            run, metadata = _build(name, request, module, device, out_dtype)
+            return VisionBackend(name, run, request.name, reasons, metadata)
         except BackendUnavailable as err:
             if name == 'torch':
                 raise
@@ -66,14 +69,18 @@ def choose_backend(request: BackendRequest, module: nn.Module, device: torch.dev
             name = FALLBACK[name]
 
 
-def _build(name, request, module, device, out_dtype) -> Callable[[Tensor], Tensor]:
+Runner = tuple[Callable[[Tensor], Tensor], dict[str, str]]
+
+
+def _build(name, request, module, device, out_dtype) -> Runner:
+    """Return ``(run, graph metadata)`` for backend ``name``, or raise BackendUnavailable."""
     if name == 'torch':
-        return module
+        return module, {}
     if name == 'compile':
         if device.type != 'cuda':
             raise BackendUnavailable('torch.compile is used on CUDA only (on CPU compiling '
                                      'costs more than it saves for a node that starts once)')
-        return torch.compile(module, dynamic=False)
+        return torch.compile(module, dynamic=False), {}
     if name == 'onnxruntime':
         return _onnxruntime(request.onnx_path, device, out_dtype)
     from .tensorrt_engine import load_engine_runner
@@ -81,7 +88,7 @@ def _build(name, request, module, device, out_dtype) -> Callable[[Tensor], Tenso
     return load_engine_runner(request.engine_path, device, out_dtype)
 
 
-def _onnxruntime(path: str, device: torch.device, out_dtype: torch.dtype):
+def _onnxruntime(path: str, device: torch.device, out_dtype: torch.dtype) -> Runner:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -98,14 +105,18 @@ def _onnxruntime(path: str, device: torch.device, out_dtype: torch.dtype):
         session = ort.InferenceSession(path, providers=providers)
     except Exception as err:  # noqa: BLE001 - ORT raises its own error types for bad graphs
         raise BackendUnavailable(f'ONNX file {path} could not be loaded ({err})') from None
-    name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[1:]
+    graph_input = session.get_inputs()[0]
+    name, fixed = graph_input.name, graph_input.shape[1:]
+    try:
+        in_dtype = onnx_input_dtype(graph_input.type)
+    except ValueError as err:
+        raise BackendUnavailable(f'{path}: {err}') from None
 
     def run(pixel_values: Tensor) -> Tensor:
         if list(pixel_values.shape[1:]) != list(fixed):
             raise ValueError(f'pixel values {tuple(pixel_values.shape[1:])} do not match the '
                              f'ONNX graph input {tuple(fixed)}: re-export for this model')
-        out = session.run(None, {name: pixel_values.float().cpu().numpy()})[0]
+        out = session.run(None, {name: pixel_values.float().cpu().numpy().astype(in_dtype)})[0]
         return torch.from_numpy(out).to(device=device, dtype=out_dtype)
 
-    return run
+    return run, dict(session.get_modelmeta().custom_metadata_map)

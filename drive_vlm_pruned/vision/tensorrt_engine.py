@@ -38,8 +38,29 @@ def sidecar(engine_path: str | Path) -> Path:
     return Path(str(engine_path) + '.json')
 
 
-def write_key(engine_path: str | Path, key: EngineKey) -> None:
-    sidecar(engine_path).write_text(json.dumps(asdict(key)) + '\n')
+def write_key(engine_path: str | Path, key: EngineKey,
+              metadata: dict[str, str] | None = None) -> None:
+    """Write the key, and the ONNX graph's metadata (camera size; see onnx_export) beside it."""
+    sidecar(engine_path).write_text(json.dumps({**asdict(key), 'metadata': metadata or {}}) + '\n')
+
+
+def read_metadata(engine_path: str | Path) -> dict[str, str]:
+    """Return the ONNX metadata recorded when the engine was built ({} if none)."""
+    try:
+        metadata = json.loads(sidecar(engine_path).read_text()).get('metadata', {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+
+
+def onnx_metadata(onnx_path: str | Path) -> dict[str, str]:
+    """Read a graph's metadata without its weights; {} where the onnx package is missing."""
+    try:
+        import onnx
+    except ImportError:
+        return {}
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
 
 
 def read_key(engine_path: str | Path) -> EngineKey | None:
@@ -120,12 +141,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, fp16: bool = Fa
         raise RuntimeError(f'TensorRT failed to build an engine from {onnx_path}')
     Path(engine_path).parent.mkdir(parents=True, exist_ok=True)
     Path(engine_path).write_bytes(bytes(serialized))
-    write_key(engine_path, key)
+    write_key(engine_path, key, onnx_metadata(onnx_path))
     return Path(engine_path), f'built ({reason})'
 
 
 def load_engine_runner(engine_path: str, device: torch.device, out_dtype: torch.dtype):
-    """Deserialize an engine and return ``run(pixel_values) -> features`` on CUDA tensors."""
+    """Deserialize an engine; return ``(run(pixel_values) -> features, metadata)`` on CUDA."""
     trt = _tensorrt()
     if device.type != 'cuda':
         raise BackendUnavailable('TensorRT runs on CUDA devices only')
@@ -162,4 +183,4 @@ def load_engine_runner(engine_path: str, device: torch.device, out_dtype: torch.
             raise RuntimeError('TensorRT execution failed')
         return y.to(out_dtype)
 
-    return run
+    return run, read_metadata(engine_path)
