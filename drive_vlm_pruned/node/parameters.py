@@ -79,7 +79,8 @@ PARAMETERS: dict[str, Spec] = {
     'attn_implementation': Spec('auto', 'auto | sdpa | eager | flash_attention_2', live=False),
     'vision_backend': Spec('torch', 'torch | compile | onnxruntime | tensorrt; an unavailable '
                                     'one falls back to the next and logs why', live=False),
-    'vision_onnx': Spec('', 'ONNX file of the vision encoder (drive-vlm export-vision)',
+    'vision_onnx': Spec('', 'ONNX file of the vision encoder (drive-vlm export-vision; a '
+                            'Qwen2.5-VL graph is fixed to the camera size it was exported for)',
                         live=False),
     'vision_engine': Spec('', 'TensorRT engine file (drive-vlm build-engine)', live=False),
     'camera_topics': Spec(list(camera_topics()), 'the six camera topics in nuScenes order '
