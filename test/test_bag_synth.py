@@ -212,3 +212,12 @@ def test_cli_writes_a_bag_and_refuses_to_overwrite(tmp_path, capsys):
     assert '--drop-prob' in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match='ground_truth.json'):
         read_ground_truth(tmp_path)
+
+
+def test_options_outside_the_scene_limits_name_the_flag_and_the_range():
+    with pytest.raises(ValueError, match=r'--curve 0.09 .*use \|curvature\| <= 0.05'):
+        SynthOptions(curve=0.09)
+    with pytest.raises(ValueError, match='--speed 55.0: .*use 0 to 40 m/s'):
+        SynthOptions(speed=55.0)
+    with pytest.raises(ValueError, match='--drop-prob 1.0'):
+        SynthOptions(drop_prob=1.0)

@@ -72,7 +72,6 @@ from ..scenes import (
     SceneConfig,
 )
 from ..scenes.frames import FUTURE_DT_S, FUTURE_RADIUS_M, FUTURE_STEPS
-from ..scenes.world import MAX_CURVATURE
 
 BASE_STAMP_NS = 1_700_000_000_000_000_000   # 2023-11-14: a fixed start keeps bags reproducible
 FRAME_PERIOD_NS = 83_333_333                  # 12 Hz, as nuScenes' cameras
@@ -111,11 +110,10 @@ class SynthOptions:
             raise ValueError(f'--jitter-ms {self.jitter_ms}: use 0 to 20 ms (a set spans 50 ms)')
         if not 0.0 <= self.drop_prob < 1.0:
             raise ValueError(f'--drop-prob {self.drop_prob}: use a probability in [0, 1)')
-        if abs(self.curve) > MAX_CURVATURE:
-            raise ValueError(f'--curve {self.curve}: use a curvature within '
-                             f'+-{MAX_CURVATURE} 1/m (0 straight, 0.02 = 50 m radius left)')
-        if not 0.0 <= self.speed <= 40.0:
-            raise ValueError(f'--speed {self.speed}: use 0 to 40 m/s')
+        try:
+            scene_config(self)  # the scene's own limits on curvature and speed
+        except ValueError as err:
+            raise ValueError(f'--curve {self.curve} / --speed {self.speed}: {err}') from None
 
 
 @dataclass(frozen=True)

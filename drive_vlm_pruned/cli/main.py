@@ -302,9 +302,9 @@ def _camera_size(text: str) -> tuple[int, int]:
 
 
 def _onnx_mib(path) -> float:
-    """Size of a graph with its external-data files (large encoders keep weights beside it)."""
-    sizes = [p.stat().st_size for p in path.parent.glob(path.name + '*') if p.is_file()]
-    return sum(sizes) / 2**20
+    """Size of a graph with its external-data file ``<name>.data``, where torch put weights."""
+    files = [path, path.with_name(path.name + '.data')]
+    return sum(p.stat().st_size for p in files if p.is_file()) / 2**20
 
 
 def _build_engine(args) -> int:

@@ -116,7 +116,8 @@ def _onnxruntime(path: str, device: torch.device, out_dtype: torch.dtype) -> Run
         if list(pixel_values.shape[1:]) != list(fixed):
             raise ValueError(f'pixel values {tuple(pixel_values.shape[1:])} do not match the '
                              f'ONNX graph input {tuple(fixed)}: re-export for this model')
-        out = session.run(None, {name: pixel_values.float().cpu().numpy().astype(in_dtype)})[0]
+        feed = pixel_values.to(device='cpu', dtype=in_dtype).numpy()  # one cast, no copy if same
+        out = session.run(None, {name: feed})[0]
         return torch.from_numpy(out).to(device=device, dtype=out_dtype)
 
     return run, dict(session.get_modelmeta().custom_metadata_map)

@@ -76,11 +76,11 @@ def check_parity(path: str | Path, module: nn.Module, pixels: torch.Tensor) -> P
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     graph_input = session.get_inputs()[0]
     dtype = onnx_input_dtype(graph_input.type)
-    got = session.run(None, {graph_input.name: pixels.float().cpu().numpy().astype(dtype)})[0]
+    got = session.run(None, {graph_input.name: pixels.to(device='cpu', dtype=dtype).numpy()})[0]
     with torch.no_grad():
         want = _fp32_cpu(module)(pixels.float().cpu()).numpy()
     return Parity(float(np.abs(got.astype(np.float32) - want).max()),
-                  float(np.abs(want).max()), np.dtype(dtype).name)
+                  float(np.abs(want).max()), str(dtype).removeprefix('torch.'))
 
 
 def _fp32_cpu(module: nn.Module) -> nn.Module:
@@ -97,9 +97,9 @@ def max_abs_error(path: str | Path, module: nn.Module, pixels: torch.Tensor) -> 
     return check_parity(path, module, pixels).max_abs_error
 
 
-def onnx_input_dtype(type_name: str) -> type:
-    """Map ONNX Runtime's ``tensor(float)`` / ``tensor(float16)`` to the numpy dtype to feed."""
-    dtypes = {'tensor(float)': np.float32, 'tensor(float16)': np.float16}
+def onnx_input_dtype(type_name: str) -> torch.dtype:
+    """Map ONNX Runtime's ``tensor(float)`` / ``tensor(float16)`` to the dtype to feed."""
+    dtypes = {'tensor(float)': torch.float32, 'tensor(float16)': torch.float16}
     if type_name not in dtypes:
         raise ValueError(f'ONNX vision graph input is {type_name}, not float32 or float16: '
                          'export it with drive-vlm export-vision')
