@@ -44,13 +44,21 @@ setup(
         ('share/' + PACKAGE + '/config', glob('config/*.yaml')),
     ],
     python_requires='>=3.10',
-    # A range, not a pin: an installed torch (CPU or CUDA build) satisfies it and is kept.
+    # Ranges for library users: an installed torch (CPU or CUDA build) that satisfies them is
+    # kept. Each upper bound is the newest minor version the suite ran green with; the exact
+    # versions are pinned in constraints.txt, which scripts/setup.sh installs with
+    # (scripts/try-latest.sh moves them).
     install_requires=[
-        'torch>=2.4', 'numpy', 'pyyaml', 'setuptools',
-        'transformers>=5.0,<6', 'safetensors', 'tokenizers', 'pillow', 'matplotlib',
+        'torch>=2.4,<2.14', 'numpy<2.5', 'pyyaml<6.1', 'setuptools',
+        'transformers>=5.23,<5.25', 'safetensors<0.9', 'tokenizers<0.24', 'pillow<13.1',
+        'matplotlib<3.12',
         # rosbag2 read/write in pure Python: bag synth/play and the offline runner need no ROS.
-        'rosbags>=0.10', 'tqdm',
-        'mcap',  # streams the records of a truncated .mcap that rosbags cannot open
+        'rosbags>=0.10,<0.12', 'tqdm<4.71',
+        'mcap<1.7',  # streams the records of a truncated .mcap that rosbags cannot open
+        # DriveLM's language metrics (BLEU, ROUGE-L, CIDEr): the COCO caption implementation.
+        'pycocoevalcap>=1.2,<1.3',
+        # Training (drive-vlm train): one loop for one CPU, one GPU or several (DDP).
+        'accelerate>=1.0,<1.16',
     ],
     extras_require={
         'ros': ROS_WHEELS,
@@ -58,13 +66,13 @@ setup(
         # only for machines without a sourced ROS (which brings its own).
         'lint': ROS_LINT,
         # ONNX export (torch's dynamo exporter needs onnxscript) and the onnxruntime backend.
-        'onnx': ['onnx', 'onnxscript', 'onnxruntime'],
+        'onnx': ['onnx<1.24', 'onnxscript<0.8', 'onnxruntime<1.33'],
         # `drive-vlm bag from-nuscenes` reads the tables with nuscenes-devkit when it imports.
         # 1.2.0 pins numpy<2 (and pulls opencv, scikit-learn, shapely): install it only in an
         # environment that may go back to numpy 1; without it the converter reads the same JSON
         # tables itself.
         'nuscenes': ['nuscenes-devkit>=1.1'],
-        'test': ['pytest', 'hypothesis', 'ruff'],
+        'test': ['pytest<9.3', 'hypothesis', 'ruff<0.18'],
     },
     zip_safe=True,
     maintainer='drive_vlm_pruned maintainers',

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .call_contract import layer_argument, layer_cache, require_keywords
 from ..pruning import KeptTokens, LayerState
 
 
@@ -81,15 +82,20 @@ class LayerPruningHooks:
         self._q = output
 
     def _keep_rope(self, module, args, kwargs) -> None:
-        self._rope = kwargs['position_embeddings']
-        self.cache = kwargs.get('past_key_values')
+        name = f'decoder layer {self.req.layer - 1} ({type(module).__name__})'
+        self._rope = layer_argument(kwargs, 'position_embeddings', name)
+        self.cache = layer_cache(kwargs, name)
 
     def _prune(self, module, args, kwargs):
+        name = f'decoder layer {self.req.layer} ({type(module).__name__})'
+        # The cut tensors replace these keywords; a layer that took them positionally would
+        # silently keep the full-length ones.
+        require_keywords(kwargs, ('attention_mask', 'position_ids'), name)
+        cos, sin = layer_argument(kwargs, 'position_embeddings', name)
         hidden = args[0] if args else kwargs['hidden_states']
         state = self._layer_state(hidden)
         self.kept = self.req.select(state, self.req.counts)
         self.rows, self.new_mask_2d = self._kept_rows(hidden.shape[1])
-        cos, sin = kwargs['position_embeddings']
         self._cut = {
             'attention_mask': self._mask(hidden.dtype),
             'position_ids': _take_positions(kwargs.get('position_ids'), self.rows),

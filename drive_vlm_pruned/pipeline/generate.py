@@ -10,6 +10,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from ..models.base import PrefillInputs
+from ..models.call_contract import cache_kwargs
 from ..models.layer_pruning import LayerPruningHooks
 
 
@@ -41,15 +42,16 @@ def prefill(model, inputs: PrefillInputs, hooks: LayerPruningHooks | None = None
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,
             position_ids=inputs.position_ids,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **cache_kwargs(model, cache),
         )
     mask = inputs.attention_mask
     if hooks is not None:
         hooks.crop_cache()
         mask = hooks.new_mask_2d
-    return Prefilled(out.logits[:, -1].float(), out.past_key_values, mask)
+    # The model fills the cache we passed in place (its output field was renamed in 5.24).
+    return Prefilled(out.logits[:, -1].float(), cache, mask)
 
 
 def decode(model, start: Prefilled, inputs: PrefillInputs, eos_ids: list[int], pad_id: int,
@@ -79,8 +81,8 @@ def decode(model, start: Prefilled, inputs: PrefillInputs, eos_ids: list[int], p
             inputs_embeds=embed(tok[:, None]),
             attention_mask=mask,
             position_ids=position[:, None],
-            past_key_values=cache,
             use_cache=True,
+            **cache_kwargs(model, cache),
         )
         position = position + 1
         logits = out.logits[:, -1].float()
