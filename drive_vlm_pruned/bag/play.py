@@ -167,9 +167,8 @@ def play_bag(path: str | Path, options: PlayOptions = PlayOptions(), node=None,
     """
     import rclpy
     from rclpy.signals import SignalHandlerOptions
-    from rosbags.highlevel import AnyReader
 
-    from .topics import typestore
+    from .reading import open_any_reader
 
     path = Path(path)
     if not (path / 'metadata.yaml').is_file() and not path.is_file():
@@ -186,7 +185,7 @@ def play_bag(path: str | Path, options: PlayOptions = PlayOptions(), node=None,
     publishers: dict[str, object] = {}
     wall0 = None
     try:
-        with AnyReader([path], default_typestore=typestore()) as reader:
+        with open_any_reader(path) as reader:
             recorded = {c.topic for c in reader.connections}
             remap = dict(options.remap)
             for name in list(remap) + list(options.topics):

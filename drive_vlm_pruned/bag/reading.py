@@ -9,8 +9,10 @@ Either way the caller gets the messages up to the damage and a ``BagBreak`` nami
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+import tempfile
 
 from .topics import typestore
 
@@ -39,6 +41,34 @@ class BagBreak:
                 f'{at} ({self.reason}); results up to there are kept')
 
 
+@contextmanager
+def rosbag2_path(path: Path) -> Iterator[Path]:
+    """
+    Yield a path that rosbags' AnyReader opens as rosbag2, whatever the directory is called.
+
+    AnyReader takes every path whose suffix is ``.bag`` for a ROS 1 bag file (rosbags 0.11), so
+    a rosbag2 directory named ``drive.bag`` failed with "Is a directory" and was then reported
+    as damaged. Such a directory is read through a symlink with a neutral name.
+    """
+    if not (path.is_dir() and path.suffix == '.bag'):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix='drive-vlm-bag-') as tmp:
+        link = Path(tmp) / 'rosbag2'
+        link.symlink_to(path.resolve(), target_is_directory=True)
+        yield link
+
+
+@contextmanager
+def open_any_reader(path: Path):
+    """Open ``path`` (a rosbag2 directory of any name, or a ROS 1 bag file) with AnyReader."""
+    from rosbags.highlevel import AnyReader
+
+    with rosbag2_path(path) as readable, AnyReader(
+            [readable], default_typestore=typestore()) as reader:
+        yield reader
+
+
 class BagReader:
     """Iterate the messages of chosen topics; ``damage`` is set if the bag broke."""
 
@@ -52,10 +82,10 @@ class BagReader:
 
     def check_topics(self) -> None:
         """Raise ValueError listing the bag's topics if it has none of the wanted ones."""
-        from rosbags.highlevel import AnyReader, AnyReaderError
+        from rosbags.highlevel import AnyReaderError
 
         try:
-            with AnyReader([self.path], default_typestore=typestore()) as reader:
+            with open_any_reader(self.path) as reader:
                 found = {c.topic for c in reader.connections}
         except AnyReaderError:
             return  # damaged: messages() recovers what it can and reports the break
@@ -65,10 +95,14 @@ class BagReader:
                              f'{", ".join(sorted(found))}: set the camera namespace')
 
     def messages(self) -> Iterator[BagMessage]:
+        with rosbag2_path(self.path) as readable:
+            yield from self._messages(readable)
+
+    def _messages(self, readable: Path) -> Iterator[BagMessage]:
         from rosbags.highlevel import AnyReader, AnyReaderError
 
         try:
-            reader = AnyReader([self.path], default_typestore=typestore())
+            reader = AnyReader([readable], default_typestore=typestore())
             reader.open()
         except AnyReaderError as err:
             mcaps = sorted(self.path.glob('*.mcap')) if self.path.is_dir() else [self.path]

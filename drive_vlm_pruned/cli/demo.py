@@ -71,6 +71,7 @@ def _through_the_node(bag: Path, params: dict) -> int:
     from std_msgs.msg import String
 
     from ..bag.play import play_bag, PlayOptions
+    from ..cameras import camera_topics
     from ..node.vlm_node import VlmNode
 
     context = rclpy.Context()
@@ -93,7 +94,9 @@ def _through_the_node(bag: Path, params: dict) -> int:
             print(node.fatal)
             return 1
         print(f'Node ready ({node.health.model_detail}); playing the bag over DDS...\n')
-        stats = play_bag(bag, PlayOptions(wait_for_subscribers_s=30.0))
+        # Only the cameras the node reads: the bag's /tf needs tf2_msgs, which pip-only ROS lacks.
+        play = PlayOptions(wait_for_subscribers_s=30.0, topics=camera_topics())
+        stats = play_bag(bag, play)
         _settle(node, results, 0)
         _print_results(results, node)
         print(f'\n{stats.summary()}')
@@ -108,7 +111,7 @@ def _through_the_node(bag: Path, params: dict) -> int:
               'replaying the bag unpruned...')
         results.clear()
         before = node.health.processed
-        play_bag(bag, PlayOptions(wait_for_subscribers_s=30.0))
+        play_bag(bag, play)
         _settle(node, results, before)
         _compare(pruned, [r for r in results if r['keep_ratio'] == 1.0])
     finally:
