@@ -72,6 +72,9 @@ setup(
         # environment that may go back to numpy 1; without it the converter reads the same JSON
         # tables itself.
         'nuscenes': ['nuscenes-devkit>=1.1'],
+        # `drive-vlm convert drivelmm-o1` of a download that has only the SentencePiece
+        # tokenizer.model (no tokenizer.json) turns it into a fast tokenizer.
+        'convert': ['sentencepiece>=0.2,<0.3'],
         'test': ['pytest<9.3', 'hypothesis', 'ruff<0.18'],
     },
     zip_safe=True,

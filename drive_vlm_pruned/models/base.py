@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 
-from .prompts import six_view_text
+from .prompts import (
+    IMAGE_MARK,
+    prompt_format_of,
+    PromptFormat,
+    six_view_text,
+    user_text,
+    view_slot_order,
+)
 from ..pruning import KeptTokens, ViewTokens
 
 
@@ -63,9 +70,18 @@ class PrefillInputs:
 
 @dataclass(frozen=True)
 class PromptPieces:
-    """Token ids around the V image slots: ``pieces[0] <view 0> pieces[1] ... pieces[V]``."""
+    """
+    Token ids around the V image slots: ``pieces[0] <slot 0> pieces[1] ... pieces[V]``.
+
+    Slot k holds view ``view_order[k]`` of the frame (None: view k), for prompt formats whose
+    training prompt lists the cameras in another order than the frame (Impromptu-VLA's).
+    """
 
     pieces: tuple[list[int], ...]
+    view_order: tuple[int, ...] | None = None
+
+    def slot_views(self) -> tuple[int, ...]:
+        return self.view_order or tuple(range(len(self.pieces) - 1))
 
 
 SYSTEM = '<|im_start|>system\nYou are a helpful driving assistant.<|im_end|>\n'
@@ -85,6 +101,8 @@ class VLMAdapter(ABC):
         self.image_processor = image_processor
         self.device = device
         self.dtype = dtype
+        # How this checkpoint was trained to be prompted (config drive_vlm_prompt_format).
+        self.prompt_format: PromptFormat = prompt_format_of(model.config, self.family)
         # The vision backend (vision/backends.py); eager torch until load_adapter picks another.
         self.vision = self.vision_module()
         self.vision_backend = 'torch'
@@ -133,6 +151,8 @@ class VLMAdapter(ABC):
 
     def prompt(self, question: str, names: Sequence[str]) -> PromptPieces:
         """Tokenize the chat-formatted six-view template around the image slots."""
+        if self.prompt_format.name != 'default':
+            return self._format_prompt(question, tuple(names))
         text = list(six_view_text(tuple(names)))
         text = [t + self.image_open for t in text[:-1]] + [text[-1]]
         text = [text[0]] + [self.image_close + t for t in text[1:]]
@@ -140,6 +160,60 @@ class VLMAdapter(ABC):
         text[-1] = text[-1] + question + '<|im_end|>\n<|im_start|>assistant\n'
         return PromptPieces(tuple(self.tokenizer(t, add_special_tokens=False).input_ids
                                   for t in text))
+
+    def _format_prompt(self, question: str, names: tuple[str, ...]) -> PromptPieces:
+        """Tokenize the prompt of a checkpoint's training format (models/prompts.py)."""
+        fmt = self.prompt_format
+        order = view_slot_order(fmt, names)
+        user = user_text(fmt, tuple(names[v] for v in order), question)
+        if fmt.chat == 'llama3':
+            pieces = self._llama3_pieces(fmt.system, user)
+        elif fmt.chat in ('chatml', 'internvl2_5'):
+            # InternVL's 'internvl2_5' (MPT separators) renders the same text as ChatML; it
+            # differs in the tokenizer's BOS in front (fmt.bos).
+            text = (f'<|im_start|>system\n{fmt.system}<|im_end|>\n<|im_start|>user\n{user}'
+                    '<|im_end|>\n<|im_start|>assistant\n')
+            parts = text.split(IMAGE_MARK)
+            parts = [p + self.image_open for p in parts[:-1]] + [parts[-1]]
+            parts = [parts[0]] + [self.image_close + p for p in parts[1:]]
+            pieces = [self.tokenizer(p, add_special_tokens=False).input_ids for p in parts]
+            if fmt.bos and self.tokenizer.bos_token_id is not None:
+                pieces[0] = [self.tokenizer.bos_token_id, *pieces[0]]
+        else:
+            raise ValueError(f'prompt format {fmt.name!r}: unknown chat {fmt.chat!r}')
+        if len(pieces) != len(names) + 1:
+            raise ValueError(f'prompt format {fmt.name!r} gave {len(pieces) - 1} image slots for '
+                             f'{len(names)} views')
+        identity = order == tuple(range(len(names)))
+        return PromptPieces(tuple(pieces), None if identity else order)
+
+    def _llama3_pieces(self, system: str, user: str) -> list[list[int]]:
+        """
+        Token ids as DriveMM's ``preprocess_llama3`` builds them, split at the image marks.
+
+        The tokenizer's own chat template renders the system turn, the user turn and an empty
+        assistant turn one call each; the leading BOS of the later calls and the final token
+        (the empty turn's end-of-turn) are dropped, leaving the assistant header open.
+        """
+        tok = self.tokenizer
+
+        def turn(role: str, content: str) -> list[int]:
+            text = tok.apply_chat_template([{'role': role, 'content': content}], tokenize=False)
+            return tok(text, add_special_tokens=False).input_ids
+
+        ids = turn('system', system) + turn('user', user)[1:] + turn('assistant', '')[1:-1]
+        mark = tok.convert_tokens_to_ids(IMAGE_MARK)
+        if mark is None or mark == tok.unk_token_id:
+            raise ValueError(f'the tokenizer has no {IMAGE_MARK} token: convert the checkpoint '
+                             'with drive-vlm convert drivemm')
+        pieces, current = [], []
+        for token in ids:
+            if token == mark:
+                pieces.append(current)
+                current = []
+            else:
+                current.append(token)
+        return [*pieces, current]
 
     @property
     def image_token_id(self) -> int:
@@ -180,8 +254,8 @@ class VLMAdapter(ABC):
     def full_sequence_ids(self, prompt: PromptPieces, view_tokens: Sequence[int]) -> list[int]:
         """Return the unpruned prompt ids: each image slot holds its view's placeholders."""
         ids = list(prompt.pieces[0])
-        for n, piece in zip(view_tokens, prompt.pieces[1:]):
-            ids += [self.image_token_id] * n + list(piece)
+        for v, piece in zip(prompt.slot_views(), prompt.pieces[1:]):
+            ids += [self.image_token_id] * view_tokens[v] + list(piece)
         return ids
 
     @property
@@ -189,20 +263,23 @@ class VLMAdapter(ABC):
         return self.text_config._attn_implementation
 
     def _assemble(self, feats: VisualFeatures, kept: KeptTokens, b: int, prompt: PromptPieces):
-        embeds, positions, rows = [], [], []
+        embeds, positions = [], []
+        rows: list[Tensor | None] = [None] * (len(prompt.pieces) - 1)
+        slot_views = prompt.slot_views()
         cursor = 0
-        for v, piece in enumerate(prompt.pieces):
+        for slot, piece in enumerate(prompt.pieces):
             ids = torch.tensor(piece, dtype=torch.long, device=self.device)
             embeds.append(self.embed(ids[None])[0])
             positions.append(torch.arange(cursor, cursor + len(piece), device=self.device))
             cursor += len(piece)
-            if v == len(prompt.pieces) - 1:
+            if slot == len(prompt.pieces) - 1:
                 break
+            v = slot_views[slot]  # the frame's view shown in this slot
             view = feats.tokens.features[v][b]
             idx = kept.indices[b][v].to(self.device)
             suffix = feats.suffix[v][b]
             start = sum(e.shape[0] for e in embeds)
-            rows.append(torch.arange(start, start + idx.numel(), device=self.device))
+            rows[v] = torch.arange(start, start + idx.numel(), device=self.device)
             embeds += [view[idx].to(self.dtype), suffix.to(self.dtype)]
             n_view = feats.tokens.valid_counts()[b, v].item()
             positions += [cursor + idx,

@@ -8,6 +8,9 @@ follows them (730 per view). The 729 patch tokens are prunable; the newline alwa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from torch import nn, Tensor
 
 from .base import Pixels, VisualFeatures, VLMAdapter
@@ -20,6 +23,12 @@ class LlavaOnevisionAdapter(VLMAdapter):
     def vision_module(self) -> nn.Module:
         return _SiglipProjector(self.model.model, self.model.config.vision_feature_layer,
                                 self.model.config.vision_feature_select_strategy)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Pixels:
+        """Pad views to squares first when the checkpoint trained that way (DriveMM)."""
+        if self.prompt_format.pad_to_square:
+            images = [pad_to_square(img, self.image_processor.image_mean) for img in images]
+        return super().preprocess(images)
 
     def encode(self, pixels: Pixels, batch: int) -> VisualFeatures:
         views = pixels.values.shape[0] // batch
@@ -53,3 +62,23 @@ class _SiglipProjector(nn.Module):
         if self.drop_cls:
             hidden = hidden[:, 1:]
         return self.projector(hidden)
+
+
+def pad_to_square(image: np.ndarray, mean: Sequence[float]) -> np.ndarray:
+    """
+    Centre ``image`` on a square canvas of the image-mean colour (LLaVA's ``expand2square``).
+
+    LLaVA-NeXT pads every image of a multi-image sample this way before the 384 px resize
+    (zhijian11/DriveMM llava/train/train.py ``process_image(..., 'pad')``), so a 1600 x 900 view
+    keeps its aspect ratio with grey bands above and below.
+    """
+    height, width = image.shape[:2]
+    if height == width:
+        return image
+    side = max(height, width)
+    colour = np.array([int(m * 255) for m in mean], dtype=image.dtype)
+    canvas = np.empty((side, side, image.shape[2]), dtype=image.dtype)
+    canvas[:] = colour
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas[top:top + height, left:left + width] = image
+    return canvas

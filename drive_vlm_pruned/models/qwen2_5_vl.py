@@ -21,9 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
+import math
 from typing import ClassVar
 
 import numpy as np
+from PIL import Image
 import torch
 from torch import Tensor
 
@@ -71,7 +73,8 @@ class Qwen25VLAdapter(VLMAdapter):
     def vision_grid(self) -> tuple[int, int]:
         """Return the ``(grid_h, grid_w)`` patch grid the processor gives a ``camera_hw`` frame."""
         frame = np.zeros((*self.camera_hw, 3), dtype=np.uint8)
-        grid = self.image_processor(images=[frame], return_tensors='pt')['image_grid_thw'][0]
+        grid = self.image_processor(images=self._fit_pixels([frame]),
+                                    return_tensors='pt')['image_grid_thw'][0]
         return int(grid[1]), int(grid[2])
 
     @property
@@ -82,9 +85,32 @@ class Qwen25VLAdapter(VLMAdapter):
         return (self.vision_grid[0] * self.vision_grid[1], patch_dim)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Pixels:
-        out = self.image_processor(images=list(images), return_tensors='pt')
+        out = self.image_processor(images=self._fit_pixels(images), return_tensors='pt')
         return Pixels(out['pixel_values'].to(self.device, self.dtype),
                       out['image_grid_thw'].to(self.device))
+
+    def _fit_pixels(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """
+        Shrink views above the prompt format's pixel budget, as the model was trained.
+
+        Impromptu-VLA trained with LLaMA-Factory's ``image_max_pixels`` 262144: an image with
+        more pixels is first resized (nearest neighbour) by sqrt(budget / pixels), each side
+        truncated to an integer (LLaMA-Factory mm_plugin ``_preprocess_image``); the image
+        processor's own smart resize to multiples of 28 follows. 1600 x 900 becomes 682 x 384,
+        then 672 x 392: 48 x 28 patches, 336 tokens.
+        """
+        budget = self.prompt_format.image_max_pixels
+        if not budget:
+            return list(images)
+        out = []
+        for img in images:
+            height, width = img.shape[:2]
+            if height * width > budget:
+                scale = math.sqrt(budget / (height * width))
+                size = (int(width * scale), int(height * scale))
+                img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.NEAREST))
+            out.append(img)
+        return out
 
     def encode(self, pixels: Pixels, batch: int) -> VisualFeatures:
         views = pixels.grid_thw.shape[0] // batch
@@ -152,6 +178,7 @@ class Qwen25VLAdapter(VLMAdapter):
                         grid_thw) -> torch.Tensor:
         """Return ``[3, S]`` mrope ids of the unpruned sequence, by the model's get_rope_index."""
         ids = torch.tensor([self.full_sequence_ids(prompt, view_tokens)], device=self.device)
+        grid_thw = grid_thw[list(prompt.slot_views())]  # the images in prompt order
         image = (ids == self.image_token_id).int()
         positions, _ = self.model.model.get_rope_index(
             ids, mm_token_type_ids=image, image_grid_thw=grid_thw,
