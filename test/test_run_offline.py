@@ -4,15 +4,15 @@ import json
 import math
 import os
 
-from drive_vlm_pruned.bag.planning_metrics import (
+from drive_vlm_pruned.bag.run import run_bag, RunOptions
+from drive_vlm_pruned.bag.synth import synth_bag, SynthOptions
+from drive_vlm_pruned.bag.topics import FrameTruth, FutureObjectTruth, read_ground_truth
+from drive_vlm_pruned.eval.planning import (
     box_corners,
     collisions,
     rectangles_overlap,
     score_trajectory,
 )
-from drive_vlm_pruned.bag.run import run_bag, RunOptions
-from drive_vlm_pruned.bag.synth import synth_bag, SynthOptions
-from drive_vlm_pruned.bag.topics import FrameTruth, FutureObjectTruth, read_ground_truth
 from drive_vlm_pruned.models.prompts import PLANNING
 from drive_vlm_pruned.pipeline.pipeline import RuntimeSettings
 import pytest

@@ -5,7 +5,7 @@ Messages are read in log-time order (the order a replay publishes them), paired 
 ApproximateTimeSynchronizer the node uses, decoded by the same assembly, and run through the
 same Pipeline. Every set gives one JSON line (a result, or the fault that skipped it), written
 and flushed at once, so a run that stops early keeps what it did. Where the bag carries ground
-truth (ground_truth.json), each trajectory is scored (bag/planning_metrics.py).
+truth (ground_truth.json), each trajectory is scored (eval/planning.py).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .planning_metrics import HORIZONS_S, score_trajectory
 from .reading import BagReader
 from .topics import GroundTruth, read_ground_truth
 from ..cameras import camera_topic, NUSCENES_CAMERAS
+from ..eval.planning import HORIZONS_S, score_trajectory
 from ..frames.approximate_sync import ApproximateTimeSynchronizer, DEFAULT_SLOP_S, SyncedSet
 from ..frames.assembly import assemble, FrameError
 from ..models.load import load_adapter

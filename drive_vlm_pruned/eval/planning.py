@@ -7,6 +7,9 @@ nuScenes open-loop planning metrics: L2 and collision at 1 / 2 / 3 s (models.md,
   along the path) is tested per step against every GT agent box at that step (oriented
   rectangles, separating-axis test); steps where the GT trajectory itself collides are skipped;
   the same cumulative mean over the first 2T steps.
+
+Both ``drive-vlm run`` (a bag's FrameTruth) and ``drive-vlm eval`` (a DriveLM frame's ``gt``,
+through :meth:`PlanningTruth.from_step_boxes`) score with these functions.
 """
 
 from __future__ import annotations
@@ -31,6 +34,47 @@ class PlanningScore:
 
     def as_json(self) -> dict:
         return {'l2': self.l2, 'collision': self.collision}
+
+
+@dataclass(frozen=True)
+class AgentTrack:
+    """An agent's box size (length, width, ...) and its (x, y, yaw) per future step, or None."""
+
+    size: tuple[float, ...]
+    boxes: tuple[tuple[float, float, float] | None, ...]
+
+
+@dataclass(frozen=True)
+class PlanningTruth:
+    """
+    What scoring needs of a frame: the GT path, which steps exist, and the agents' boxes.
+
+    bag/topics.FrameTruth has the same three fields, so either can be scored.
+    """
+
+    future_trajectory: tuple[tuple[float, float], ...]
+    future_valid: tuple[bool, ...]
+    future_objects: tuple[AgentTrack, ...] = ()
+
+    @classmethod
+    def from_step_boxes(cls, trajectory: Sequence[Sequence[float]],
+                        step_boxes: Sequence[Sequence[tuple[float, float, float, float, float]]]
+                        ) -> PlanningTruth:
+        """
+        Build from per-step box lists ``(x, y, yaw, length, width)``, without track identities.
+
+        Each box becomes a track present at its own step only: collision is tested per step, so
+        identity across steps does not matter.
+        """
+        steps = len(trajectory)
+        tracks = []
+        for k, boxes in enumerate(step_boxes[:steps]):
+            for x, y, yaw, length, width in boxes:
+                slots: list = [None] * steps
+                slots[k] = (x, y, yaw)
+                tracks.append(AgentTrack((length, width), tuple(slots)))
+        return cls(tuple((float(x), float(y)) for x, y in trajectory), (True,) * steps,
+                   tuple(tracks))
 
 
 def headings(points: np.ndarray) -> np.ndarray:
@@ -83,7 +127,7 @@ def collisions(points: np.ndarray, agents: Sequence) -> np.ndarray:
 
 def score_trajectory(predicted: Sequence[Sequence[float]], truth,
                      horizons: Sequence[int] = HORIZONS_S) -> PlanningScore:
-    """Score 6 predicted waypoints against a FrameTruth (bag/topics.py)."""
+    """Score 6 predicted waypoints against a PlanningTruth or a bag's FrameTruth."""
     pred = np.asarray(predicted, dtype=np.float64)[:, :2]
     gt = np.asarray(truth.future_trajectory, dtype=np.float64)
     steps = min(len(pred), len(gt))

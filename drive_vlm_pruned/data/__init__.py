@@ -1,0 +1,1 @@
+"""DriveLM-format driving QA: the synthetic data writer and the reader of real DriveLM files."""

@@ -1,0 +1,1 @@
+"""Scoring: DriveLM metrics, planning metrics, baselines and the eval loop over the Pipeline."""
