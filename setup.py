@@ -37,6 +37,9 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(exclude=['test']),
+    # The embedded trained model (models/embedded.py) and its ReconPruner weights travel with the
+    # package, so pip install and colcon build install them: no download at run time.
+    package_data={PACKAGE: ['checkpoints/*/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
@@ -59,6 +62,8 @@ setup(
         'pycocoevalcap>=1.2,<1.3',
         # Training (drive-vlm train): one loop for one CPU, one GPU or several (DDP).
         'accelerate>=1.0,<1.16',
+        # drive-vlm search view-rates: TPE over per-camera keep rates, RDB-shared studies.
+        'optuna>=5.0,<5.1',
     ],
     extras_require={
         'ros': ROS_WHEELS,
@@ -77,7 +82,7 @@ setup(
         'convert': ['sentencepiece>=0.2,<0.3'],
         'test': ['pytest<9.3', 'hypothesis', 'ruff<0.18'],
     },
-    zip_safe=True,
+    zip_safe=False,  # the embedded checkpoint is read from files next to the package
     maintainer='drive_vlm_pruned maintainers',
     maintainer_email='maintainers@drive-vlm-pruned.dev',
     description='Multi-view driving VLM ROS 2 node with visual-token pruning.',

@@ -18,13 +18,14 @@ PACKAGE = 'drive_vlm_pruned'
 
 # launch argument -> (parameter type, description); '' means "keep the parameter file's value"
 OVERRIDES = {
-    'model': (str, 'checkpoint directory or cached model id'),
+    'model': (str, "checkpoint directory or cached model id ('' = the embedded model)"),
     'family': (str, 'llava-onevision | internvl | qwen2.5-vl | auto'),
     'keep_ratio': (float, 'fraction of visual tokens kept, 0.01-1.0'),
     'pruner': (str, 'token pruner (tfps, divprune, mvpruner, fastv, dart, ...)'),
     'camera_namespace': (str, "prefix for the six camera topics, e.g. '/car1'"),
     'device': (str, "'auto', 'cpu' or 'cuda[:N]'"),
     'vision_backend': (str, 'torch | compile | onnxruntime | tensorrt'),
+    'decode_backend': (str, 'auto | eager | compiled (static KV cache + torch.compile)'),
 }
 
 

@@ -1,7 +1,7 @@
 """The drive-vlm front door: help texts, the pruner demo, and the pruner benchmark."""
 
 import json
-import os
+import re
 import subprocess
 import sys
 
@@ -61,18 +61,20 @@ def test_bad_arguments_get_an_error_that_names_the_fix():
     assert 'keep_ratio' in out.stderr
 
 
-def test_main_demo_plays_a_bag_into_the_node_and_says_the_model_is_random(tmp_path):
-    env = {**os.environ, 'XDG_CACHE_HOME': str(tmp_path)}
-    out = subprocess.run([*CLI, 'demo', '--frames', '6', '--max-new-tokens', '4'],
-                         capture_output=True, text=True, timeout=300, env=env)
+def test_main_demo_answers_with_the_embedded_model_and_checks_every_answer():
+    out = subprocess.run([*CLI, 'demo', '--frames', '8'], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr
-    assert 'RANDOM weights' in out.stdout and 'nonsense' in out.stdout
-    answered = out.stdout.count('kept FRONT 73 ')
-    assert answered >= 1 and out.stdout.count('trajectory:') == answered
-    assert f'Node: {answered} sets answered' in out.stdout
+    assert '(the embedded trained model)' in out.stdout
+    answered = len(re.findall(r'kept FRONT \d+ .*\(of 196 each\)', out.stdout))
+    assert answered >= 1 and out.stdout.count('  answer: ') >= answered
+    # every answer to one of the demo's questions is checked against the bag's own scene
+    assert out.stdout.count('  ground truth: ') >= answered
     assert 'keep_ratio 1.0 -> accepted' in out.stdout
-    assert 'at keep 1.0 (4655 prompt tokens)' in out.stdout
-    assert (tmp_path / 'drive_vlm_pruned' / 'tiny-llava-onevision' / 'config.json').is_file()
+    table = [line for line in out.stdout.splitlines() if line.startswith('| 0.1 |')
+             or line.startswith('| 1.0 |')]
+    assert len(table) == 2, out.stdout[-3000:]
+    assert 'Traceback' not in out.stderr and 'Warning' not in out.stderr
 
 
 def test_export_vision_prints_the_parity_error_and_build_engine_explains_missing_tensorrt(

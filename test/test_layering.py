@@ -9,8 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PRUNING = ROOT / 'drive_vlm_pruned' / 'pruning'
-ALLOWED_EXTERNAL = {'torch', 'yaml', '__future__', 'abc', 'collections', 'dataclasses', 'enum',
-                    'math', 'pathlib', 'typing'}
+ALLOWED_EXTERNAL = {'torch', 'yaml', 'safetensors', '__future__', 'abc', 'collections',
+                    'dataclasses', 'enum', 'math', 'pathlib', 'typing'}
 
 
 def imported_modules(path: Path) -> set[tuple[int, str]]:
@@ -64,11 +64,21 @@ def test_scenes_import_only_numpy_the_stdlib_and_the_camera_layout():
 
 HIGHER = {'frames', 'node', 'bag', 'bench', 'cli'}
 LOWER_MAY_NOT_IMPORT = {
-    'vision': {'models', 'pipeline'} | HIGHER,
-    'models': {'pipeline'} | HIGHER,
-    'pipeline': HIGHER,
+    'vision': {'models', 'pipeline', 'data', 'eval', 'training'} | HIGHER,
+    'models': {'pipeline', 'data', 'eval', 'training'} | HIGHER,
+    'pipeline': {'data', 'eval', 'training'} | HIGHER,
     # message -> CameraSet code the node and the offline runner share: no ROS, no node
     'frames': HIGHER - {'frames'},
+    # checkpoint conversion: models, transformers and safetensors; never ROS or the pipeline
+    'convert': {'pipeline', 'data', 'eval'} | HIGHER,
+    # DriveLM-format data: scenes, prompts and trajectory text in, files out; no ROS, no node
+    'data': HIGHER | {'eval'},
+    # scoring and the eval loop: drive the pipeline over data files; no ROS, no node, no bag
+    'eval': HIGHER,
+    # searches over pipeline settings: drive eval/pipeline/models; no ROS, no node, no bench
+    'search': HIGHER,
+    # training may import models, data and pipeline; inference never imports training
+    'training': HIGHER,
 }
 
 
@@ -93,3 +103,11 @@ def test_lower_layers_never_import_higher_ones_or_ros(package):
         assert not bad, f'{package}/{path.name} imports {bad}'
         external = {m.split('.')[0] for level, m in imported_modules(path) if level == 0}
         assert not external & {'rclpy', 'rosbags', 'sensor_msgs'}, f'{path.name} imports ROS'
+
+
+def test_inference_never_imports_training():
+    """The node, pipeline and models run without the training package (issue 13)."""
+    for package in ('node', 'pipeline', 'models', 'vision', 'frames', 'eval'):
+        for path in (ROOT / 'drive_vlm_pruned' / package).glob('*.py'):
+            assert 'training' not in internal_targets(path, package), (
+                f'{package}/{path.name} imports training')

@@ -66,8 +66,7 @@ def run_node(*ros_args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ)
 
 
-@pytest.mark.parametrize('case', ['missing', 'broken', 'empty', 'bad_keep_ratio',
-                                  'params_file'])
+@pytest.mark.parametrize('case', ['missing', 'broken', 'bad_keep_ratio'])
 def test_a_bad_model_or_parameter_fails_fast_with_the_reason(case, tmp_path, tiny_llava):
     broken = tmp_path / 'broken'
     broken.mkdir()
@@ -75,17 +74,33 @@ def test_a_bad_model_or_parameter_fails_fast_with_the_reason(case, tmp_path, tin
     args = {
         'missing': ['-p', f'model:={tmp_path / "nowhere"}'],
         'broken': ['-p', f'model:={broken}'],
-        'empty': [],
         'bad_keep_ratio': ['-p', f'model:={tiny_llava}', '-p', 'keep_ratio:=1'],
-        # config/vlm.yaml loads with every type right; only its empty model stops the start
-        'params_file': ['--params-file', str(ROOT / 'config' / 'vlm.yaml')],
     }[case]
     out = run_node(*args)
     assert out.returncode != 0
-    expected = {'missing': 'nowhere', 'broken': 'not valid JSON', 'empty': 'no model given',
-                'bad_keep_ratio': 'write 1.0 for a double', 'params_file': 'no model given'}[case]
+    expected = {'missing': 'nowhere', 'broken': 'not valid JSON',
+                'bad_keep_ratio': 'write 1.0 for a double'}[case]
     assert expected in out.stderr, out.stderr[-2000:]
     assert 'Traceback' not in out.stderr
+
+
+def test_with_no_model_parameter_the_node_answers_with_the_embedded_model():
+    from drive_vlm_pruned.models.embedded import embedded_model_dir
+
+    context = ros_context()
+    node = NodeUnderTest(context, max_new_tokens=4)  # config default: model ''
+    try:
+        assert node.node.health.model_state == 'ready'
+        loaded = node.node.pipeline.adapter.model.config._name_or_path
+        assert Path(loaded).resolve() == embedded_model_dir().resolve()
+        probe = Probe(context)
+        probe.wait_connected()
+        stamp = probe.publish_set(1)
+        wait_for(lambda: any(r['stamp_ns'] == stamp for r in probe.results), 60, 'an answer')
+        probe.close()
+    finally:
+        node.close()
+        rclpy.shutdown(context=context)
 
 
 def test_drive_vlm_node_shorthands_become_typed_ros_parameters(tmp_path):

@@ -130,8 +130,10 @@ def sweep(pipe: Pipeline, preset: Preset, pruners: Sequence[str], keep_ratios: S
     device = pipe.adapter.device
     cells = []
     for layer in prune_layers:
+        # Eager decode: a compiled one would compile per keep ratio (bench latency times it).
         base_settings = RuntimeSettings(keep_ratio=1.0, pruner='tfps', prune_layer=layer,
-                                        max_new_tokens=new_tokens, stop_at_eos=False)
+                                        max_new_tokens=new_tokens, stop_at_eos=False,
+                                        decode_backend='eager')
         base = run_cell(pipe, preset, base_settings, warmup, repeats, device)
         base.pruner = 'none'
         _speedup(base, base)
@@ -144,7 +146,8 @@ def sweep(pipe: Pipeline, preset: Preset, pruners: Sequence[str], keep_ratios: S
                 if keep >= 1.0:
                     continue
                 settings = RuntimeSettings(keep_ratio=keep, pruner=name, prune_layer=layer,
-                                           max_new_tokens=new_tokens, stop_at_eos=False)
+                                           max_new_tokens=new_tokens, stop_at_eos=False,
+                                           decode_backend='eager')
                 cell = run_cell(pipe, preset, settings, warmup, repeats, device)
                 _speedup(cell, base)
                 cells.append(cell)

@@ -2,12 +2,13 @@
 The main demo: a synthetic bag played into the ROS node, and what the node publishes.
 
 It writes a procedurally rendered six-camera bag (drive-vlm bag synth), starts the drive_vlm
-node on a tiny random-weight LLaVA-OneVision (built once, then cached), replays the bag over
-DDS (drive-vlm bag play) and prints every ~/result: tokens kept per camera, prefill time,
-end-to-end latency, the answer and its trajectory (or why none was parsed). Then it sets
-keep_ratio to 1.0 through the node's SetParameters service, exactly as ``ros2 param set`` does,
-and replays a few frames to show the unpruned prefill. The model's answers are nonsense; the
-demo shows the real path. Without rclpy it runs the offline runner over the same bag instead.
+node on the embedded trained model (or --model), replays the bag over DDS (drive-vlm bag play)
+while asking, in turn over the node's ~/question topic, whether a vehicle is in the front view,
+how many, and the planning question. It prints every ~/result: tokens kept per camera, prefill
+time, end-to-end latency, the question, the answer, the ground truth from the bag's own scene
+(correct or not; L2 for a trajectory). Then it sets keep_ratio to 1.0 through the node's
+SetParameters service, exactly as ``ros2 param set`` does, replays, and prints accuracy and
+prefill at both keep ratios. Without rclpy it runs the offline runner over the same bag instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 
 import numpy as np
 
+from .demo_truth import DemoTruth
 from ..bag.synth import synth_bag, SynthOptions
 
 
@@ -39,20 +41,20 @@ def tiny_model_dir() -> Path:
 
 
 def run_demo(frames: int = 12, keep_ratio: float = 0.1, pruner: str = 'tfps',
-             prune_layer: int = 0, model: str | None = None, max_new_tokens: int = 24,
+             prune_layer: int = 0, model: str | None = None, max_new_tokens: int = 80,
              device: str = 'cpu', dtype: str = 'auto', attn: str = 'auto') -> int:
     """Play a synthetic bag into the node and print its outputs (see module doc)."""
-    directory = model or str(tiny_model_dir())
-    print(f'Model: {directory}')
-    if model is None:
-        print('NOTE: a tiny model with RANDOM weights: it answers nonsense and almost never a '
-              'trajectory; the demo shows the node, its token counts, timings and stamps.')
+    from ..models.loading import resolve_checkpoint
+
+    directory = str(resolve_checkpoint(model or ''))
+    print(f'Model: {directory}' + ('' if model else ' (the embedded trained model)'))
     params = {'model': directory, 'keep_ratio': float(keep_ratio), 'pruner': pruner,
               'prune_layer': prune_layer, 'max_new_tokens': max_new_tokens, 'device': device,
               'dtype': dtype, 'attn_implementation': attn}
     with tempfile.TemporaryDirectory() as tmp:
         bag = Path(tmp) / 'synthetic_drive'
-        written = synth_bag(bag, SynthOptions(frames=frames, jitter_ms=2.0))
+        options = SynthOptions(frames=frames, jitter_ms=2.0)
+        written = synth_bag(bag, options)
         print(f'Bag: {frames} six-camera sets at 12 Hz, {sum(written.counts.values())} '
               'messages with ground truth (drive-vlm bag synth)')
         try:
@@ -60,10 +62,10 @@ def run_demo(frames: int = 12, keep_ratio: float = 0.1, pruner: str = 'tfps',
         except ImportError as err:
             print(f'rclpy is not importable ({err}); running the offline runner instead')
             return _offline(bag, directory, keep_ratio, pruner, prune_layer, max_new_tokens)
-        return _through_the_node(bag, params)
+        return _through_the_node(bag, params, DemoTruth(bag, options))
 
 
-def _through_the_node(bag: Path, params: dict) -> int:
+def _through_the_node(bag: Path, params: dict, truth: DemoTruth) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -74,6 +76,7 @@ def _through_the_node(bag: Path, params: dict) -> int:
     from ..cameras import camera_topics
     from ..node.vlm_node import VlmNode
 
+    params = {**params, 'question': truth.questions[0]}
     context = rclpy.Context()
     rclpy.init(context=context)
     node = VlmNode(context=context,
@@ -82,6 +85,7 @@ def _through_the_node(bag: Path, params: dict) -> int:
     results: list[dict] = []
     listener.create_subscription(String, '/drive_vlm/result',
                                  lambda m: results.append(json.loads(m.data)), 50)
+    asker = listener.create_publisher(String, '/drive_vlm/question', 10)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     executor.add_node(listener)
@@ -96,9 +100,10 @@ def _through_the_node(bag: Path, params: dict) -> int:
         print(f'Node ready ({node.health.model_detail}); playing the bag over DDS...\n')
         # Only the cameras the node reads: the bag's /tf needs tf2_msgs, which pip-only ROS lacks.
         play = PlayOptions(wait_for_subscribers_s=30.0, topics=camera_topics())
-        stats = play_bag(bag, play)
+        with _asking(asker, truth.questions):
+            stats = play_bag(bag, play)
         _settle(node, results, 0)
-        _print_results(results, node)
+        _print_results(results, node, truth)
         print(f'\n{stats.summary()}')
         pruned = list(results)
         client = AsyncParameterClient(listener, 'drive_vlm')
@@ -111,9 +116,12 @@ def _through_the_node(bag: Path, params: dict) -> int:
               'replaying the bag unpruned...')
         results.clear()
         before = node.health.processed
-        play_bag(bag, play)
+        with _asking(asker, truth.questions):
+            play_bag(bag, play)
         _settle(node, results, before)
-        _compare(pruned, [r for r in results if r['keep_ratio'] == 1.0])
+        full = [r for r in results if r['keep_ratio'] == 1.0]
+        _print_results(full, node, truth)
+        _compare(pruned, full, truth)
     finally:
         executor.shutdown()
         spinner.join(5.0)
@@ -138,7 +146,33 @@ def _settle(node, results: list, processed_before: int) -> None:
         time.sleep(0.05)
 
 
-def _print_results(results: list[dict], node) -> None:
+class _asking:
+    """Publish the demo's questions in turn on the node's ~/question topic while a pass plays."""
+
+    def __init__(self, publisher, questions: tuple[str, ...], period_s: float = 0.4) -> None:
+        self.publisher, self.questions, self.period_s = publisher, questions, period_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from std_msgs.msg import String
+
+        turn = 0
+        while not self.stop.is_set():
+            self.publisher.publish(String(data=self.questions[turn % len(self.questions)]))
+            turn += 1
+            self.stop.wait(self.period_s)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(2.0)
+
+
+def _print_results(results: list[dict], node, truth: DemoTruth) -> None:
     for r in results:
         kept = ' '.join(f'{n[4:]} {k}' for n, k in r['tokens_kept_per_view'].items())
         trajectory = r['trajectory'] or f'none ({r["trajectory_reason"]})'
@@ -148,23 +182,40 @@ def _print_results(results: list[dict], node) -> None:
               f'{r["prompt_tokens"]} prompt tokens (FLOPs '
               f'{r["prefill_flops"] / r["prefill_flops_unpruned"]:.1%} of unpruned); latency '
               f'{r["latency_ms"]:.0f} ms')
+        print(f'  question: {_short(r["question"])}')
         print(f'  answer: {r["answer"]!r}')
-        print(f'  trajectory: {trajectory}')
+        check = truth.check(r['stamp_ns'], r['question'], r['answer'])
+        if check is not None and check.correct is not None:
+            print(f'  ground truth: {check.truth!r} -> {"correct" if check.correct else "WRONG"}')
+        elif check is not None:
+            l2 = 'no trajectory parsed' if check.l2_3s is None else f'L2 (3 s) {check.l2_3s:.2f} m'
+            print(f'  trajectory: {trajectory}')
+            print(f'  ground truth: {check.truth}; {l2}')
     h = node.health
     print(f'\nNode: {h.processed} sets answered, dropped {dict(h.dropped) or 0} (latest-wins: '
           f'inference is slower than 12 Hz here), skipped as bad {dict(h.skipped) or 0}')
 
 
-def _compare(pruned: list[dict], full: list[dict]) -> None:
-    def median(rs, key):
-        return float(np.median([r['timings_ms'][key] for r in rs])) if rs else float('nan')
+def _short(question: str, width: int = 90) -> str:
+    return question if len(question) <= width else question[:width - 30] + ' ... ' + question[-25:]
 
-    if not pruned or not full:
-        return
-    print(f'prefill median: {median(pruned, "prefill"):.1f} ms at keep '
-          f'{pruned[0]["keep_ratio"]} ({pruned[0]["prompt_tokens_kept"]} prompt tokens) vs '
-          f'{median(full, "prefill"):.1f} ms at keep 1.0 ({full[0]["prompt_tokens_kept"]} '
-          'prompt tokens)')
+
+def _compare(pruned: list[dict], full: list[dict], truth: DemoTruth) -> None:
+    """Print accuracy, trajectory L2 and prefill at the pruned keep ratio and at 1.0."""
+    print('\n| keep ratio | closed answers correct | trajectory L2 (3 s) | prefill median | '
+          'prompt tokens |')
+    print('|---|---|---|---|---|')
+    for rs in (pruned, full):
+        if not rs:
+            continue
+        checks = [truth.check(r['stamp_ns'], r['question'], r['answer']) for r in rs]
+        closed = [c.correct for c in checks if c is not None and c.correct is not None]
+        l2 = [c.l2_3s for c in checks if c is not None and c.l2_3s is not None]
+        right = f'{sum(closed)}/{len(closed)}' if closed else 'none asked'
+        mean_l2 = f'{np.mean(l2):.2f} m (n={len(l2)})' if l2 else 'none parsed'
+        prefill = float(np.median([r['timings_ms']['prefill'] for r in rs]))
+        tokens = int(np.median([r['prompt_tokens_kept'] for r in rs]))
+        print(f'| {rs[0]["keep_ratio"]} | {right} | {mean_l2} | {prefill:.1f} ms | {tokens} |')
 
 
 def _offline(bag: Path, model: str, keep_ratio: float, pruner: str, prune_layer: int,

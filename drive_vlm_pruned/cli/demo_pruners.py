@@ -3,21 +3,29 @@ The pruner demo: which tokens each pruner keeps on a synthetic six-view scene, a
 
 Each view is a 27 x 27 patch grid (729 tokens, as SigLIP-so400m at 384 px) of sky, road and a few
 planted objects. A good pruner at keep 0.1 spends few tokens on the redundant sky and road and
-still touches every object.
+still touches every object; "fg recall" is the share of object tokens it keeps.
+
+With ``--model`` and ``--data`` it also measures foreground recall on real frames: every pruner
+at each keep ratio through the pipeline, against the GT masks of a ``drive-vlm data synth`` data
+set (``bench.pruners.foreground_recall_table``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import sys
 import time
 
 import torch
 
 from ..pruning import load_view_weights, make_pruner, prune, Stage, WeightedAllocator
+from ..pruning.foreground import foreground_recall
 from ..pruning.synthetic import ROAD, SKY, synthetic_layer_state, synthetic_views, SyntheticScene
 
 DEMO_PRUNERS = ('tfps', 'divprune', 'mvpruner-s1', 'fastv', 'dart', 'mvpruner-s2', 'stride',
                 'random')
+RECALL_PRUNERS = ('reconpruner', 'tfps', 'divprune', 'mvpruner-s1', 'fastv', 'dart', 'stride',
+                  'random')
 MAP_PRUNERS = ('tfps', 'divprune', 'fastv', 'random')
 
 
@@ -30,6 +38,7 @@ class DemoRow:
     objects_total: int
     background_share: float
     ms: float
+    fg_recall: float = float('nan')
 
 
 def coverage(scene: SyntheticScene, kept: list) -> tuple[int, int, float]:
@@ -58,8 +67,17 @@ def ascii_map(scene: SyntheticScene, view: int, idx: torch.Tensor) -> list[str]:
 
 
 def run_demo(keep_ratio: float = 0.1, dim: int = 1152, seed: int = 0,
-             weights_file: str | None = None) -> int:
+             weights_file: str | None = None, reconpruner_weights: str = '',
+             model: str | None = None, data: str | None = None, split: str = 'test',
+             frames: int = 8, keep_ratios: tuple[float, ...] = (0.5, 0.25, 0.1),
+             device: str = 'cpu') -> int:
     """Print per-pruner kept tokens, object coverage and time; then ASCII maps of CAM_FRONT."""
+    if model or data:
+        if not (model and data):
+            print('drive-vlm demo-pruners: --model and --data go together (foreground recall '
+                  'on real frames)', file=sys.stderr)
+            return 2
+        return run_recall(model, data, split, frames, keep_ratios, reconpruner_weights, device)
     torch.manual_seed(seed)
     scene = synthetic_views(dim=dim, seed=seed)
     layer = synthetic_layer_state(scene.tokens, seed=seed)
@@ -69,14 +87,23 @@ def run_demo(keep_ratio: float = 0.1, dim: int = 1152, seed: int = 0,
           'pipeline they read the real LLM layer.\n')
     names = scene.tokens.names
     header = 'kept per view (' + ', '.join(n[4:] for n in names) + ')'
-    print(f'{"pruner":<12} {"stage":<8} {header:<58} {"objects":>8} {"sky/road":>9} {"ms":>8}')
+    print(f'{"pruner":<12} {"stage":<8} {header:<58} {"objects":>8} {"fg recall":>9} '
+          f'{"sky/road":>9} {"ms":>8}')
     kept_by_name = {}
-    for name in DEMO_PRUNERS:
-        row, kept = _run_one(name, scene, layer, keep_ratio)
+    names = DEMO_PRUNERS + (('reconpruner',) if reconpruner_weights else ())
+    for name in names:
+        try:
+            row, kept = _run_one(name, scene, layer, keep_ratio, reconpruner_weights)
+        except ValueError as err:  # e.g. ReconPruner weights of another width than --dim
+            print(f'{name:<12} skipped: {err}')
+            continue
         kept_by_name[name] = kept
         print(f'{row.pruner:<12} {row.stage:<8} {str(row.kept_per_view):<58} '
-              f'{row.objects_hit:>3}/{row.objects_total:<4} {row.background_share:>8.0%} '
-              f'{row.ms:>8.1f}')
+              f'{row.objects_hit:>3}/{row.objects_total:<4} {row.fg_recall:>9.0%} '
+              f'{row.background_share:>8.0%} {row.ms:>8.1f}')
+    if not reconpruner_weights:
+        print('reconpruner  learned: pass --reconpruner-weights W (of width --dim), or --model '
+              'and --data for foreground recall on real frames')
     if weights_file:
         alloc = WeightedAllocator(load_view_weights(weights_file))
         kept = prune(make_pruner('tfps'), scene.tokens, keep_ratio, allocator=alloc)
@@ -90,13 +117,52 @@ def run_demo(keep_ratio: float = 0.1, dim: int = 1152, seed: int = 0,
     return 0
 
 
-def _run_one(name: str, scene: SyntheticScene, layer, keep_ratio: float):
-    pruner = make_pruner(name)
+def _run_one(name: str, scene: SyntheticScene, layer, keep_ratio: float, weights: str = ''):
+    pruner = make_pruner(name, weights=weights) if name == 'reconpruner' else make_pruner(name)
     state = layer if pruner.stage is Stage.IN_LLM else None
     prune(pruner, scene.tokens, keep_ratio, layer=state, seed=0)  # warm-up
     t0 = time.perf_counter()
     kept = prune(pruner, scene.tokens, keep_ratio, layer=state, seed=0)
     ms = (time.perf_counter() - t0) * 1000
     hit, total, bg = coverage(scene, kept.indices[0])
-    row = DemoRow(name, pruner.stage.value, kept.counts()[0], hit, total, bg, ms)
+    objects = [labels > ROAD for labels in scene.labels]
+    recall = foreground_recall(kept.indices[0], objects).value
+    row = DemoRow(name, pruner.stage.value, kept.counts()[0], hit, total, bg, ms, recall)
     return row, kept.indices[0]
+
+
+def run_recall(model: str, data: str, split: str, frames: int,
+               keep_ratios: tuple[float, ...], reconpruner_weights: str = '',
+               device: str = 'cpu') -> int:
+    """Print foreground recall of every pruner at each keep ratio on real frames."""
+    from ..bench.pruners import foreground_recall_table, recall_table
+    from ..data.drivelm import load_drivelm
+    from ..models.load import load_adapter
+    from ..models.loading import LoadSpec
+    from ..pipeline.pipeline import Pipeline
+
+    try:
+        key_frames = load_drivelm(data, split=split)[:frames]
+        pipeline = Pipeline(load_adapter(LoadSpec(model, device=device)))
+        pruners = list(RECALL_PRUNERS)
+        try:
+            pipeline.reconpruner_weights([_settings('reconpruner', reconpruner_weights)])
+        except ValueError as err:
+            print(f'reconpruner skipped: {err}', file=sys.stderr)
+            pruners.remove('reconpruner')
+        cells = foreground_recall_table(pipeline, key_frames, pruners, keep_ratios,
+                                        reconpruner_weights)
+    except ValueError as err:
+        print(f'drive-vlm demo-pruners: {err}', file=sys.stderr)
+        return 2
+    fg = cells[0].total / max(1, cells[0].frames)
+    print(f'\nForeground recall on {len(key_frames)} {split} frames of {data} '
+          f'(GT-foreground patches kept / all; {fg:.0f} foreground patches per frame):')
+    print(recall_table(cells))
+    return 0
+
+
+def _settings(pruner: str, weights: str):
+    from ..pipeline.pipeline import RuntimeSettings
+
+    return RuntimeSettings(pruner=pruner, reconpruner_weights=weights)

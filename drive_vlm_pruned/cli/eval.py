@@ -13,9 +13,8 @@ from .run import (
     load_spec_from_args,
 )
 
-# The checkpoint used when --model is not given. None until the embedded model exists (issue
-# 13); setting it here is the one change that makes --model optional.
-DEFAULT_MODEL: str | None = None
+# Without --model: '' is the embedded trained model (models/loading.py resolves it).
+DEFAULT_MODEL = ''
 
 EVAL_HELP = """\
 Answer every QA of a DriveLM-format file with the model, through the same pipeline the node
@@ -51,7 +50,7 @@ def add_eval_parser(sub, keep_ratio_type, pruner_type) -> None:
                         description=EVAL_HELP,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument('--model', default=None,
-                    help='checkpoint directory or cached model id (required for now)')
+                    help='checkpoint directory or cached model id (default: the embedded model)')
     ev.add_argument('--data', required=True, metavar='DIR_OR_JSON',
                     help='a DriveLM JSON file, or a directory written by `drive-vlm data synth`')
     ev.add_argument('--split', default='test', choices=['train', 'val', 'test'],
@@ -94,13 +93,8 @@ def add_eval_parser(sub, keep_ratio_type, pruner_type) -> None:
 
 
 def resolve_model(model: str | None) -> str:
-    """Return the checkpoint to evaluate: --model, else the default model when there is one."""
-    if model:
-        return model
-    if DEFAULT_MODEL:
-        return DEFAULT_MODEL
-    raise ValueError('pass --model DIR (a checkpoint directory or cached model id; '
-                     '`drive-vlm make-tiny-model` builds a tiny one for trying the command)')
+    """Return the checkpoint to evaluate: --model, else the embedded model."""
+    return model or DEFAULT_MODEL
 
 
 def view_weights_from_args(args: argparse.Namespace) -> dict[str, float] | None:

@@ -7,8 +7,13 @@ from collections.abc import Sequence
 import sys
 
 from .bag import add_bag_parser, run_bag
+from .convert import add_convert_parser, run_convert
+from .data import add_data_parser, run_data
+from .eval import add_eval_parser
 from .node import add_node_parser
 from .run import add_run_parser
+from .search import add_bench_accuracy_parser, add_search_parser, run_search
+from .train import add_train_parser, run_train
 from ..pruning import check_keep_ratio, check_pruner_name, pruner_names
 
 TINY_FAMILIES = ('llava-onevision', 'internvl', 'qwen2.5-vl')
@@ -21,12 +26,13 @@ of the accuracy at a fraction of the prefill cost. Run a subcommand with --help 
 """
 
 DEMO_HELP = """\
-Write a synthetic six-camera bag, start the drive_vlm ROS node, play the bag into it over DDS
-(loopback when ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) and print every ~/result: tokens kept
-per camera, prefill ms, latency, answer and trajectory (or why none was parsed). Then set
-keep_ratio 1.0 through the parameter service (as `ros2 param set` does) and replay, to compare
-prefill. Without --model it builds and caches a tiny random-weight LLaVA-OneVision, which
-answers nonsense: it shows the path, not accuracy. Without rclpy it runs `drive-vlm run`.
+Write a synthetic six-camera bag, start the drive_vlm ROS node on the embedded trained model
+(or --model), play the bag into it over DDS (loopback when ROS_AUTOMATIC_DISCOVERY_RANGE=
+LOCALHOST) while asking in turn, over ~/question, whether a vehicle is in the front view, how
+many, and the planning question. Print every ~/result: tokens kept per camera, prefill ms,
+latency, question, answer and the ground truth from the bag's scene (correct or not; L2 for a
+trajectory). Then set keep_ratio 1.0 through the parameter service (as `ros2 param set` does),
+replay, and print accuracy and prefill at both keep ratios. Without rclpy it runs `drive-vlm run`.
 """
 
 DEMO_PRUNERS_HELP = """\
@@ -77,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     main_demo.add_argument('--prune-layer', type=int, default=0,
                            help='0: after the projector; K >= 1: before LLM layer K (default 0)')
     main_demo.add_argument('--model', help='checkpoint directory or cached model id '
-                                           '(default: the tiny random-weight model)')
-    main_demo.add_argument('--max-new-tokens', type=int, default=24,
-                           help='tokens to generate (default 24)')
+                                           '(default: the embedded trained model)')
+    main_demo.add_argument('--max-new-tokens', type=int, default=80,
+                           help='tokens to generate (default 80: room for a 6-waypoint plan)')
     main_demo.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
     main_demo.add_argument('--dtype', default='auto',
                            choices=['auto', 'float32', 'bfloat16', 'float16'],
@@ -100,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument('--view-weights', metavar='YAML',
                       help='also run T-FPS with these per-view keep weights '
                            '(e.g. config/view_weights.yaml)')
+    demo.add_argument('--reconpruner-weights', default='', metavar='W.safetensors',
+                      help='ReconPruner weights (synthetic scene: of width --dim; with --model: '
+                           "default the model's own reconpruner.safetensors)")
+    demo.add_argument('--model', metavar='DIR', help='with --data: foreground recall of every '
+                                                     'pruner on real frames of this model')
+    demo.add_argument('--data', metavar='DIR', help='`drive-vlm data synth` data set (GT masks)')
+    demo.add_argument('--split', default='test', help='data split (default test)')
+    demo.add_argument('--frames', type=int, default=8, help='key frames to measure (default 8)')
+    demo.add_argument('--keep-ratios', nargs='+', type=_keep_ratio, default=[0.5, 0.25, 0.1],
+                      help='fractions KEPT for the recall table (default 0.5 0.25 0.1)')
+    demo.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
 
     tiny = sub.add_parser(
         'make-tiny-model', help='write a tiny random-weight checkpoint of a VLM family',
@@ -143,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_node_parser(sub)
     add_run_parser(sub, _keep_ratio, _pruner)
+    add_eval_parser(sub, _keep_ratio, _pruner)
 
     bench = sub.add_parser('bench', help='benchmarks that print figures',
                            description='Benchmarks. Each prints a table; none is a test.')
@@ -174,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument('--json-out', metavar='PATH', help='write one JSON record per cell here')
     bp.add_argument('--markdown-out', metavar='PATH', help='write the markdown table here')
     bench_prefill_parser(bench_sub)
+    add_bench_accuracy_parser(bench_sub, _keep_ratio, _pruner)
+    bench_latency_parser(bench_sub)
+    bench_soak_parser(bench_sub)
     bv = bench_sub.add_parser(
         'vision', help='vision-encoder latency for six views per backend',
         description='Time the vision encoder (+ projector) on six views with every backend '
@@ -196,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument('--threads', type=int, default=0)
     bv.add_argument('--json-out', metavar='PATH')
     add_bag_parser(sub)
+    add_convert_parser(sub)
+    add_train_parser(sub)
+    add_data_parser(sub)
+    add_search_parser(sub, _pruner)
     return parser
 
 
@@ -248,6 +273,100 @@ def bench_prefill_parser(bench_sub) -> None:
     bp.add_argument('--json-out', metavar='PATH', help='write one JSON record per cell')
     bp.add_argument('--markdown-out', metavar='PATH', help='write the markdown table')
     bp.add_argument('--plot', metavar='PNG', help='write speed-up vs keep ratio as a PNG')
+
+
+BENCH_LATENCY_HELP = """\
+Latency budget of a frame, camera set to trajectory: per keep ratio and decode backend, the
+median preprocess, vision, prune, prefill, time to first token and decode ms/token, end to end,
+tokens generated, KV cache bytes and peak memory, with the decode roofline ratio (measured
+ms/token over (weight + KV bytes one step reads) / the bandwidth of a measured tensor copy).
+Then the ROS node under its real load (a synthetic bag, six cameras at 12 Hz over DDS,
+latest-wins): p50 / p90 / p99 latency and sets answered / dropped. Writes JSON, markdown and a
+PNG with --out-dir. Without --model or --preset it uses the demo's tiny random-weight model.
+
+--device-spec orin-agx|orin-nx|h100|h200 prints instead the decode floor that device's memory
+bandwidth sets for every GPU preset (or --preset) at bf16 and 4-bit weights; nothing is built.
+
+examples:
+  drive-vlm bench latency --out-dir bench-out/latency
+  drive-vlm bench latency --preset drivemm-8b --device cuda --node-frames 0
+  drive-vlm bench latency --device-spec orin-agx
+"""
+
+BENCH_SOAK_HELP = """\
+Run the pipeline (or, with --node, the ROS node over DDS at 12 Hz) for N frames and watch it:
+process RSS and GPU memory every --report-every frames, latency drift (median of the last
+window against the first after warm-up), and that every frame was answered or counted. Exits 1
+with a message if memory grows more than --max-growth (5%) over its level after warm-up, or if
+a frame is unaccounted for.
+
+example: drive-vlm bench soak --frames 10000 --node
+"""
+
+
+def bench_latency_parser(bench_sub) -> None:
+    from ..bench.device_specs import DEVICE_SPECS
+    from ..bench.shapes import PRESETS
+
+    bl = bench_sub.add_parser(
+        'latency', help='frame latency budget, decode roofline, node p50/p90/p99',
+        description=BENCH_LATENCY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bl.add_argument('--model', metavar='DIR', help='checkpoint directory (default: the tiny '
+                                                   'random-weight LLaVA-OneVision of the demo)')
+    bl.add_argument('--preset', choices=sorted(PRESETS),
+                    help='a real-size model shape with random weights instead (no node run)')
+    bl.add_argument('--layers', type=int, default=0, help='shorten a --preset LLM to N layers')
+    bl.add_argument('--device-spec', choices=sorted(DEVICE_SPECS),
+                    help='print the bandwidth decode floor per preset on this device and exit')
+    bl.add_argument('--keep-ratios', nargs='+', type=_keep_ratio, default=[1.0, 0.25, 0.1],
+                    help='fractions KEPT (default 1.0 0.25 0.1)')
+    bl.add_argument('--pruner', type=_pruner, default='tfps', help='pruner (default tfps)')
+    bl.add_argument('--prune-layer', type=int, default=0, help='0 or LLM layer K (default 0)')
+    bl.add_argument('--new-tokens', type=int, default=64,
+                    help='tokens per answer, EOS ignored (default 64)')
+    bl.add_argument('--decode-backends', nargs='+', choices=['eager', 'compiled'],
+                    default=['eager', 'compiled'], help='default: eager compiled')
+    bl.add_argument('--device', default='cuda' if _has_cuda() else 'cpu',
+                    help='cpu or cuda[:N] (default: cuda when available)')
+    bl.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'])
+    bl.add_argument('--attn', default='sdpa', choices=['sdpa', 'eager', 'flash_attention_2'])
+    bl.add_argument('--image-size', type=_camera_size, metavar='WxH',
+                    help="camera frame size (default: the preset's, else 400x225)")
+    bl.add_argument('--warmup', type=int, default=2,
+                    help='untimed frames per cell; the first compiles (default 2)')
+    bl.add_argument('--repeats', type=int, default=5, help='timed frames per cell (default 5)')
+    bl.add_argument('--node-frames', type=int, default=48,
+                    help='six-camera sets played into the node at 12 Hz (0: skip; default 48)')
+    bl.add_argument('--node-decode-backend', default='auto',
+                    choices=['auto', 'eager', 'compiled'], help="the node's (default auto)")
+    bl.add_argument('--threads', type=int, default=0, help='torch CPU threads (default: torch)')
+    bl.add_argument('--out-dir', metavar='DIR', help='write latency.json, .md and .png here')
+
+
+def bench_soak_parser(bench_sub) -> None:
+    bs = bench_sub.add_parser(
+        'soak', help='run N frames; fail on memory growth or unaccounted frames',
+        description=BENCH_SOAK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bs.add_argument('--frames', type=int, default=10000, help='frames to run (default 10000)')
+    bs.add_argument('--node', action='store_true',
+                    help='drive the ROS node over DDS at 12 Hz instead of the pipeline')
+    bs.add_argument('--model', metavar='DIR', help='checkpoint directory (default: the tiny '
+                                                   'random-weight LLaVA-OneVision of the demo)')
+    bs.add_argument('--report-every', type=int, default=500,
+                    help='frames between memory and latency reports (default 500)')
+    bs.add_argument('--warmup-frames', type=int, default=0,
+                    help='frames before the memory baseline (default: one report window)')
+    bs.add_argument('--max-growth', type=float, default=0.05,
+                    help='allowed memory growth after warm-up, as a fraction (default 0.05)')
+    bs.add_argument('--keep-ratio', type=_keep_ratio, default=0.1, help='default 0.1')
+    bs.add_argument('--pruner', type=_pruner, default='tfps', help='pruner (default tfps)')
+    bs.add_argument('--max-new-tokens', type=int, default=16, help='default 16')
+    bs.add_argument('--decode-backend', default='auto', choices=['auto', 'eager', 'compiled'])
+    bs.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
+    bs.add_argument('--threads', type=int, default=0, help='torch CPU threads (default: torch)')
+    bs.add_argument('--json-out', metavar='PATH', help='write the reports and verdict here')
 
 
 def _export_vision(args) -> int:
@@ -336,7 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == 'demo-pruners':
         from .demo_pruners import run_demo as run_pruner_demo
 
-        return run_pruner_demo(args.keep_ratio, args.dim, args.seed, args.view_weights)
+        return run_pruner_demo(args.keep_ratio, args.dim, args.seed, args.view_weights,
+                               args.reconpruner_weights, args.model, args.data, args.split,
+                               args.frames, tuple(args.keep_ratios), args.device)
     if args.command == 'make-tiny-model':
         from ..models.tiny import make_tiny_model
 
@@ -346,6 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .run import run_command
 
         return run_command(args)
+    if args.command == 'eval':
+        from .eval import run_eval
+
+        return run_eval(args)
     if args.command == 'node':
         from .node import run_node
 
@@ -362,12 +487,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..bench.prefill import main as bench_prefill_main
 
         return bench_prefill_main(args)
+    if args.command == 'bench' and args.bench == 'accuracy':
+        from ..bench.accuracy import main as bench_accuracy_main
+
+        return bench_accuracy_main(args)
+    if args.command == 'search':
+        return run_search(args)
     if args.command == 'bench' and args.bench == 'pruners':
         from ..bench.pruners import main as bench_pruners_main
 
         return bench_pruners_main(args)
+    if args.command == 'bench' and args.bench == 'latency':
+        from ..bench.latency import main as bench_latency_main
+
+        return bench_latency_main(args)
+    if args.command == 'bench' and args.bench == 'soak':
+        from ..bench.soak import main as bench_soak_main
+
+        return bench_soak_main(args)
+    if args.command == 'train':
+        return run_train(args)
     if args.command == 'bag':
         return run_bag(args)
+    if args.command == 'convert':
+        return run_convert(args)
+    if args.command == 'data':
+        return run_data(args)
     return 2
 
 

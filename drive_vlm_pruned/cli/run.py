@@ -20,44 +20,88 @@ def add_run_parser(sub, keep_ratio_type, pruner_type) -> None:
     run = sub.add_parser('run', help='run the pipeline offline over a bag and score it',
                          description=RUN_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument('--model', required=True, help='checkpoint directory or cached model id')
+    run.add_argument('--model', default='',
+                     help='checkpoint directory or cached model id (default: the embedded model)')
     run.add_argument('--bag', required=True, help='rosbag2 directory (mcap or sqlite3)')
     run.add_argument('--out', required=True, metavar='results.jsonl', help='JSON lines to write')
-    run.add_argument('--keep-ratio', type=keep_ratio_type, default=0.25,
-                     help='fraction of visual tokens KEPT (default 0.25, as the node)')
-    run.add_argument('--pruner', type=pruner_type, default='tfps', help='pruner (default tfps)')
-    run.add_argument('--prune-layer', type=int, default=0, help='0 or LLM layer K (default 0)')
-    run.add_argument('--max-new-tokens', type=int, default=64, help='default 64, as the node')
+    add_settings_arguments(run, keep_ratio_type, pruner_type)
+    run.add_argument('--decode-backend', default='auto', choices=['auto', 'eager', 'compiled'],
+                     help='auto (compiled on CUDA, eager on CPU; default) | eager | compiled '
+                          '(static KV cache + torch.compile; falls back to eager, saying why)')
     run.add_argument('--question', help='question (default: the planning prompt, as the node)')
     run.add_argument('--slop', type=float, default=0.06, help='synchronizer slop s (0.06)')
     run.add_argument('--camera-namespace', default='',
                      help="prefix of the camera topics in the bag, e.g. '/car1' (default none)")
     run.add_argument('--limit', type=int, default=0, help='stop after N sets (default: all)')
-    run.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
-    run.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16',
-                                                         'float16'])
-    run.add_argument('--attn', default='auto', choices=['auto', 'sdpa', 'eager',
-                                                        'flash_attention_2'])
-    run.add_argument('--vision-backend', default='torch',
-                     choices=['torch', 'compile', 'onnxruntime', 'tensorrt'],
-                     help='vision encoder backend; unavailable ones fall back (default torch)')
-    run.add_argument('--vision-onnx', default='', help='ONNX file for onnxruntime')
-    run.add_argument('--vision-engine', default='', help='TensorRT engine file')
+    add_load_arguments(run)
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def add_settings_arguments(parser, keep_ratio_type, pruner_type) -> None:
+    """Add the pruning and decoding flags (RuntimeSettings) that run and eval share."""
+    parser.add_argument('--keep-ratio', type=keep_ratio_type, default=0.25,
+                        help='fraction of visual tokens KEPT (default 0.25, as the node)')
+    parser.add_argument('--pruner', type=pruner_type, default='tfps',
+                        help='pruner (default tfps)')
+    parser.add_argument('--prune-layer', type=int, default=0,
+                        help='0 or LLM layer K (default 0)')
+    parser.add_argument('--max-new-tokens', type=int, default=64,
+                        help='default 64, as the node')
+    parser.add_argument('--reconpruner-weights', default='', metavar='W.safetensors',
+                        help='ReconPruner weights for --pruner reconpruner (drive-vlm train '
+                             'reconpruner); default: MODEL_DIR/reconpruner.safetensors, which '
+                             'the shipped model has')
+
+
+def add_load_arguments(parser) -> None:
+    """Add the model-loading flags (LoadSpec) that run and eval share."""
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
+    parser.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16',
+                                                            'float16'])
+    parser.add_argument('--attn', default='auto', choices=['auto', 'sdpa', 'eager',
+                                                           'flash_attention_2'])
+    parser.add_argument('--vision-backend', default='torch',
+                        choices=['torch', 'compile', 'onnxruntime', 'tensorrt'],
+                        help='vision encoder backend; unavailable ones fall back (default torch)')
+    parser.add_argument('--vision-onnx', default='', help='ONNX file for onnxruntime')
+    parser.add_argument('--vision-engine', default='', help='TensorRT engine file')
+
+
+def load_spec_from_args(args: argparse.Namespace, model: str):
+    """Return the LoadSpec of the add_load_arguments flags for checkpoint ``model``."""
+    from ..models.loading import LoadSpec
+
+    return LoadSpec(model, device=args.device, dtype=args.dtype,
+                    attn_implementation=args.attn, vision_backend=args.vision_backend,
+                    vision_onnx=args.vision_onnx, vision_engine=args.vision_engine)
+
+
+def check_reconpruner_weights(pruner: str, weights: str, model: str) -> None:
+    """Fail before the run when pruner reconpruner has no readable weights (named errors)."""
+    from ..models.loading import resolve_checkpoint
+    from ..pruning import check_pruner_name
+    from ..pruning.reconpruner import load_scorer, resolve_weights
+
+    if check_pruner_name(pruner) == 'reconpruner':
+        load_scorer(resolve_weights(weights, resolve_checkpoint(model)))
 
 
 def run_command(args: argparse.Namespace) -> int:
     from ..bag.run import run_bag, RunOptions
-    from ..models.loading import LoadSpec
     from ..models.prompts import PLANNING
     from ..pipeline.pipeline import RuntimeSettings
 
     settings = RuntimeSettings(keep_ratio=args.keep_ratio, pruner=args.pruner,
                                prune_layer=args.prune_layer, question=args.question or PLANNING,
-                               max_new_tokens=args.max_new_tokens)
-    load = LoadSpec(args.model, device=args.device, dtype=args.dtype,
-                    attn_implementation=args.attn, vision_backend=args.vision_backend,
-                    vision_onnx=args.vision_onnx, vision_engine=args.vision_engine)
+                               max_new_tokens=args.max_new_tokens,
+                               reconpruner_weights=args.reconpruner_weights,
+                               decode_backend=args.decode_backend)
+    load = load_spec_from_args(args, args.model)
+    try:
+        check_reconpruner_weights(args.pruner, args.reconpruner_weights, args.model)
+    except ValueError as err:
+        print(f'drive-vlm run: {err}', file=sys.stderr)
+        return 2
     options = RunOptions(args.model, args.bag, args.out, settings, load, args.slop, args.limit,
                          args.camera_namespace, not args.no_progress)
     try:

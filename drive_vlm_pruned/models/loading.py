@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .embedded import embedded_model_dir
+
 FAMILIES = {
     'llava_onevision': 'llava-onevision',
     'qwen2_5_vl': 'qwen2.5-vl',
@@ -26,7 +28,7 @@ TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json')
 class LoadSpec:
     """What to load and how: the fixed-at-start settings of the node and the CLI."""
 
-    model: str
+    model: str = ''  # '': the embedded trained model (models/embedded.py)
     family: str = 'auto'
     device: str = 'cpu'
     dtype: str = 'auto'  # 'auto': bfloat16 on CUDA, float32 on CPU
@@ -59,8 +61,16 @@ def model_dtype(device: str, dtype: str = 'auto') -> torch.dtype:
         ) from None
 
 
+EMBEDDED = ('', 'embedded')  # model values that mean the shipped, trained checkpoint
+
+
 def resolve_checkpoint(model: str) -> Path:
-    """Return the local directory of ``model`` (a directory or a cached model id)."""
+    """Return the local directory of ``model``: '' (the embedded model), a directory or an id."""
+    if model in EMBEDDED:
+        try:
+            return embedded_model_dir()
+        except FileNotFoundError as err:
+            raise ValueError(str(err)) from None
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -121,9 +131,6 @@ def check_spec(spec: LoadSpec) -> tuple[Path, str, int]:
 
     Cheap enough to run before an asynchronous load, so a bad model path fails at once.
     """
-    if not spec.model:
-        raise ValueError('no model given: set the model parameter to a checkpoint directory '
-                         '(drive-vlm make-tiny-model builds a tiny one for tests)')
     directory = resolve_checkpoint(spec.model)
     family = check_family(spec.family, check_checkpoint(directory), directory)
     model_dtype(spec.device, spec.dtype)

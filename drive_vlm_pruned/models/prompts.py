@@ -17,11 +17,14 @@ VIEW_WORDS = {
 
 DRIVELM_QA = 'What are the important objects in the current scene? Describe their positions.'
 
+# The planning question asks for the compact answer pipeline/trajectory.py parses: the six
+# waypoints alone, one decimal (10 cm), no spaces. Decode costs one model step per token, and
+# this is the fewest tokens a parsable trajectory takes (docs/latency.md counts them).
 PLANNING = (
     '<PLANNING>Predicted future movement details for the next 3 seconds (sampled at 0.5-second '
     'intervals), including BEV location in x and y directions (in meters). Positive x means '
-    'forward direction while positive y means leftwards. The output is formatted as [x, y]: '
-    '[x1, y1], [x2, y2], [x3, y3], [x4, y4], [x5, y5], [x6, y6]</PLANNING>'
+    'forward direction while positive y means leftwards. Answer with the six waypoints only, '
+    'one decimal, no spaces: [x1,y1],[x2,y2],[x3,y3],[x4,y4],[x5,y5],[x6,y6]</PLANNING>'
 )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+import json
+from pathlib import Path
 from typing import Any
 
 from rcl_interfaces.msg import (
@@ -24,6 +26,7 @@ from ..frames.approximate_sync import DEFAULT_SLOP_S
 from ..models.prompts import PLANNING
 from ..pipeline.pipeline import RuntimeSettings
 from ..pruning import check_pruner_name, pruner_names
+from ..pruning.reconpruner import load_scorer, resolve_weights
 from ..pruning.view_weights import check_view_weights, load_view_weights
 
 
@@ -61,16 +64,25 @@ PARAMETERS: dict[str, Spec] = {
                               'view-adaptive budgets); all equal: uniform budgets'),
     'view_keep_weights_file': Spec('', 'YAML file of per-camera keep weights '
                                        '(config/view_weights.yaml); overrides view_keep_weights'),
+    'reconpruner_weights': Spec('', 'ReconPruner weights (safetensors, from drive-vlm train '
+                                    "reconpruner) for pruner reconpruner; '' = the model's own "
+                                    'MODEL_DIR/reconpruner.safetensors (the shipped model has '
+                                    'one)'),
     'prune_layer': Spec(0, '0: prune after the projector; K >= 1: before LLM layer K (FastV and '
                            'DART need K >= 1)', int_range=(0, 256)),
     'question': Spec(PLANNING, 'question asked on every frame (the ~/question topic sets it too)'),
     'max_new_tokens': Spec(64, 'tokens generated per answer', int_range=(1, 4096)),
+    'decode_backend': Spec('auto', 'auto (compiled on CUDA, eager on CPU) | eager | compiled '
+                                   '(static KV cache + torch.compile, CUDA graphs on GPU; the '
+                                   'first frame compiles; an unavailable compiler falls back to '
+                                   'eager and logs why)'),
     'min_views': Spec(6, 'cameras a set needs; below 6, silent cameras are left out and the '
                          'result is marked degraded', int_range=(1, 6)),
     'view_timeout': Spec(1.0, 'seconds without a message before a camera counts as silent',
                          float_range=(0.05, 60.0)),
     # fixed at start
-    'model': Spec('', 'checkpoint directory or cached model id (required)', live=False),
+    'model': Spec('', "checkpoint directory or cached model id; '' = the embedded trained "
+                  'model shipped in the package', live=False),
     'family': Spec('auto', 'llava-onevision | internvl | qwen2.5-vl | auto (from config.json)',
                    live=False),
     'device': Spec('auto', "'auto' (cuda when available), 'cpu' or 'cuda[:N]'", live=False),
@@ -118,11 +130,41 @@ def view_weights_from(values: Mapping[str, Any]) -> dict[str, float] | None:
     return check_view_weights(dict(zip(NUSCENES_CAMERAS, weights)), 'view_keep_weights')
 
 
-def settings_from(values: Mapping[str, Any], llm_layers: int) -> RuntimeSettings:
+def llm_hidden_size(directory: str | Path) -> int | None:
+    """Return the LLM width from a checkpoint's config.json (None if it does not say)."""
+    try:
+        config = json.loads((Path(directory) / 'config.json').read_text())
+    except (OSError, ValueError):
+        return None
+    text = config.get('text_config') or config.get('llm_config') or config
+    size = text.get('hidden_size')
+    return size if isinstance(size, int) else None
+
+
+def reconpruner_weights_from(values: Mapping[str, Any], model_dir: str | Path | None,
+                             hidden_size: int | None) -> str:
+    """
+    Return the checked ReconPruner weights file, or '' when pruner and parameter need none.
+
+    With pruner reconpruner (or a weights path set) the file is found (the parameter, else the
+    model's default), read and checked against the model's hidden size; the named errors of
+    pruning/reconpruner.py say what is wrong.
+    """
+    weights = str(values.get('reconpruner_weights', '') or '')
+    if check_pruner_name(values['pruner']) != 'reconpruner' and not weights:
+        return ''
+    path = resolve_weights(weights, model_dir)
+    load_scorer(path, hidden_size)
+    return str(path)
+
+
+def settings_from(values: Mapping[str, Any], llm_layers: int, model_dir: str | Path | None = None,
+                  hidden_size: int | None = None) -> RuntimeSettings:
     """
     Build and validate the pipeline's RuntimeSettings from parameter values.
 
     ValueError carries the reason the SetParameters service returns to ``ros2 param set``.
+    ``model_dir`` and ``hidden_size`` (the model's) find and check ReconPruner weights.
     """
     check_pruner_name(values['pruner'])
     settings = RuntimeSettings(
@@ -132,6 +174,8 @@ def settings_from(values: Mapping[str, Any], llm_layers: int) -> RuntimeSettings
         prune_layer=int(values['prune_layer']),
         question=values['question'],
         max_new_tokens=int(values['max_new_tokens']),
+        decode_backend=values['decode_backend'],
+        reconpruner_weights=reconpruner_weights_from(values, model_dir, hidden_size),
     )
     settings.validate(llm_layers)
     if not settings.question.strip():

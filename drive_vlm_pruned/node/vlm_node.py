@@ -31,7 +31,7 @@ from .messages import (
     string_msg,
     trajectory_path,
 )
-from .parameters import PARAMETERS, settings_from
+from .parameters import llm_hidden_size, PARAMETERS, settings_from
 from ..cameras import NUSCENES_CAMERAS
 from ..frames.approximate_sync import ApproximateTimeSynchronizer, SyncedSet
 from ..frames.assembly import assemble, FrameError
@@ -60,8 +60,9 @@ class VlmNode(Node):
             self.declare_parameter(name, spec.default, spec.descriptor(name))
         self.values = {name: self.get_parameter(name).value for name in PARAMETERS}
         self.spec = self._load_spec()
-        _, self.family, self.llm_layers = check_spec(self.spec)  # fail fast, before any thread
-        self.settings = settings_from(self.values, self.llm_layers)
+        directory, self.family, self.llm_layers = check_spec(self.spec)  # fail fast
+        self.model_dir, self.hidden_size = str(directory), llm_hidden_size(directory)
+        self.settings = self._settings(self.values)
         self.topics = self._camera_topics()
         self.health = NodeHealth(NUSCENES_CAMERAS)
         self.pipeline: Pipeline | None = None
@@ -129,7 +130,10 @@ class VlmNode(Node):
         start = time.monotonic()
         try:
             adapter = load_adapter(self.spec, log=self.get_logger().warning)
-            self.pipeline = Pipeline(adapter)
+            pipeline = Pipeline(adapter, log=self.get_logger().warning)
+            # The compiled decode compiles at its first frame: do that here, while 'loading'.
+            decode = pipeline.warm_up(self.settings)
+            self.pipeline = pipeline
         # Any load failure must reach the user (diagnostics, exit status), not kill a thread.
         except Exception as err:  # noqa: B902
             self.fatal = f'model load failed: {type(err).__name__}: {err}'
@@ -138,7 +142,7 @@ class VlmNode(Node):
             return
         self.health.model_state = 'ready'
         self.health.model_detail = (f'{self.family}, {time.monotonic() - start:.1f} s, vision '
-                                    f'backend {adapter.vision_backend}')
+                                    f'backend {adapter.vision_backend}, decode {decode}')
         self.get_logger().info(f'model ready: {self.health.model_detail}')
 
     # --- parameters -----------------------------------------------------------------------
@@ -147,11 +151,14 @@ class VlmNode(Node):
         values = dict(self.values)
         values.update({p.name: p.value for p in params})
         try:
-            settings = settings_from(values, self.llm_layers)
+            settings = self._settings(values)
         except Exception as err:  # noqa: B902 - e.g. an unreadable weights file: say why
             return SetParametersResult(successful=False, reason=str(err))
         self.values, self.settings = values, settings
         return SetParametersResult(successful=True)
+
+    def _settings(self, values):
+        return settings_from(values, self.llm_layers, self.model_dir, self.hidden_size)
 
     def _on_question(self, msg: String) -> None:
         result = self.set_parameters([Parameter('question', value=msg.data)])[0]

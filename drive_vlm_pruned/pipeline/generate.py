@@ -1,4 +1,9 @@
-"""Prefill and decode through the model's own entry point, reusing the (pruned) KV cache."""
+"""
+Prefill and eager decode through the model's own entry point, reusing the (pruned) KV cache.
+
+``decode`` is the reference decoder (a DynamicCache that grows by one row per token);
+pipeline/decoding.py adds the compiled backend with a static cache, equal token for token.
+"""
 
 from __future__ import annotations
 
@@ -68,13 +73,14 @@ def decode(model, start: Prefilled, inputs: PrefillInputs, eos_ids: list[int], p
         generator = torch.Generator(device=device).manual_seed(sampling.seed)
     logits, tokens = first_logits, []
     embed = model.get_input_embeddings()
-    for _ in range(sampling.max_new_tokens):
-        tok = _choose(logits, sampling, generator)
+    for i in range(sampling.max_new_tokens):
+        tok = choose_token(logits, sampling, generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
         if sampling.stop_at_eos:
             done |= torch.isin(tok, eos)
-        if bool(done.all()):  # one sync per generated token: decode is per token anyway
+        # One host sync per token: the reference path; decoding.py's compiled path avoids it.
+        if i == sampling.max_new_tokens - 1 or bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = model(
@@ -91,7 +97,9 @@ def decode(model, start: Prefilled, inputs: PrefillInputs, eos_ids: list[int], p
     return torch.stack(tokens, dim=1)
 
 
-def _choose(logits: Tensor, sampling: Sampling, generator: torch.Generator | None) -> Tensor:
+def choose_token(logits: Tensor, sampling: Sampling,
+                 generator: torch.Generator | None) -> Tensor:
+    """Pick the next token per row: argmax when greedy, else temperature + top-p sampling."""
     if sampling.temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / sampling.temperature, dim=-1)

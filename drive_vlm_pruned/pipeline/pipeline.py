@@ -8,7 +8,7 @@ call, so the node can change them between frames without reloading the model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 import time
@@ -16,11 +16,12 @@ import time
 import torch
 
 from .camera_set import CameraSet
+from .decoding import check_decode_backend, CompileOptions, Decoder, resolve_decode_backend
 from .flops import LLMShape, prefill_flops
-from .generate import decode, prefill, Sampling
+from .generate import prefill, Sampling
 from .trajectory import parse_trajectory, TrajectoryParse
 from ..cameras import NUSCENES_CAMERAS
-from ..models.base import VLMAdapter
+from ..models.base import VisualFeatures, VLMAdapter
 from ..models.layer_pruning import InLLMRequest, LayerPruningHooks
 from ..models.prompts import DRIVELM_QA
 from ..pruning import (
@@ -36,6 +37,7 @@ from ..pruning import (
     ViewTokens,
     WeightedAllocator,
 )
+from ..pruning.reconpruner import resolve_weights
 
 STAGES = ('preprocess', 'vision', 'prune', 'prefill', 'decode')
 
@@ -55,6 +57,9 @@ class RuntimeSettings:
     min_tokens_per_view: int = 1
     seed: int = 0
     stop_at_eos: bool = True
+    # pruner 'reconpruner': its weights; '' = the model's own <model dir>/reconpruner.safetensors
+    reconpruner_weights: str = ''
+    decode_backend: str = 'auto'  # eager | compiled | auto (pipeline/decoding.py)
 
     def validate(self, llm_layers: int) -> None:
         """Raise ValueError naming the bad setting and its valid range."""
@@ -71,6 +76,7 @@ class RuntimeSettings:
             raise ValueError(f'max_new_tokens={self.max_new_tokens} must be >= 1')
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError('temperature must be >= 0 and top_p in (0, 1]')
+        check_decode_backend(self.decode_backend)
 
 
 @dataclass
@@ -95,6 +101,7 @@ class Result:
     prefill_flops: int = 0
     prefill_flops_unpruned: int = 0
     missing_views: tuple[str, ...] = ()  # cameras the set lacked (degraded when non-empty)
+    decode_backend: str = ''  # the decode backend that ran: eager or compiled
 
     def summary(self) -> dict:
         """JSON-ready dict (the node's ~/result payload and the offline runner's lines)."""
@@ -139,10 +146,30 @@ class StageTimer:
 class Pipeline:
     """Runs camera sets through one loaded VLM adapter."""
 
-    def __init__(self, adapter: VLMAdapter, views: int = len(NUSCENES_CAMERAS)) -> None:
+    def __init__(self, adapter: VLMAdapter, views: int = len(NUSCENES_CAMERAS),
+                 log: Callable[[str], None] | None = None,
+                 compile_options: CompileOptions = CompileOptions()) -> None:
         self.adapter = adapter
         self.views = views
         self.shape = LLMShape.from_config(adapter.text_config)
+        # where the checkpoint was loaded from: its reconpruner.safetensors is the default
+        self.model_dir = str(getattr(adapter.model, 'name_or_path', '') or '')
+        # Holds the static KV cache and the compiled step between frames; ``log`` hears why
+        # the compiled path fell back to eager, if it does.
+        self.decoder = Decoder(adapter.model, log, compile_options)
+
+    def warm_up(self, settings: RuntimeSettings) -> str:
+        """
+        Compile the decode step now if ``settings`` use the compiled backend; else do nothing.
+
+        Runs one drawn frame, so a node pays the compile while it loads, not on its first set.
+        Returns the decode backend the settings get on this device ('eager' after a fallback).
+        """
+        from .synthetic_frames import synthetic_frame
+
+        if resolve_decode_backend(settings.decode_backend, self.adapter.device) == 'eager':
+            return 'eager'
+        return self.run(synthetic_frame(0, size=(90, 160)), settings).decode_backend
 
     def run(self, frame: CameraSet, settings: RuntimeSettings = RuntimeSettings()) -> Result:
         return self.run_batch([frame], [settings])[0]
@@ -154,11 +181,15 @@ class Pipeline:
         shared = self._check_batch(frames, settings)
         adapter, batch = self.adapter, len(frames)
         timer = StageTimer(adapter.device)
+        # Items that share one CameraSet object (several questions about one frame, as eval
+        # batches them) are preprocessed and encoded once.
+        distinct, index = _distinct_frames(frames)
         with timer.stage('preprocess'):
-            pixels = adapter.preprocess([img for f in frames for img in f.images])
+            pixels = adapter.preprocess([img for f in distinct for img in f.images])
         with timer.stage('vision'):
-            feats = adapter.encode(pixels, batch)
-        plan = PrunePlan(shared, [s.keep_ratio for s in settings])
+            feats = _per_item(adapter.encode(pixels, len(distinct)), index)
+        plan = PrunePlan(shared, [s.keep_ratio for s in settings],
+                         self.reconpruner_weights(settings))
         names = tuple(frames[0].names)
         with timer.stage('prune'):
             tokens = ViewTokens(feats.tokens.features, names, feats.tokens.counts)
@@ -175,15 +206,19 @@ class Pipeline:
         sampling = Sampling(shared.max_new_tokens, shared.temperature, shared.top_p, shared.seed,
                             shared.stop_at_eos)
         with timer.stage('decode'):
-            generated = decode(adapter.model, start, inputs, adapter.eos_token_ids,
-                               adapter.pad_token_id, sampling)
+            decoded = self.decoder(shared.decode_backend, start, inputs, adapter.eos_token_ids,
+                                   adapter.pad_token_id, sampling)
+        generated = decoded.tokens
         timings = timer.result()
         kept_lengths = start.attention_mask.sum(1).tolist()
-        return [
+        results = [
             self._result(frames[b], settings[b], questions[b], kept, b, inputs, generated[b],
                          tokens.view_sizes(), timings, kept_lengths[b])
             for b in range(batch)
         ]
+        for result in results:
+            result.decode_backend = decoded.backend
+        return results
 
     def _check_batch(self, frames, settings) -> RuntimeSettings:
         if not frames or len(frames) != len(settings):
@@ -191,15 +226,26 @@ class Pipeline:
         first = settings[0]
         for s in settings:
             s.validate(self.shape.layers)
-            if (s.pruner, s.prune_layer, s.view_weights, s.max_new_tokens) != (
-                    first.pruner, first.prune_layer, first.view_weights, first.max_new_tokens):
-                raise ValueError('a batch shares pruner, prune_layer, view weights and '
-                                 'max_new_tokens; only keep_ratio and question may differ')
+            if (s.pruner, s.prune_layer, s.view_weights, s.max_new_tokens,
+                    s.decode_backend) != (first.pruner, first.prune_layer, first.view_weights,
+                                          first.max_new_tokens, first.decode_backend):
+                raise ValueError('a batch shares pruner, prune_layer, view weights, '
+                                 'max_new_tokens and decode_backend; only keep_ratio and '
+                                 'question may differ')
         for f in frames:
             f.validate(self.views)
             if tuple(f.names) != tuple(frames[0].names):
                 raise ValueError('every frame of a batch needs the same cameras in the same order')
         return first
+
+    def reconpruner_weights(self, settings: Sequence[RuntimeSettings]) -> str:
+        """Return the ReconPruner weights file of a batch ('' for other pruners)."""
+        first = settings[0]
+        if check_pruner_name(first.pruner) != 'reconpruner':
+            return ''
+        if any(s.reconpruner_weights != first.reconpruner_weights for s in settings):
+            raise ValueError('a batch shares its reconpruner_weights')
+        return str(resolve_weights(first.reconpruner_weights, self.model_dir or None))
 
     def _check_context(self, full_lengths: list[int], new_tokens: int) -> None:
         # Kept tokens keep their original positions, so the unpruned length is what must fit.
@@ -252,6 +298,12 @@ class PrunePlan:
 
     settings: RuntimeSettings
     ratios: list[float]
+    reconpruner_weights: str = ''  # resolved weights file when the pruner is reconpruner
+
+    def _pruner(self):
+        if self.reconpruner_weights:
+            return make_pruner(self.settings.pruner, weights=self.reconpruner_weights)
+        return make_pruner(self.settings.pruner)
 
     def _allocator(self):
         s = self.settings
@@ -260,7 +312,7 @@ class PrunePlan:
         return UniformAllocator(s.min_tokens_per_view)
 
     def before_llm(self, tokens: ViewTokens) -> KeptTokens:
-        s, pruner = self.settings, make_pruner(self.settings.pruner)
+        s, pruner = self.settings, self._pruner()
         if s.prune_layer > 0:
             if isinstance(pruner, MVPruner):
                 ratios = [pruner.ratios(r)[0] for r in self.ratios]
@@ -274,7 +326,7 @@ class PrunePlan:
         s = self.settings
         if s.prune_layer == 0:
             return None
-        pruner = make_pruner(s.pruner)
+        pruner = self._pruner()
         ratios = self.ratios
         if isinstance(pruner, MVPruner):
             ratios = [pruner.ratios(r)[1] for r in self.ratios]
@@ -293,6 +345,37 @@ class PrunePlan:
         )
         return LayerPruningHooks(adapter.decoder_layers, adapter.attn_implementation, request,
                                  inputs.inputs_embeds, inputs.attention_mask)
+
+
+def _distinct_frames(frames: Sequence[CameraSet]) -> tuple[list[CameraSet], list[int]]:
+    """Return the distinct frame objects and, per item, the index of its frame among them."""
+    distinct: list[CameraSet] = []
+    position: dict[int, int] = {}
+    index = []
+    for frame in frames:
+        if id(frame) not in position:
+            position[id(frame)] = len(distinct)
+            distinct.append(frame)
+        index.append(position[id(frame)])
+    return distinct, index
+
+
+def _per_item(feats: VisualFeatures, index: list[int]) -> VisualFeatures:
+    """Repeat each distinct frame's features for every batch item that uses it."""
+    if index == list(range(len(index))):
+        return feats
+    rows = torch.tensor(index, device=feats.tokens.features[0].device)
+    tokens = feats.tokens
+    counts = tokens.counts[torch.tensor(index)] if tokens.counts is not None else None
+    grid = feats.grid_thw
+    if grid is not None:
+        per_frame = grid.view(-1, len(tokens.features), grid.shape[-1])
+        grid = per_frame[rows.to(grid.device)].reshape(-1, grid.shape[-1])
+    return VisualFeatures(
+        tokens=ViewTokens(tuple(f[rows] for f in tokens.features), tokens.names, counts),
+        suffix=tuple(x[rows] for x in feats.suffix),
+        grid_thw=grid,
+    )
 
 
 def _compose(first: KeptTokens, second: KeptTokens) -> KeptTokens:

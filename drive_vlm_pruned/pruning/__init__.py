@@ -20,6 +20,7 @@ from .budgets import (
     WeightedAllocator,
 )
 from .mvpruner import MVPruner
+from .reconpruner import ReconPruner
 from .registry import check_pruner_name, make_pruner, pruner_names, PRUNERS
 from .tokens import check_keep_ratio, KeptTokens, LayerState, ViewTokens
 from .view_weights import load_view_weights
@@ -31,6 +32,7 @@ __all__ = [
     'LayerState',
     'MVPruner',
     'Pruner',
+    'ReconPruner',
     'Stage',
     'UniformAllocator',
     'ViewTokens',

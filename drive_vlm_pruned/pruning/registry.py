@@ -9,6 +9,7 @@ from .base import Pruner
 from .baselines import RandomPruner, StridePruner
 from .diversity import DivPrune, TFPS
 from .mvpruner import MVPruner, MVPrunerStage1, MVPrunerStage2
+from .reconpruner import ReconPruner
 
 PRUNERS: dict[str, Callable[..., Pruner | MVPruner]] = {
     'tfps': TFPS,
@@ -20,6 +21,7 @@ PRUNERS: dict[str, Callable[..., Pruner | MVPruner]] = {
     'mvpruner': MVPruner,
     'mvpruner-s1': MVPrunerStage1,
     'mvpruner-s2': MVPrunerStage2,
+    'reconpruner': ReconPruner,
 }
 
 

@@ -1,0 +1,411 @@
+"""
+``drive-vlm bench latency``: the latency budget of a frame, camera set to trajectory.
+
+Per keep ratio and decode backend it runs synthetic six-camera frames through the one
+``Pipeline`` and reports the median of preprocess, vision, prune, prefill, time to first token
+(TTFT: the four before decode; the first token comes from the prefill logits) and decode
+ms/token (decode time / (tokens - 1): one model step per token after the first), with end to
+end, tokens generated, the KV cache bytes the answer ends with, and peak memory.
+
+The decode roofline ratio is measured ms/token / (bytes one step reads / memory bandwidth):
+one step reads the LLM's decoder weights and LM head, and the KV cache up to its position (taken
+at the answer's mid-point). The bandwidth is measured here, with a large tensor copy (read +
+write bytes / time), not taken from a data sheet. A ratio near 1 means decode runs at the memory
+roofline; on a small CPU model it is far above 1, since per-step overheads dominate.
+
+Then it plays a synthetic bag into the ROS node, six cameras at 12 Hz over DDS, latest-wins,
+and reports p50 / p90 / p99 of the node's own latency (set complete -> result published) and
+how many sets were answered or dropped.
+
+``--device-spec NAME`` instead prints, for model presets, the decode floor a device's memory
+bandwidth sets at bf16 and 4-bit weights (bench/device_specs.py), without building a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+import json
+from pathlib import Path
+import resource
+import statistics
+import sys
+
+import torch
+
+from .device_specs import (
+    DEVICE_SPECS,
+    floor_markdown,
+    floor_table,
+    memory_budget_markdown,
+)
+from .shapes import PRESETS
+from .timing import device_label, time_call
+
+STAGES = ('preprocess', 'vision', 'prune', 'prefill')
+GPU_PRESETS = ('llava-ov-0.5b', 'llava-ov-7b', 'drivemm-8b', 'qwen2.5-vl-3b-262k',
+               'qwen2.5-vl-3b-1596')
+COMPILED_GOAL = 0.6  # CPU goal: compiled decode ms/token <= 0.6 x eager
+ROOFLINE_GOAL = 1.3  # GPU goal: decode <= 1.3 x the bandwidth roofline
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """Memory bandwidth measured with a tensor copy: (read + write bytes) / time."""
+
+    gb_s: float
+    megabytes: int
+    copy_ms: float
+
+
+def measure_bandwidth(device: torch.device, megabytes: int | None = None,
+                      repeats: int = 10) -> Bandwidth:
+    """Time ``dst.copy_(src)`` on ``device`` for a tensor far larger than any cache."""
+    megabytes = megabytes or (2048 if device.type == 'cuda' else 512)
+    src = torch.ones(megabytes * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    timing = time_call(lambda: dst.copy_(src), device, warmup=2, repeats=repeats)
+    gb_s = 2 * src.numel() / (timing.median_ms / 1e3) / 1e9
+    return Bandwidth(gb_s, megabytes, timing.median_ms)
+
+
+def weight_bytes_per_step(model) -> int:
+    """Return bytes of weights one decode step reads: decoder layers, final norm, LM head."""
+    language = model.model.language_model
+    embed = language.embed_tokens.weight
+    head = model.lm_head.weight
+    total = sum(p.numel() * p.element_size() for p in language.parameters())
+    total -= embed.numel() * embed.element_size()  # one row per token
+    return total + head.numel() * head.element_size()
+
+
+def kv_bytes_per_position(model) -> int:
+    """Return bytes of keys + values one position holds, all layers, in the model's dtype."""
+    text = model.config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, 'head_dim', None) or text.hidden_size // heads
+    kv_heads = getattr(text, 'num_key_value_heads', None) or heads
+    element = next(model.parameters()).element_size()
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * element
+
+
+@dataclass
+class LatencyCell:
+    """One keep ratio x decode backend; times are medians over the timed frames, in ms."""
+
+    keep_ratio: float
+    pruner: str
+    prune_layer: int
+    decode_backend: str  # asked for
+    decode_backend_used: str
+    preprocess_ms: float
+    vision_ms: float
+    prune_ms: float
+    prefill_ms: float
+    ttft_ms: float
+    decode_ms: float
+    decode_ms_per_token: float
+    decode_spread_ms_per_token: float
+    end_to_end_ms: float
+    tokens_generated: int
+    prompt_tokens: int
+    prompt_tokens_kept: int
+    kv_cache_bytes: int  # the answer's KV cache: (kept prompt + generated) positions
+    static_cache_bytes: int  # the compiled backend's static cache (its rounded capacity)
+    peak_memory_mb: float
+    peak_memory_kind: str  # 'cuda max allocated' or 'process max RSS'
+    weight_bytes_per_step: int
+    kv_bytes_per_step: int
+    roofline_ms_per_token: float
+    roofline_ratio: float
+    repeats: int
+
+
+@dataclass
+class LatencyReport:
+    title: str
+    device: str
+    bandwidth: Bandwidth
+    cells: list[LatencyCell]
+    node: dict | None = None
+    answer_tokens: dict[str, int] = field(default_factory=dict)
+    goals: list[str] = field(default_factory=list)
+
+
+def run_cell(pipe, settings, frames, warmup: int, repeats: int, bandwidth: Bandwidth,
+             per_position: int, weights: int) -> LatencyCell:
+    """Time ``repeats`` frames after ``warmup`` (the first compiles, on the compiled backend)."""
+    device = pipe.adapter.device
+    for i in range(warmup):
+        pipe.run(frames[i % len(frames)], settings)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    runs = [pipe.run(frames[i % len(frames)], settings) for i in range(max(1, repeats))]
+    steps = max(settings.max_new_tokens - 1, 1)
+
+    def median(key):
+        return statistics.median(r.timings_ms[key] for r in runs)
+
+    per_token = [r.timings_ms['decode'] / steps for r in runs]
+    q = statistics.quantiles(per_token, n=4, method='inclusive') if len(runs) > 1 else [0, 0, 0]
+    last = runs[-1]
+    kept = last.prompt_tokens_kept
+    kv_step = per_position * (kept + settings.max_new_tokens // 2)
+    roofline = (weights + kv_step) / (bandwidth.gb_s * 1e9) * 1e3
+    if device.type == 'cuda':
+        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, 'cuda max allocated'
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'process max RSS'
+    ttft = statistics.median(sum(r.timings_ms[k] for k in STAGES) for r in runs)
+    decode_per_token = statistics.median(per_token)
+    return LatencyCell(
+        keep_ratio=settings.keep_ratio, pruner=settings.pruner, prune_layer=settings.prune_layer,
+        decode_backend=settings.decode_backend, decode_backend_used=last.decode_backend,
+        preprocess_ms=median('preprocess'), vision_ms=median('vision'), prune_ms=median('prune'),
+        prefill_ms=median('prefill'), ttft_ms=ttft, decode_ms=median('decode'),
+        decode_ms_per_token=decode_per_token, decode_spread_ms_per_token=q[2] - q[0],
+        end_to_end_ms=statistics.median(sum(r.timings_ms.values()) for r in runs),
+        tokens_generated=settings.max_new_tokens, prompt_tokens=last.prompt_tokens,
+        prompt_tokens_kept=kept, kv_cache_bytes=per_position * (kept + settings.max_new_tokens),
+        static_cache_bytes=pipe.decoder.cache_bytes, peak_memory_mb=peak,
+        peak_memory_kind=kind, weight_bytes_per_step=weights, kv_bytes_per_step=kv_step,
+        roofline_ms_per_token=roofline, roofline_ratio=decode_per_token / roofline,
+        repeats=len(runs),
+    )
+
+
+# How Impromptu-VLA's planning targets open: the answer repeats this before its waypoints.
+IMPROMPTU_ANSWER_HEAD = (
+    '<PLANNING>Predicted future movement details for the next 3 seconds (sampled at 0.5-second '
+    'intervals), including BEV location in x and y directions (in meters). Positive x means '
+    'forward direction while positive y means leftwards. The output is formatted as [x, y]: ')
+
+
+def answer_tokens(tokenizer) -> dict[str, int]:
+    """Return tokens of one six-waypoint answer in the compact format and two longer ones."""
+    points = ((1.25, 0.0), (2.6, -0.12), (3.98, 0.31), (5.4, 0.55), (6.83, 0.9), (8.31, 1.32))
+    compact = ','.join(f'[{x:.1f},{y:.1f}]' for x, y in points)
+    two_decimals = ', '.join(f'[{x:.2f}, {y:.2f}]' for x, y in points)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+    return {'compact (asked by the planning prompt)': count(compact),
+            'two decimals with spaces': count(two_decimals),
+            'Impromptu-VLA style (preamble + two decimals)': count(
+                IMPROMPTU_ANSWER_HEAD + two_decimals + '</PLANNING>')}
+
+
+def goal_lines(cells: list[LatencyCell], device: torch.device) -> list[str]:
+    """Return the issue's goals as printed lines, each with the measured figure."""
+    lines = []
+    for keep in sorted({c.keep_ratio for c in cells}, reverse=True):
+        by = {c.decode_backend_used: c for c in cells if c.keep_ratio == keep}
+        if 'eager' in by and 'compiled' in by and device.type == 'cpu':
+            ratio = by['compiled'].decode_ms_per_token / by['eager'].decode_ms_per_token
+            verdict = 'met' if ratio <= COMPILED_GOAL else 'NOT met'
+            lines.append(f'goal (CPU) compiled decode <= {COMPILED_GOAL} x eager at keep {keep}: '
+                         f'{ratio:.2f} x ({by["compiled"].decode_ms_per_token:.2f} vs '
+                         f'{by["eager"].decode_ms_per_token:.2f} ms/token) -> {verdict}')
+        if device.type == 'cuda':
+            for c in by.values():
+                verdict = 'met' if c.roofline_ratio <= ROOFLINE_GOAL else 'NOT met'
+                lines.append(f'goal (GPU) {c.decode_backend_used} decode <= {ROOFLINE_GOAL} x '
+                             f'roofline at keep {keep}: {c.roofline_ratio:.2f} x -> {verdict}')
+    return lines
+
+
+def markdown(report: LatencyReport) -> str:
+    out = [f'{report.title}', '',
+           f'Memory bandwidth measured by a {report.bandwidth.megabytes} MiB copy: '
+           f'{report.bandwidth.gb_s:.1f} GB/s.', '',
+           '| keep | decode | preprocess | vision | prune | prefill | TTFT | decode ms/token | '
+           'end to end | tokens | prompt kept | KV cache MB | peak MB | roofline ms/token | '
+           'roofline ratio |',
+           '|' + '---|' * 15]
+    for c in report.cells:
+        backend = c.decode_backend_used + ('' if c.decode_backend_used == c.decode_backend
+                                           else f' (asked {c.decode_backend})')
+        out.append(
+            f'| {c.keep_ratio:g} | {backend} | {c.preprocess_ms:.1f} | {c.vision_ms:.1f} | '
+            f'{c.prune_ms:.1f} | {c.prefill_ms:.1f} | {c.ttft_ms:.1f} | '
+            f'{c.decode_ms_per_token:.2f} ± {c.decode_spread_ms_per_token:.2f} | '
+            f'{c.end_to_end_ms:.1f} | {c.tokens_generated} | {c.prompt_tokens_kept}/'
+            f'{c.prompt_tokens} | {c.kv_cache_bytes / 2**20:.2f} | {c.peak_memory_mb:.0f} | '
+            f'{c.roofline_ms_per_token:.3f} | {c.roofline_ratio:.1f} |')
+    if report.cells:
+        out += ['', f'Peak memory is the {report.cells[0].peak_memory_kind}. Times in ms, '
+                'medians; decode ms/token ± its interquartile range.']
+    if report.answer_tokens:
+        out += ['', 'Tokens per six-waypoint trajectory answer (this tokenizer): '
+                + '; '.join(f'{k}: {v}' for k, v in report.answer_tokens.items()) + '.']
+    if report.node:
+        n = report.node
+        p = n['percentiles_ms']
+        pct = ', '.join(f'{k} {v:.0f} ms' for k, v in p.items()) if p else 'no answers'
+        out += ['', f'Node under load ({n["sets_sent"]} six-camera sets at 12 Hz over DDS, '
+                f'latest-wins, decode {", ".join(n["decode_backends"])}): {pct}; answered '
+                f'{n["answered"]}, dropped {n["dropped"] or 0}, skipped {n["skipped"] or 0}, '
+                f'sets lost {n["sets_lost"]}, unaccounted {n["unaccounted"]}.']
+    if report.goals:
+        out += [''] + [f'- {g}' for g in report.goals]
+    return '\n'.join(out)
+
+
+def plot(report: LatencyReport, path: Path) -> None:
+    """PNG: stacked stage times per cell, and the node's latency distribution."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    panels = 2 if report.node and report.node.get('latencies') else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    ax = axes[0][0]
+    labels = [f'keep {c.keep_ratio:g}\n{c.decode_backend_used}' for c in report.cells]
+    bottom = [0.0] * len(report.cells)
+    for key in (*STAGES, 'decode'):
+        values = [getattr(c, f'{key}_ms') for c in report.cells]
+        ax.bar(labels, values, bottom=bottom, label=key)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel('ms per frame (median)')
+    ax.set_title('stage budget')
+    ax.legend(fontsize=8)
+    if panels == 2:
+        ax = axes[0][1]
+        values = sorted(report.node['latencies'])
+        ax.plot(values, [(i + 1) / len(values) for i in range(len(values))])
+        ax.set_xlabel('node latency, set complete -> result (ms)')
+        ax.set_ylabel('fraction of answered sets')
+        ax.set_title('node under 6 x 12 Hz load')
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(report.title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def device_spec_main(args) -> int:
+    """``--device-spec``: print the bandwidth floor per preset; build nothing."""
+    spec = DEVICE_SPECS[args.device_spec]
+    presets = [args.preset] if args.preset else list(GPU_PRESETS)
+    floors = floor_table(spec, presets, args.keep_ratios, args.new_tokens)
+    text = floor_markdown(spec, floors)
+    budget = memory_budget_markdown(presets, args.new_tokens)
+    print(text)
+    print()
+    print(f'Memory held (weights + KV cache, batch 1; activations and the CUDA context come on '
+          f'top) against {spec.memory_gb:g} GB:')
+    print(budget)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f'floor-{spec.name}.md').write_text(text + '\n\n' + budget + '\n')
+        (out / f'floor-{spec.name}.json').write_text(
+            json.dumps([asdict(f) for f in floors], indent=1) + '\n')
+        print(f'\nwrote {out / f"floor-{spec.name}.md"}')
+    return 0
+
+
+def _pipeline_and_model_dir(args):
+    """Return (adapter, checkpoint dir or None, title) for --model, --preset or the tiny model."""
+    from .prefill import build_preset
+    from ..models.load import load_adapter
+    from ..models.loading import LoadSpec, model_dtype
+
+    device = torch.device(args.device)
+    if args.preset and not args.model:
+        preset = PRESETS[args.preset]
+        adapter = build_preset(preset, str(device), model_dtype(device.type, args.dtype),
+                               args.layers, args.attn)
+        depth = f', LLM shortened to {args.layers} layers' if args.layers else ''
+        return adapter, None, f'{preset.name} ({preset.description}){depth}'
+    if args.model:
+        directory = args.model
+    else:
+        from ..cli.demo import tiny_model_dir
+
+        directory = str(tiny_model_dir())
+    adapter = load_adapter(LoadSpec(directory, device=str(device), dtype=args.dtype,
+                                    attn_implementation=args.attn))
+    name = 'tiny LLaVA-OneVision (random weights)' if not args.model else directory
+    return adapter, directory, name
+
+
+def main(args) -> int:
+    """Entry point of ``drive-vlm bench latency`` (arguments from ``cli.main``)."""
+    from ..pipeline.pipeline import Pipeline, RuntimeSettings
+    from ..pipeline.synthetic_frames import synthetic_frame
+
+    if args.device_spec:
+        return device_spec_main(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    adapter, directory, name = _pipeline_and_model_dir(args)
+    device = adapter.device
+    pipes = {b: Pipeline(adapter, log=lambda m: print(f'  [decode] {m}', file=sys.stderr))
+             for b in args.decode_backends}
+    frames = [synthetic_frame(i, size=_image_hw(args)) for i in range(4)]
+    bandwidth = measure_bandwidth(device)
+    title = f'{name} on {device_label(device)}, {args.new_tokens} tokens per answer'
+    print(f'bench latency: {title}')
+    print(f'memory bandwidth (copy of {bandwidth.megabytes} MiB): {bandwidth.gb_s:.1f} GB/s')
+    weights, per_position = weight_bytes_per_step(adapter.model), kv_bytes_per_position(
+        adapter.model)
+    cells = []
+    for keep in args.keep_ratios:
+        for backend in args.decode_backends:
+            settings = RuntimeSettings(keep_ratio=keep, pruner=args.pruner,
+                                       prune_layer=args.prune_layer,
+                                       max_new_tokens=args.new_tokens, stop_at_eos=False,
+                                       decode_backend=backend)
+            cell = run_cell(pipes[backend], settings, frames, args.warmup, args.repeats,
+                            bandwidth, per_position, weights)
+            cells.append(cell)
+            print(f'  keep {keep:<5g} {cell.decode_backend_used:<8} TTFT {cell.ttft_ms:8.1f} ms'
+                  f'  decode {cell.decode_ms_per_token:7.2f} ms/token  end to end '
+                  f'{cell.end_to_end_ms:8.1f} ms  roofline x{cell.roofline_ratio:.1f}')
+    report = LatencyReport(title, device_label(device), bandwidth, cells,
+                           answer_tokens=answer_tokens(adapter.tokenizer),
+                           goals=goal_lines(cells, device))
+    if args.node_frames and directory is not None:
+        report.node = _node_run(args, directory)
+    elif args.node_frames:
+        print('node under load: skipped, the node loads a checkpoint directory (give --model)')
+    print()
+    print(markdown(report))
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / 'latency.json').write_text(json.dumps(asdict(report), indent=1) + '\n')
+        (out / 'latency.md').write_text(markdown(report) + '\n')
+        plot(report, out / 'latency.png')
+        print(f'\nwrote {out}/latency.json, latency.md, latency.png')
+    return 0
+
+
+def _image_hw(args) -> tuple[int, int]:
+    """Return the camera size: --image-size, else the preset's, else 400 x 225 (the demo's)."""
+    if args.image_size:
+        return args.image_size
+    if args.preset and not args.model:
+        return PRESETS[args.preset].image_hw
+    return (225, 400)
+
+
+def _node_run(args, directory: str) -> dict:
+    from .node_load import NodeRun, play_synthetic_bag
+
+    keep = min(args.keep_ratios)
+    backend = args.node_decode_backend
+    params = {'model': directory, 'keep_ratio': float(keep), 'pruner': args.pruner,
+              'prune_layer': args.prune_layer, 'max_new_tokens': args.new_tokens,
+              'device': args.device, 'dtype': args.dtype, 'attn_implementation': args.attn,
+              'decode_backend': backend}
+    print(f'node under load: {args.node_frames} sets at 12 Hz, keep {keep}, decode {backend}...')
+    run = NodeRun(params)
+    try:
+        load = play_synthetic_bag(run, args.node_frames, _image_hw(args))
+    finally:
+        run.close()
+    summary = load.summary()
+    summary['latencies'] = load.latencies_ms
+    summary['keep_ratio'] = keep
+    return summary

@@ -1,0 +1,1 @@
+"""Searches over pipeline settings on a validation split (Prune2Drive view rates)."""

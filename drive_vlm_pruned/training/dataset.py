@@ -1,0 +1,102 @@
+"""
+A data split prepared once: the six views resized by the adapter (uint8 cache) and tokenised QA.
+
+Pre-rendering: every key frame's six images go through ``VLMAdapter.preprocess`` (the resize the
+pipeline does at inference) once; the resized views are stored as uint8 ``[N, V, 3, H, W]`` in a
+memory-mapped file under the run directory, and normalised on the fly by ``PackedVLM.pixels``.
+Storing uint8 rounds each resized pixel to the nearest of 256 levels (at most 0.5/255 away from
+the float the pipeline feeds). The cache is keyed by the data file (size, mtime) and the image
+processor settings, and is rebuilt when they change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .samples import FrameTurns, prefix_prompt, tokenise_turn
+from ..cameras import NUSCENES_CAMERAS
+from ..data.drivelm import data_file, KeyFrame, load_camera_set, load_drivelm
+from ..models.base import VLMAdapter
+
+
+@dataclass
+class SplitData:
+    """One split ready to train on: frames, their cached views and their tokenised turns."""
+
+    split: str
+    frames: list[KeyFrame]
+    images: np.ndarray  # uint8 [N, V, 3, H, W] (memory-mapped)
+    turns: list[FrameTurns]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def batch(self, index: list[int]) -> tuple[torch.Tensor, list[FrameTurns]]:
+        images = torch.from_numpy(np.stack([self.images[i] for i in index]))
+        return images, [self.turns[i] for i in index]
+
+
+def load_frames(data: Path, split: str) -> list[KeyFrame]:
+    """Read ``<data>/<split>.json``; ValueError if it has no QA to train on."""
+    frames = load_drivelm(data, split=split)
+    if not frames or not any(f.qa for f in frames):
+        raise ValueError(f'{data_file(data, split)} has no key frames with QA: write the data '
+                         'set with `drive-vlm data synth --out DIR` first')
+    return frames
+
+
+def qa_texts(frames: list[KeyFrame]) -> list[str]:
+    """Every question and answer text of ``frames`` (the tokenizer's training corpus)."""
+    return [text for f in frames for qa in f.qa for text in (qa.question, qa.answer)]
+
+
+def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame]) -> list[FrameTurns]:
+    names = NUSCENES_CAMERAS
+    prefix = prefix_prompt(adapter, names)
+    return [FrameTurns(tuple(tokenise_turn(adapter, names, qa.question, qa.answer,
+                                           qa.family or qa.category, prefix) for qa in f.qa))
+            for f in frames]
+
+
+def prepare_split(adapter: VLMAdapter, data: Path, split: str, cache_dir: Path,
+                  frames: list[KeyFrame] | None = None,
+                  log: Callable[[str], None] = print) -> SplitData:
+    """Load, pre-render (or reuse the cache) and tokenise one split."""
+    frames = frames if frames is not None else load_frames(data, split)
+    images = _view_cache(adapter, data_file(data, split), frames, cache_dir / split, log)
+    return SplitData(split, frames, images, tokenise_frames(adapter, frames))
+
+
+def _view_cache(adapter: VLMAdapter, source: Path, frames: list[KeyFrame], stem: Path,
+                log: Callable[[str], None]) -> np.ndarray:
+    shape = (len(frames), len(NUSCENES_CAMERAS), *adapter.image_shape)
+    proc = adapter.image_processor
+    stat = source.stat()
+    key = hashlib.sha256(json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns,
+                                     shape, proc.image_mean, proc.image_std]).encode())
+    meta, raw = stem.with_suffix('.json'), stem.with_suffix('.u8')
+    if meta.is_file() and json.loads(meta.read_text()).get('key') == key.hexdigest():
+        return np.memmap(raw, dtype=np.uint8, mode='r', shape=shape)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tmp = raw.with_name(raw.name + '.tmp')
+    out = np.memmap(tmp, dtype=np.uint8, mode='w+', shape=shape)
+    mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
+    for i, frame in enumerate(tqdm(frames, desc=f'pre-render {stem.name}', unit='frame')):
+        pixels = adapter.preprocess(load_camera_set(frame).images).values.float().cpu()
+        # Undo the normalisation: the resized [0, 255] view, rounded to uint8.
+        out[i] = (((pixels * std + mean) * 255.0).round().clamp(0, 255)).to(torch.uint8).numpy()
+    out.flush()
+    del out
+    tmp.replace(raw)
+    meta.write_text(json.dumps({'key': key.hexdigest(), 'shape': shape, 'source': str(source)}))
+    log(f'pre-rendered {len(frames)} {stem.name} frames to {raw}')
+    return np.memmap(raw, dtype=np.uint8, mode='r', shape=shape)

@@ -1,0 +1,58 @@
+"""
+Build the from-scratch LLaVA-OneVision of a preset, and write it as a checkpoint directory.
+
+The model is the real ``LlavaOnevisionForConditionalGeneration`` (SigLIP vision tower, 2-layer
+projector, Qwen2 LM) made from a config, as models/tiny.py builds the random tiny ones: only the
+sizes differ, and the weights are then trained. The written directory loads through
+``models.load.load_adapter`` like any checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .presets import ModelPreset
+from ..models.tiny import build_llava_onevision
+
+
+def build_vlm(shape: ModelPreset, tokenizer):
+    """Return ``(model, image_processor)`` of ``shape`` with fresh (seeded by caller) weights."""
+    vision = {'model_type': 'siglip_vision_model', 'hidden_size': shape.vision_hidden,
+              'intermediate_size': shape.vision_mlp, 'num_hidden_layers': shape.vision_layers,
+              'num_attention_heads': shape.vision_heads, 'image_size': shape.image_size,
+              'patch_size': shape.patch_size,
+              # LLaVA reads a hidden state, never SigLIP's pooling head: leave it out.
+              'vision_use_head': False}
+    text = {'model_type': 'qwen2', 'hidden_size': shape.text_hidden,
+            'intermediate_size': shape.text_mlp, 'num_hidden_layers': shape.text_layers,
+            'num_attention_heads': shape.text_heads, 'num_key_value_heads': shape.text_kv_heads,
+            'max_position_embeddings': shape.max_positions, 'tie_word_embeddings': True}
+    model, processor = build_llava_onevision(tokenizer, vision, text)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.do_sample = False
+    return model, processor
+
+
+def save_checkpoint(model, tokenizer, processor, out: Path,
+                    dtype: torch.dtype = torch.float32) -> Path:
+    """
+    Write config, safetensors (in ``dtype``), tokenizer and processor config to ``out``.
+
+    The caller's model is not changed: a float16 copy is made for half-precision storage.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    to_save = model
+    if dtype != torch.float32:
+        import copy
+
+        to_save = copy.deepcopy(model).to(dtype)
+    to_save.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -1,0 +1,83 @@
+"""
+Model sizes and training recipes, by preset name (``drive-vlm train vlm --preset NAME``).
+
+``nano`` is the shipped embedded model: a LLaVA-OneVision (SigLIP tower + projector + Qwen2 LM)
+small enough to train from scratch on a 2-core CPU, with 224 px views at patch 16, so every view
+gives 14 x 14 = 196 prunable tokens (docs/training.md). ``test`` is a toy size for fast tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Shape of the LLaVA-OneVision built from scratch (vision tower, projector, Qwen2 LM)."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vision_mlp: int = 512
+    text_hidden: int = 192
+    text_layers: int = 4
+    text_heads: int = 6
+    text_kv_heads: int = 2
+    text_mlp: int = 768
+    max_positions: int = 4096
+    vocab_size: int = 2048  # upper bound: BPE stops earlier when the corpus has no more merges
+
+    @property
+    def tokens_per_view(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimisation schedule: AdamW, linear warm-up then cosine decay to ``min_lr_ratio``."""
+
+    steps: int = 1000
+    frames_per_step: int = 1  # key frames per step AND process (all their QA turns packed)
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    eval_every: int = 200  # steps between validation passes
+    eval_frames: int = 32  # fixed validation subset (key frames, all their QA)
+    save_every: int = 100  # steps between resumable checkpoints
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: ModelPreset
+    recipe: Recipe
+
+    def as_dict(self) -> dict:
+        return {'name': self.name, 'model': asdict(self.model), 'recipe': asdict(self.recipe)}
+
+
+PRESETS = {
+    'nano': Preset('nano', ModelPreset(), Recipe()),
+    'test': Preset(
+        'test',
+        ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,
+                    vision_heads=2, vision_mlp=64, text_hidden=64, text_layers=2, text_heads=4,
+                    text_kv_heads=2, text_mlp=128, vocab_size=600),
+        Recipe(steps=2, frames_per_step=2, lr=3e-3, warmup_steps=0, eval_every=2,
+               eval_frames=2, save_every=2),
+    ),
+}
+
+
+def get_preset(name: str, **recipe_overrides) -> Preset:
+    """Return preset ``name`` with recipe fields replaced (None values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f'unknown preset {name!r}; presets: {", ".join(sorted(PRESETS))}')
+    preset = PRESETS[name]
+    overrides = {k: v for k, v in recipe_overrides.items() if v is not None}
+    return replace(preset, recipe=replace(preset.recipe, **overrides))

@@ -1,0 +1,212 @@
+"""
+QA -> packed training sequences that are exactly the inference prompt, with a label mask.
+
+Prefix-shared packing. All QA turns of one key frame share one sequence::
+
+    [system + user header + 6 x (view text, 196 visual tokens, image newline)]  <- prefix, once
+    [tail + question_1 + assistant header][answer_1]                              <- turn 1
+    [tail + question_2 + assistant header][answer_2]                              <- turn 2 ...
+
+A 4-D mask lets each turn attend to the prefix and to itself only (never to another turn), and
+each turn's position ids restart right after the prefix, so every turn sees exactly the sequence
+``Pipeline`` prefills for its question (``VLMAdapter.build_inputs`` with every token kept) and
+then decodes. The prefix is built by the adapter's own ``encode`` and ``build_inputs`` (a prompt
+whose last piece is empty); a turn's text is the adapter's own last prompt piece. The visual
+tokens are paid once per frame instead of once per question.
+
+Labels: only the answer tokens and the end-of-turn token ``<|im_end|>`` (the stop token that
+``Pipeline`` decodes until) carry a target; every other row is ignored (-100). Each turn weighs
+the same in the loss (its token losses are averaged), so a 70-token trajectory does not drown
+the one-token yes/no answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn, Tensor
+import torch.nn.functional as F
+
+from ..models.base import Pixels, PromptPieces, VLMAdapter
+from ..pruning import keep_all
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One QA as token ids: the last prompt piece and the answer followed by end-of-turn."""
+
+    prompt: tuple[int, ...]  # tail of the six-view preamble + question + assistant header
+    answer: tuple[int, ...]  # answer tokens + <|im_end|>
+    family: str
+
+
+@dataclass(frozen=True)
+class FrameTurns:
+    """All QA turns of one key frame (they share its six views)."""
+
+    turns: tuple[Turn, ...]
+
+
+def prefix_prompt(adapter: VLMAdapter, names: Sequence[str]) -> PromptPieces:
+    """Return the prompt pieces without the question: the last piece is empty."""
+    pieces = adapter.prompt('', names).pieces
+    return PromptPieces((*pieces[:-1], []))
+
+
+def tokenise_turn(adapter: VLMAdapter, names: Sequence[str], question: str, answer: str,
+                  family: str, prefix: PromptPieces) -> Turn:
+    """Tokenise one QA with the adapter's own prompt; ValueError if the prefix would differ."""
+    pieces = adapter.prompt(question, names).pieces
+    if tuple(map(tuple, pieces[:-1])) != tuple(map(tuple, prefix.pieces[:-1])):
+        raise ValueError(f'question {question[:60]!r} changes the shared prompt prefix; only the '
+                         'last prompt piece may depend on the question')
+    ids = adapter.tokenizer(answer, add_special_tokens=False).input_ids
+    return Turn(tuple(pieces[-1]), (*ids, adapter.eos_token_ids[0]), family)
+
+
+@dataclass(frozen=True)
+class PackedText:
+    """The text rows that follow the prefix, for a batch of frames (right-padded)."""
+
+    ids: Tensor  # [B, T] turn tokens (prompt piece + answer without its last token)
+    offsets: Tensor  # [B, T] position offset from the prefix end (restarts at 0 per turn)
+    segment: Tensor  # [B, T] turn number 1..n; -1 at padding
+    labels: Tensor  # [B, T] next-token target or IGNORE
+    weight: Tensor  # [B, T] float: 1 / answer length at label rows (each turn weighs 1)
+    turn_of_row: Tensor  # [B, T] index into ``families`` of the row's turn, -1 elsewhere
+    families: tuple[str, ...]  # family per turn of the batch (flattened over frames)
+
+    @property
+    def turns(self) -> int:
+        return len(self.families)
+
+    def to(self, device: torch.device) -> PackedText:
+        return PackedText(self.ids.to(device), self.offsets.to(device), self.segment.to(device),
+                          self.labels.to(device), self.weight.to(device),
+                          self.turn_of_row.to(device), self.families)
+
+
+def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
+    """Lay out the turns of each frame after its prefix (module doc); right-pad the batch."""
+    rows = []
+    families: list[str] = []
+    for frame in frames:
+        ids, offsets, segment, labels, weight, owner = [], [], [], [], [], []
+        for number, turn in enumerate(frame.turns, start=1):
+            text = list(turn.prompt) + list(turn.answer[:-1])
+            targets = [IGNORE] * (len(turn.prompt) - 1) + list(turn.answer)
+            ids += text
+            offsets += range(len(text))
+            segment += [number] * len(text)
+            labels += targets
+            weight += [0.0] * (len(turn.prompt) - 1) + [1.0 / len(turn.answer)] * len(turn.answer)
+            owner += [len(families)] * len(text)
+            families.append(turn.family)
+        rows.append((ids, offsets, segment, labels, weight, owner))
+    width = max(len(r[0]) for r in rows)
+    pads = (pad_id, 0, -1, IGNORE, 0.0, -1)
+
+    def column(k: int, dtype: torch.dtype) -> Tensor:
+        return torch.tensor([r[k] + [pads[k]] * (width - len(r[k])) for r in rows], dtype=dtype)
+
+    return PackedText(column(0, torch.long), column(1, torch.long), column(2, torch.long),
+                      column(3, torch.long), column(4, torch.float32), column(5, torch.long),
+                      tuple(families))
+
+
+def packed_mask(segment: Tensor, attn_implementation: str, dtype: torch.dtype) -> Tensor:
+    """
+    Return the ``[B, 1, L, L]`` mask: causal, and a turn sees the prefix (segment 0) and itself.
+
+    Boolean (True = attend) for sdpa, additive float for eager attention. Padding rows see only
+    themselves, so no softmax row is empty.
+    """
+    if attn_implementation not in ('sdpa', 'eager'):
+        raise ValueError(f'packed training needs sdpa or eager attention (a custom 4-D mask); '
+                         f'got {attn_implementation!r}')
+    length = segment.shape[1]
+    index = torch.arange(length, device=segment.device)
+    causal = index[None, :] <= index[:, None]
+    query, key = segment[:, :, None], segment[:, None, :]
+    allowed = causal & ((key == 0) | (key == query)) & (key >= 0) & (query >= 0)
+    allowed |= torch.eye(length, dtype=torch.bool, device=segment.device)
+    allowed = allowed[:, None]
+    if attn_implementation == 'sdpa':
+        return allowed
+    zero = torch.zeros((), dtype=dtype, device=segment.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+@dataclass
+class PackedOutput:
+    loss: Tensor  # mean over turns of each turn's mean token cross-entropy
+    logits: Tensor  # [B, K, vocab] at the label rows ``rows``
+    labels: Tensor  # [B, K]
+    turn_of_row: Tensor  # [B, K]
+
+
+class PackedVLM(nn.Module):
+    """
+    The training forward: pixels + packed text -> loss, through the model's own forward.
+
+    A module around the VLM so that DDP (``accelerate launch`` / ``torchrun``) wraps the whole
+    step; the adapter's ``encode``/``build_inputs``/``embed`` use the same parameters.
+    """
+
+    def __init__(self, adapter: VLMAdapter, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = adapter.model
+        self.adapter = adapter
+        self.names = tuple(names)
+        self.prefix = prefix_prompt(adapter, names)
+        proc = adapter.image_processor
+        self.register_buffer('mean', torch.tensor(proc.image_mean).view(1, 1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer('std', torch.tensor(proc.image_std).view(1, 1, 3, 1, 1),
+                             persistent=False)
+
+    def pixels(self, images: Tensor) -> Pixels:
+        """Normalise cached uint8 ``[B, V, 3, H, W]`` views (resized by ``preprocess``)."""
+        x = (images.float() / 255.0 - self.mean) / self.std
+        return Pixels(x.flatten(0, 1).to(self.adapter.dtype))
+
+    def forward(self, images: Tensor, text: PackedText) -> PackedOutput:
+        adapter, batch = self.adapter, images.shape[0]
+        feats = adapter.encode(self.pixels(images), batch)
+        kept = keep_all(feats.tokens.valid_counts(), images.device)
+        prefix = adapter.build_inputs(feats, kept, [self.prefix] * batch)
+        start = prefix.full_length[0]
+        if prefix.kept_length != [start] * batch:
+            raise ValueError('frames of a batch must give equal prefixes (same views and size)')
+        embeds = torch.cat([prefix.inputs_embeds, adapter.embed(text.ids)], dim=1)
+        positions = torch.cat([prefix.position_ids, start + text.offsets], dim=1)
+        segment = torch.cat([torch.zeros_like(prefix.position_ids), text.segment], dim=1)
+        mask = packed_mask(segment, adapter.attn_implementation, embeds.dtype)
+        # Logits only where a target is: rows predicting answer tokens, any frame of the batch.
+        rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                         logits_to_keep=start + rows, use_cache=False)
+        labels, weight = text.labels[:, rows], text.weight[:, rows]
+        token_loss = F.cross_entropy(out.logits.float().transpose(1, 2), labels,
+                                     ignore_index=IGNORE, reduction='none')
+        loss = (token_loss * weight).sum() / max(text.turns, 1)
+        return PackedOutput(loss, out.logits, labels, text.turn_of_row[:, rows])
+
+
+def turn_exact(output: PackedOutput, turns: int) -> Tensor:
+    """
+    Return ``[turns]`` bool: every answer token (and end-of-turn) is the argmax, teacher-forced.
+
+    All argmaxes right under teacher forcing is the same as greedy decoding producing exactly
+    the target tokens, so this is greedy exact match on the token level (a lower bound of the
+    string exact match: another tokenisation of the same text would count as wrong here).
+    """
+    wrong = (output.logits.argmax(-1) != output.labels) & (output.labels != IGNORE)
+    bad = torch.zeros(turns, dtype=torch.long, device=wrong.device)
+    owner = output.turn_of_row[output.labels != IGNORE]
+    bad.index_add_(0, owner, wrong[output.labels != IGNORE].long())
+    return bad == 0

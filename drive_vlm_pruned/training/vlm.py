@@ -1,0 +1,353 @@
+"""
+``drive-vlm train vlm``: train the six-view LLaVA-OneVision from scratch on DriveLM-format data.
+
+One loop on ``accelerate``: the same code runs on a CPU, one GPU, or several GPUs under
+``accelerate launch`` / ``torchrun`` (DDP; each process takes its share of the frames of a step),
+in bf16 autocast where a GPU supports it (``--precision auto``). Each optimizer step trains on
+``frames_per_step`` key frames per process, all QA turns of a frame packed after its six views
+(training/samples.py). The run directory holds:
+
+- ``tokenizer/``: the BPE tokenizer trained on the train split (training/tokenizer.py);
+- ``cache/``: the pre-rendered views (training/dataset.py);
+- ``checkpoints/step-N/``: resumable state (model, AdamW, LR schedule, step, RNG) every
+  ``save_every`` steps and at the end; ``--resume`` continues from the newest;
+- ``history.json`` and ``curves.png``: training loss, validation loss and teacher-forced exact
+  match (overall and per question family) on a fixed validation subset;
+- ``final/``: the trained checkpoint (float16 safetensors), loadable by ``load_adapter``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+import json
+import math
+from pathlib import Path
+import shutil
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .curves import plot_curves
+from .dataset import load_frames, prepare_split, qa_texts, SplitData
+from .model import build_vlm, save_checkpoint
+from .presets import get_preset, Preset
+from .samples import pack_text, PackedVLM, turn_exact
+from .tokenizer import check_round_trip, train_tokenizer
+from ..cameras import NUSCENES_CAMERAS
+from ..models.llava_onevision import LlavaOnevisionAdapter
+
+STORAGE = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float32': torch.float32}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``drive-vlm train vlm`` takes; None recipe fields keep the preset's value."""
+
+    data: Path
+    out: Path
+    preset: str = 'nano'
+    resume: bool = False
+    steps: int | None = None
+    frames_per_step: int | None = None
+    lr: float | None = None
+    eval_every: int | None = None
+    eval_frames: int | None = None
+    save_every: int | None = None
+    seed: int | None = None
+    max_minutes: float | None = None  # stop (and save) once this much training time has passed
+    precision: str = 'auto'  # auto: bf16 on a GPU that has it, fp32 elsewhere | no | bf16
+    cpu: bool = False  # train on the CPU even where a GPU exists
+    storage: str = 'float16'  # dtype of final/model.safetensors
+    train_limit: int | None = None  # train on the first N frames only (tests)
+    threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest on busy cores
+
+    def preset_values(self) -> Preset:
+        return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
+                          lr=self.lr, eval_every=self.eval_every, eval_frames=self.eval_frames,
+                          save_every=self.save_every, seed=self.seed)
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps done in total
+    stopped_by_time: bool
+    final_dir: Path | None
+    history: dict
+    seconds: float
+
+
+class TrainState:
+    """The step counter, saved and restored with the accelerate state."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {'step': self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state['step'])
+
+
+def lr_lambda(steps: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``steps``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def frame_order(step: int, frames: int, per_step: int, seed: int) -> np.ndarray:
+    """Return the frames of global step ``step``: epoch-wise seeded permutations, no repeats."""
+    per_epoch = max(1, frames // per_step)
+    epoch, offset = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(frames)
+    return perm[offset * per_step:(offset + 1) * per_step]
+
+
+def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+    """Run (or resume) a training run; return where it stopped."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    preset = config.preset_values()
+    recipe = preset.recipe
+    out = Path(config.out)
+    checkpoints = out / 'checkpoints'
+    latest = _latest_checkpoint(checkpoints)
+    if config.resume and latest is None:
+        raise ValueError(f'--resume: {checkpoints} holds no step-N checkpoint; run without '
+                         '--resume to start')
+    if not config.resume and latest is not None:
+        raise ValueError(f'{out} already holds checkpoints ({latest.name}): pass --resume to '
+                         'continue that run, or a new --out')
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    # accelerate runs several CPU processes (torchrun, gloo) only when told cpu=True.
+    cpu = config.cpu or not torch.cuda.is_available()
+    # SigLIP's post-layernorm is unused (LLaVA reads the last hidden state before it).
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=_precision(config), kwargs_handlers=[ddp])
+    main = accelerator.is_main_process
+    say = log if main else (lambda _msg: None)
+    set_seed(recipe.seed)
+    data = Path(config.data)
+    train_frames = load_frames(data, 'train')[:config.train_limit]
+    tokenizer = _tokenizer(accelerator, out / 'tokenizer', train_frames, preset, config.resume)
+    torch.manual_seed(recipe.seed)
+    model, processor = build_vlm(preset.model, tokenizer)
+    model.train()
+    adapter = LlavaOnevisionAdapter(model, tokenizer, processor, accelerator.device,
+                                    torch.float32)
+    with accelerator.main_process_first():
+        train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say)
+        val = prepare_split(adapter, data, 'val', out / 'cache', log=say)
+    say(f'train: {len(train)} frames, {sum(len(t.turns) for t in train.turns)} QA; '
+        f'val: {len(val)} frames; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M '
+        f'params, vocab {len(tokenizer)}, {preset.model.tokens_per_view} tokens per view; '
+        f'{accelerator.num_processes} process(es) on {accelerator.device}, precision '
+        f'{accelerator.mixed_precision}')
+    if len(train) < recipe.frames_per_step * accelerator.num_processes:
+        raise ValueError(f'{len(train)} train frames cannot fill a step of '
+                         f'{recipe.frames_per_step} frames x {accelerator.num_processes} '
+                         'processes: write more frames or lower --frames-per-step')
+    net = PackedVLM(adapter, NUSCENES_CAMERAS)
+    optimizer = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr,
+                                  betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(recipe.steps, recipe.warmup_steps, recipe.min_lr_ratio))
+    state = TrainState()
+    net, optimizer = accelerator.prepare(net, optimizer)
+    accelerator.register_for_checkpointing(scheduler, state)
+    history = {'train': [], 'val': []}
+    if config.resume:
+        accelerator.load_state(str(latest))
+        history = _history_until(out / 'history.json', state.step)
+        say(f'resumed {latest} at step {state.step}')
+    if main:
+        _write_run_info(out, config, preset, data, accelerator.num_processes)
+    eval_index = _eval_subset(len(val), recipe.eval_frames, recipe.seed)
+    result = _loop(accelerator, net, optimizer, scheduler, state, train, val, eval_index,
+                   history, preset, config, out, say)
+    if main:
+        final = out / 'final'
+        if final.exists():
+            shutil.rmtree(final)
+        save_checkpoint(accelerator.unwrap_model(net).model, tokenizer, processor, final,
+                        STORAGE[config.storage])
+        _write_model_summary(final, preset, result)
+        result.final_dir = final
+        say(f'wrote {final}')
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: SplitData,
+          eval_index, history, preset, config, out, say) -> TrainResult:
+    recipe = preset.recipe
+    procs, rank = accelerator.num_processes, accelerator.process_index
+    per_step = recipe.frames_per_step
+    budget = config.max_minutes * 60 if config.max_minutes else None
+    started = time.monotonic()
+    stopped_by_time = False
+    pad = accelerator.unwrap_model(net).adapter.pad_token_id
+    bar = tqdm(total=recipe.steps, initial=state.step, desc='train', unit='step',
+               disable=not accelerator.is_main_process, mininterval=5, dynamic_ncols=True)
+    while state.step < recipe.steps:
+        index = frame_order(state.step, len(train), per_step * procs, recipe.seed)
+        index = index[rank * per_step:(rank + 1) * per_step].tolist()
+        images, turns = train.batch(index)
+        text = pack_text(turns, pad).to(accelerator.device)
+        with accelerator.autocast():
+            output = net(images.to(accelerator.device), text)
+        accelerator.backward(output.loss)
+        if recipe.grad_clip:
+            accelerator.clip_grad_norm_(net.parameters(), recipe.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        loss = accelerator.reduce(output.loss.detach(), 'mean').item()
+        history['train'].append([state.step, loss])
+        bar.update(1)
+        bar.set_postfix(loss=f'{loss:.3f}', lr=f'{scheduler.get_last_lr()[0]:.2e}')
+        out_of_time = budget is not None and time.monotonic() - started > budget
+        done = state.step >= recipe.steps or out_of_time
+        if state.step % recipe.eval_every == 0 or done:
+            _evaluate(accelerator, net, val, eval_index, pad, state.step, history, say)
+        if state.step % recipe.save_every == 0 or done:
+            _save(accelerator, out, state.step, history)
+        if out_of_time and state.step < recipe.steps:
+            stopped_by_time = True
+            say(f'time budget of {config.max_minutes} min reached at step {state.step} of '
+                f'{recipe.steps}: saved; continue with --resume')
+            break
+    bar.close()
+    return TrainResult(state.step, stopped_by_time, None, history, time.monotonic() - started)
+
+
+@torch.no_grad()
+def _evaluate(accelerator, net, val: SplitData, index: list[int], pad: int, step: int,
+              history: dict, say) -> None:
+    """Record validation loss and teacher-forced exact match on the fixed subset."""
+    if accelerator.is_main_process and index:
+        module = accelerator.unwrap_model(net)
+        module.eval()
+        losses, hits = [], defaultdict(list)
+        for i in index:
+            images, turns = val.batch([i])
+            text = pack_text(turns, pad).to(accelerator.device)
+            with accelerator.autocast():
+                output = module(images.to(accelerator.device), text)
+            losses.append(output.loss.item())
+            for family, ok in zip(text.families, turn_exact(output, text.turns).tolist()):
+                hits[family].append(ok)
+        module.train()
+        every = [h for v in hits.values() for h in v]
+        record = {'step': step, 'loss': float(np.mean(losses)),
+                  'exact': float(np.mean(every)), 'turns': len(every),
+                  'families': {f: float(np.mean(v)) for f, v in sorted(hits.items())}}
+        history['val'].append(record)
+        per_family = ', '.join(f'{f} {100 * a:.0f}%' for f, a in record['families'].items())
+        say(f'step {step}: val loss {record["loss"]:.4f}, exact {100 * record["exact"]:.1f}% '
+            f'of {len(every)} turns ({per_family})')
+    accelerator.wait_for_everyone()
+
+
+def _save(accelerator, out: Path, step: int, history: dict, keep: int = 2) -> None:
+    checkpoints = out / 'checkpoints'
+    accelerator.save_state(str(checkpoints / f'step-{step}'))
+    if accelerator.is_main_process:
+        _write_json(out / 'history.json', history)
+        plot_curves(history, out / 'curves.png')
+        for old in sorted(checkpoints.glob('step-*'), key=_step_of)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _precision(config: TrainConfig) -> str:
+    if config.precision != 'auto':
+        return config.precision
+    if not config.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return 'bf16'
+    # bf16 autocast on our 2-core CPU was slower than fp32 (measured), so fp32 there.
+    return 'no'
+
+
+def _tokenizer(accelerator, directory: Path, frames, preset: Preset, resume: bool):
+    from transformers import AutoTokenizer
+
+    texts = qa_texts(frames)
+    if accelerator.is_main_process and not (resume and directory.is_dir()):
+        tokenizer = train_tokenizer(texts, preset.model.vocab_size)
+        check_round_trip(tokenizer, sorted(set(texts))[:2000])
+        tokenizer.save_pretrained(directory)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    """Decay the matrices; leave norms, biases, embeddings and the image newline alone."""
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        matrix = param.ndim >= 2 and 'embed' not in name
+        (decay if matrix else plain).append(param)
+    return [{'params': decay, 'weight_decay': weight_decay},
+            {'params': plain, 'weight_decay': 0.0}]
+
+
+def _eval_subset(frames: int, count: int, seed: int) -> list[int]:
+    rng = np.random.default_rng([seed, 1234])
+    return sorted(rng.permutation(frames)[:count].tolist())
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split('-', 1)[1])
+
+
+def _latest_checkpoint(directory: Path) -> Path | None:
+    found = [p for p in directory.glob('step-*') if p.is_dir() and p.name[5:].isdigit()]
+    return max(found, key=_step_of) if found else None
+
+
+def _history_until(path: Path, step: int) -> dict:
+    if not path.is_file():
+        return {'train': [], 'val': []}
+    history = json.loads(path.read_text())
+    return {'train': [r for r in history['train'] if r[0] <= step],
+            'val': [r for r in history['val'] if r['step'] <= step]}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)
+
+
+def _write_run_info(out: Path, config: TrainConfig, preset: Preset, data: Path,
+                    procs: int) -> None:
+    """Record what was run: config, preset, processes and the data set's own description."""
+    meta = {}
+    for split in ('train', 'val'):  # drive-vlm data synth records seeds and options here
+        path = data / f'{split}.meta.json'
+        if path.is_file():
+            meta[split] = json.loads(path.read_text())
+    info = {'config': {k: str(v) for k, v in asdict(config).items()}, 'preset': preset.as_dict(),
+            'processes': procs, 'torch': torch.__version__, 'data_meta': meta}
+    _write_json(out / 'run.json', info)
+
+
+def _write_model_summary(final: Path, preset: Preset, result: TrainResult) -> None:
+    last = result.history['val'][-1] if result.history['val'] else None
+    _write_json(final / 'training_summary.json', {
+        'preset': preset.as_dict(), 'steps': result.step,
+        'stopped_by_time': result.stopped_by_time,
+        'train_seconds_this_session': round(result.seconds, 1), 'last_validation': last,
+    })

@@ -1,0 +1,169 @@
+"""`drive-vlm bench accuracy`: a pruner x keep-ratio sweep through the eval loop, resumable."""
+
+import json
+from pathlib import Path
+
+from drive_vlm_pruned.bench.accuracy import Stat
+import pytest
+
+
+@pytest.fixture(scope='module')
+def small_model(tmp_path_factory):
+    """Build a real LLaVA-OneVision of the training 'test' preset: 16 tokens a view."""
+    from drive_vlm_pruned.models.tiny import build_tokenizer
+    from drive_vlm_pruned.training.model import build_vlm, save_checkpoint
+    from drive_vlm_pruned.training.presets import PRESETS
+    import torch
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model, processor = build_vlm(PRESETS['test'].model, tokenizer)
+    return save_checkpoint(model, tokenizer, processor, tmp_path_factory.mktemp('small'))
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    """Four rendered test scenes of one key frame each (DriveLM format, with GT and masks)."""
+    from drive_vlm_pruned.data.synth import DataOptions, write_dataset
+
+    out = tmp_path_factory.mktemp('data')
+    write_dataset(out, DataOptions(scenes=4, frames_per_scene=1, split='test'))
+    return out
+
+
+def sweep_args(model, data, out):
+    return ['bench', 'accuracy', '--model', str(model), '--data', str(data), '--pruners', 'tfps',
+            'random', '--keep-ratios', '1.0', '0.5', '0.25', '--prune-layers', '0',
+            '--seeds', '2', '--qa-per-cell', '5', '--max-new-tokens', '3', '--tokenizer',
+            'simple', '--no-diversity', '--no-progress', '--out', str(out)]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_tiny_sweep_writes_every_output_and_resumes_without_recomputing(
+        small_model, data, tmp_path, capsys):
+    from drive_vlm_pruned.cli.main import main
+
+    out = tmp_path / 'acc'
+    assert main(sweep_args(small_model, data, out)) == 0
+    log = out / 'cells.jsonl'
+    first = lines(log)
+    # header + (unpruned, blind, 2 pruners x 2 ratios) x 2 seeds + majority x 2 seeds
+    assert len(first) == 1 + 6 * 2 + 2
+    result = json.loads((out / 'accuracy.json').read_text())
+    rows = {(r['cell']['pruner'], r['cell']['keep_ratio']): r for r in result['rows']}
+    assert set(rows) == {('none', 1.0), ('blind', 1.0), ('majority', 1.0), ('tfps', 0.5),
+                         ('tfps', 0.25), ('random', 0.5), ('random', 0.25)}
+    cell = rows[('tfps', 0.25)]
+    assert cell['seeds'] == 2 and cell['qa'] == 5
+    assert cell['tokens_kept']['mean'] == 24 and cell['tokens_total']['mean'] == 96
+    assert 0 < cell['flops_share']['mean'] < rows[('tfps', 0.5)]['flops_share']['mean'] < 1
+    assert cell['speedup']['mean'] > 0 and cell['speedup']['n'] == 2
+    assert 0 <= cell['foreground_recall']['mean'] <= 1
+    assert rows[('none', 1.0)]['foreground_recall']['mean'] == 1.0
+    assert set(cell['families']) and cell['accuracy']['n'] == 2
+    assert 'disjoint subsets' in result['seeds']
+    md = (out / 'accuracy.md').read_text()
+    assert '| K | pruner | keep |' in md and 'vision encoder NOT included' in md
+    assert '### Verdict' in md and '### Per family' in md
+    for png in ('accuracy_vs_keep.png', 'accuracy_vs_speedup.png'):
+        assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+        assert (out / png).stat().st_size > 10_000
+    assert 'min wall' in capsys.readouterr().out
+
+    # interrupted: the last two cells never finished (one torn mid-line)
+    log.write_text('\n'.join(first[:-2]) + '\n' + first[-2][:40])
+    assert main(sweep_args(small_model, data, out)) == 0
+    second = lines(log)
+    assert second[:-2] == first[:-2]  # finished cells kept byte for byte, not recomputed
+    assert len(second) == len(first)
+    assert {json.loads(x)['cell']['key'] for x in second[-2:]} == \
+        {json.loads(x)['cell']['key'] for x in first[-2:]}
+
+    assert main(sweep_args(small_model, data, out)) == 0  # all done: nothing runs again
+    assert lines(log) == second
+
+    (out / 'accuracy.md').unlink()
+    assert main(sweep_args(small_model, data, out) + ['--report-only']) == 0
+    assert 'rebuilt with --report-only' in (out / 'accuracy.md').read_text()
+    assert lines(log) == second
+
+
+def test_a_log_of_other_settings_is_refused(small_model, data, tmp_path, capsys):
+    from drive_vlm_pruned.bench.accuracy import CellLog
+
+    CellLog(tmp_path / 'cells.jsonl', {'qa_per_cell': 5}, overwrite=False)
+    with pytest.raises(ValueError, match='qa_per_cell=5, this run has qa_per_cell=6'):
+        CellLog(tmp_path / 'cells.jsonl', {'qa_per_cell': 6}, overwrite=False)
+
+
+def test_seeds_are_disjoint_scene_subsets_of_whole_frames(data):
+    from drive_vlm_pruned.bench.accuracy import seed_sets
+
+    seeds, how = seed_sets([str(data)], 'test', None, 2, 15)
+    assert len(seeds) == 2 and 'disjoint' in how
+    scenes = [{f.scene for f in s} for s in seeds]
+    assert not scenes[0] & scenes[1]
+    for s in seeds:
+        assert sum(len(f.qa) for f in s) == 15
+        assert all(f.qa[0].family == 'important_objects' for f in s)  # gating's first QA kept
+    with pytest.raises(ValueError, match='fewer than --seeds 9'):
+        seed_sets([str(data)], 'test', None, 9, 15)
+
+
+def test_batch_order_groups_families_and_keeps_file_order_within():
+    from drive_vlm_pruned.data.drivelm import KeyFrame, QA
+    from drive_vlm_pruned.search.qa_sets import batch_order
+
+    fams = ['important_objects', 'exists', 'behavior', 'exists', 'important_objects']
+    frame = KeyFrame('s', 'f', {}, {}, tuple(QA(f'q{i}', '', '', 'perception', (0,), fam)
+                                             for i, fam in enumerate(fams)))
+    order = [qa.id for _, qa in batch_order([(frame, qa) for qa in frame.qa])]
+    assert order == ['q0', 'q4', 'q1', 'q3', 'q2']
+
+
+def row(pruner, keep, retention):
+    return {'cell': {'pruner': pruner, 'allocation': 'uniform', 'keep_ratio': keep,
+                     'prune_layer': 0}, 'accuracy_retention': retention}
+
+
+def test_a_ranking_is_stable_only_when_the_top_two_intervals_are_apart():
+    from drive_vlm_pruned.bench.accuracy import breaking_points, rankings
+
+    apart = rankings([row('tfps', 0.1, Stat(0.96, 0.01, 3)),
+                      row('random', 0.1, Stat(0.80, 0.05, 3))])
+    assert apart[0]['stable'] is True and apart[0]['ranked'][0]['cell']['pruner'] == 'tfps'
+    close = rankings([row('tfps', 0.1, Stat(0.90, 0.04, 3)),
+                      row('random', 0.1, Stat(0.88, 0.03, 3))])
+    assert close[0]['stable'] is False
+    one = rankings([row('tfps', 0.1, Stat(0.9, 0.0, 1)), row('random', 0.1, Stat(0.8, 0.0, 1))])
+    assert one[0]['stable'] is None
+    broke = breaking_points([row('tfps', 0.5, Stat(0.99, 0.0, 1)),
+                             row('tfps', 0.25, Stat(0.93, 0.0, 1)),
+                             row('tfps', 0.1, Stat(0.5, 0.0, 1))])
+    assert broke == ['K=0 tfps: breaks at keep 0.25 (accuracy retention 93.0%)']
+
+
+def test_pareto_front_keeps_the_cells_nothing_beats_on_both_axes():
+    from drive_vlm_pruned.bench.accuracy_plots import pareto_front
+
+    pts = [(1.0, 0.9), (2.0, 0.85), (2.0, 0.80), (4.0, 0.6), (3.0, 0.5)]
+    assert pareto_front(pts) == [0, 1, 3]
+
+
+def test_plan_has_the_variants_and_the_searched_budget_beside_uniform():
+    from drive_vlm_pruned.bench.accuracy import plan_cells
+
+    cells, notes = plan_cells(['tfps', 'dart', 'fastv'], [1.0, 0.5, 0.1], [0, 2], 4,
+                              searched=True, diversity=True, search_keep=0.4)
+    keys = {c.key for c in cells}
+    assert len(cells) == len(keys) == 20
+    assert {'tfps/uniform/0.4/K0', 'tfps/searched/0.4/K0', 'tfps/diversity/0.1/K0',
+            'tfps/diversity/0.1/K2', 'fastv/uniform/0.1/K2', 'dart/uniform/0.5/K2'} <= keys
+    assert not any(k.startswith(('fastv', 'dart')) and k.endswith('K0') for k in keys)
+    assert any('fastv skipped at prune layer 0' in n for n in notes)
+    only_k0, _ = plan_cells(['tfps'], [0.5], [0, 2], 4, True, False, None, variant_layers=[0])
+    assert {c.key for c in only_k0} == {'tfps/uniform/0.5/K0', 'tfps/searched/0.5/K0',
+                                        'tfps/uniform/0.5/K2'}
