@@ -21,6 +21,11 @@ SINGLE_STAGE = [n for n in pruner_names() if n != 'mvpruner']
 def run(name, tokens, keep, seed=None):
     """Prune with ``name``; in-LLM pruners get a synthetic layer state over the same tokens."""
     pruner = make_pruner(name)
+    if name == 'reconpruner':  # learned: a fixed random scorer stands in for trained weights
+        from drive_vlm_pruned.pruning.reconpruner import ReconPruner, ReconScorer, ScorerConfig
+
+        torch.manual_seed(0)
+        pruner = ReconPruner(scorer=ReconScorer(ScorerConfig(tokens.dim)))
     if pruner.stage is Stage.IN_LLM:
         layer = synthetic_layer_state(tokens, seed=1)
         return prune(pruner, layer.view_tokens(tokens.names, tokens.counts), keep, layer=layer,
