@@ -129,7 +129,7 @@ def test_vision_backend_parameters_use_onnxruntime_or_fall_back(onnx, tiny_llava
     try:
         # missing file: onnxruntime -> compile (CUDA only) -> torch, each reason logged once
         want = 'onnxruntime' if onnx == 'exported' else 'torch'
-        assert node.node.health.model_detail.endswith(f'vision backend {want}')
+        assert f'vision backend {want},' in node.node.health.model_detail + ','
         probe = Probe(context)
         probe.wait_connected()
         stamp = probe.publish_set(1)
