@@ -28,6 +28,20 @@ def tiny_llava(tiny_checkpoints):
     return tiny_checkpoints('llava-onevision')
 
 
+@pytest.fixture(scope='session')
+def small_model(tmp_path_factory):
+    """Build a real LLaVA-OneVision of the training 'test' preset (16 tokens a view) once."""
+    from drive_vlm_pruned.models.tiny import build_tokenizer
+    from drive_vlm_pruned.training.model import build_vlm, save_checkpoint
+    from drive_vlm_pruned.training.presets import PRESETS
+    import torch
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model, processor = build_vlm(PRESETS['test'].model, tokenizer)
+    return save_checkpoint(model, tokenizer, processor, tmp_path_factory.mktemp('small'))
+
+
 @pytest.fixture(scope='module', params=FAMILIES)
 def pipeline(request, tiny_checkpoints):
     """Load a pipeline on each family's tiny checkpoint."""

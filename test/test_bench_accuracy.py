@@ -8,20 +8,6 @@ import pytest
 
 
 @pytest.fixture(scope='module')
-def small_model(tmp_path_factory):
-    """Build a real LLaVA-OneVision of the training 'test' preset: 16 tokens a view."""
-    from drive_vlm_pruned.models.tiny import build_tokenizer
-    from drive_vlm_pruned.training.model import build_vlm, save_checkpoint
-    from drive_vlm_pruned.training.presets import PRESETS
-    import torch
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    model, processor = build_vlm(PRESETS['test'].model, tokenizer)
-    return save_checkpoint(model, tokenizer, processor, tmp_path_factory.mktemp('small'))
-
-
-@pytest.fixture(scope='module')
 def data(tmp_path_factory):
     """Four rendered test scenes of one key frame each (DriveLM format, with GT and masks)."""
     from drive_vlm_pruned.data.synth import DataOptions, write_dataset

@@ -20,20 +20,6 @@ def cli(*argv) -> list[str]:
 
 
 @pytest.fixture(scope='module')
-def small_model(tmp_path_factory):
-    """Build a real LLaVA-OneVision of the training 'test' preset: 16 tokens a view."""
-    from drive_vlm_pruned.models.tiny import build_tokenizer
-    from drive_vlm_pruned.training.model import build_vlm, save_checkpoint
-    from drive_vlm_pruned.training.presets import PRESETS
-    import torch
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    model, processor = build_vlm(PRESETS['test'].model, tokenizer)
-    return save_checkpoint(model, tokenizer, processor, tmp_path_factory.mktemp('small'))
-
-
-@pytest.fixture(scope='module')
 def planted(tmp_path_factory):
     from drive_vlm_pruned.search.planted import PlantedOptions, write_planted
 
