@@ -415,8 +415,8 @@ def planning_question(history: Sequence[Sequence[float]]) -> str:
 
 
 def planning_answer(future: Sequence[Sequence[float]]) -> str:
-    """Return the 6 GT waypoints as '[x1, y1], ..., [x6, y6]' (2 decimals; parse_trajectory)."""
-    return format_trajectory(tuple((round(x, 2) + 0.0, round(y, 2) + 0.0) for x, y in future))
+    """Return the 6 GT waypoints as the PLANNING prompt asks: '[x1,y1],...,[x6,y6]', 1 decimal."""
+    return format_trajectory(tuple((float(x), float(y)) for x, y in future))
 
 
 def ctag(index: int, obj: SeenObject) -> str:

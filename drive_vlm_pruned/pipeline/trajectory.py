@@ -1,9 +1,10 @@
 """
 Parse a planned ego trajectory out of model text.
 
-Format (Impromptu-VLA planning answers): ``[x1, y1], [x2, y2], ... [x6, y6]``, metres in the
-ego frame (x forward, y left), one waypoint every 0.5 s, optionally inside
-``<PLANNING>...</PLANNING>``.
+Format: six ``[x, y]`` waypoints, metres in the ego frame (x forward, y left), one every 0.5 s,
+optionally inside ``<PLANNING>...</PLANNING>``. The parser takes Impromptu-VLA's
+``[x1, y1], [x2, y2], ...`` and the compact ``[x1,y1],[x2,y2],...`` (one decimal) that the
+PLANNING prompt asks for and ``format_trajectory`` writes.
 The parser never invents a trajectory: anything else is "no trajectory" with the reason.
 """
 
@@ -50,5 +51,10 @@ def parse_trajectory(text: str, waypoints: int = WAYPOINTS) -> TrajectoryParse:
 
 
 def format_trajectory(points: tuple[tuple[float, float], ...]) -> str:
-    """Write waypoints the way the planning prompt asks for them (2 decimals)."""
-    return ', '.join(f'[{x:.2f}, {y:.2f}]' for x, y in points)
+    """Write waypoints the way the PLANNING prompt asks for them: one decimal, no spaces."""
+    return ','.join(f'[{_one_decimal(x)},{_one_decimal(y)}]' for x, y in points)
+
+
+def _one_decimal(value: float) -> str:
+    # + 0.0 turns a rounded -0.0 into 0.0, so a waypoint never reads '-0.0'.
+    return f'{round(value, 1) + 0.0:.1f}'

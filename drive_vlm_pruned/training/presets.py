@@ -38,7 +38,7 @@ class ModelPreset:
 class Recipe:
     """Optimisation schedule: AdamW, linear warm-up then cosine decay to ``min_lr_ratio``."""
 
-    steps: int = 1000
+    steps: int = 2000
     frames_per_step: int = 1  # key frames per step AND process (all their QA turns packed)
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
