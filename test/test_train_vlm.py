@@ -142,6 +142,12 @@ def test_two_steps_lower_the_loss_then_save_and_resume(data_dir, tmp_path):
     for name, tensor in weights(tmp_path / 'cut').items():
         torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
 
+    # --stop-at 1: the same seed reruns step 1 to the same loss, and the run resumes.
+    first = train_vlm(config(data_dir, tmp_path / 'first', stop_at=1), **quiet)
+    assert first.stopped_at_step and not first.stopped_by_time and first.step == 1
+    assert first.history['train'][0][1] == pytest.approx(loss1, rel=1e-6)
+    assert (tmp_path / 'first' / 'checkpoints' / 'step-1').is_dir()
+
     with pytest.raises(ValueError, match='--resume'):
         train_vlm(config(data_dir, tmp_path / 'cut'), **quiet)
     with pytest.raises(ValueError, match='no step-N checkpoint'):

@@ -60,6 +60,10 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
     vlm.add_argument('--seed', type=int, help='training seed (default: the preset, 0)')
     vlm.add_argument('--max-minutes', type=float,
                      help='stop after this many minutes of training, saving first (resume later)')
+    vlm.add_argument('--stop-at', type=_positive, metavar='STEP',
+                     help='stop after this step, saving first; the schedule still spans --steps, '
+                          'so --resume continues the same run (e.g. to check a rerun\'s first '
+                          'steps against a finished run\'s history.json)')
     vlm.add_argument('--precision', default='auto', choices=['auto', 'no', 'bf16'],
                      help='auto (default): bf16 autocast on a GPU that has it, fp32 elsewhere')
     vlm.add_argument('--cpu', action='store_true', help='train on the CPU even with a GPU')
@@ -98,7 +102,8 @@ def _run_vlm(args) -> int:
         data=Path(args.data), out=Path(args.out), preset=args.preset, resume=args.resume,
         steps=args.steps, frames_per_step=args.frames_per_step, lr=args.lr,
         eval_every=args.eval_every, eval_frames=args.eval_frames, save_every=args.save_every,
-        seed=args.seed, max_minutes=args.max_minutes, precision=args.precision, cpu=args.cpu,
+        seed=args.seed, max_minutes=args.max_minutes, stop_at=args.stop_at,
+        precision=args.precision, cpu=args.cpu,
         storage=args.storage, threads=args.threads,
     )
     try:
@@ -108,4 +113,6 @@ def _run_vlm(args) -> int:
         return 2
     if result.stopped_by_time:
         print(f'stopped by --max-minutes at step {result.step}; continue with --resume')
+    if result.stopped_at_step:
+        print(f'stopped by --stop-at at step {result.step}; continue with --resume')
     return 0

@@ -59,6 +59,9 @@ class TrainConfig:
     save_every: int | None = None
     seed: int | None = None
     max_minutes: float | None = None  # stop (and save) once this much training time has passed
+    # stop (and save) after this global step; the LR schedule still spans the recipe's steps, so
+    # --resume continues the same run (reruns check their first N steps against a full run's log)
+    stop_at: int | None = None
     precision: str = 'auto'  # auto: bf16 on a GPU that has it, fp32 elsewhere | no | bf16
     cpu: bool = False  # train on the CPU even where a GPU exists
     storage: str = 'float16'  # dtype of final/model.safetensors
@@ -75,6 +78,7 @@ class TrainConfig:
 class TrainResult:
     step: int  # optimizer steps done in total
     stopped_by_time: bool
+    stopped_at_step: bool  # --stop-at ended it before the recipe's last step
     final_dir: Path | None
     history: dict
     seconds: float
@@ -196,7 +200,7 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
     per_step = recipe.frames_per_step
     budget = config.max_minutes * 60 if config.max_minutes else None
     started = time.monotonic()
-    stopped_by_time = False
+    stopped_by_time = stopped_at_step = False
     pad = accelerator.unwrap_model(net).adapter.pad_token_id
     bar = tqdm(total=recipe.steps, initial=state.step, desc='train', unit='step',
                disable=not accelerator.is_main_process, mininterval=5, dynamic_ncols=True)
@@ -219,7 +223,8 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         bar.update(1)
         bar.set_postfix(loss=f'{loss:.3f}', lr=f'{scheduler.get_last_lr()[0]:.2e}')
         out_of_time = budget is not None and time.monotonic() - started > budget
-        done = state.step >= recipe.steps or out_of_time
+        at_stop = config.stop_at is not None and state.step >= config.stop_at
+        done = state.step >= recipe.steps or out_of_time or at_stop
         if state.step % recipe.eval_every == 0 or done:
             _evaluate(accelerator, net, val, eval_index, pad, state.step, history, say)
         if state.step % recipe.save_every == 0 or done:
@@ -229,8 +234,13 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
             say(f'time budget of {config.max_minutes} min reached at step {state.step} of '
                 f'{recipe.steps}: saved; continue with --resume')
             break
+        if at_stop and state.step < recipe.steps:
+            stopped_at_step = True
+            say(f'--stop-at {config.stop_at} reached: saved; continue with --resume')
+            break
     bar.close()
-    return TrainResult(state.step, stopped_by_time, None, history, time.monotonic() - started)
+    return TrainResult(state.step, stopped_by_time, stopped_at_step, None, history,
+                       time.monotonic() - started)
 
 
 @torch.no_grad()
