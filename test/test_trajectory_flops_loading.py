@@ -15,11 +15,13 @@ def test_planning_answer_parses_to_six_waypoints():
     parsed = parse_trajectory(f'<PLANNING>Predicted: {SIX}</PLANNING>')
     assert parsed.ok
     assert parsed.points[0] == (1.0, 0.0) and parsed.points[5] == (6.5, 0.45)
-    assert format_trajectory(parsed.points) == '[1.0,0.0],[2.1,0.1],[3.2,0.1],[4.3,0.2],[5.4,0.3],[6.5,0.5]'
+    compact = '[1.0,0.0],[2.1,0.1],[3.2,0.1],[4.3,0.2],[5.4,0.3],[6.5,0.5]'
+    assert format_trajectory(parsed.points) == compact
 
 
 def test_formatted_trajectory_is_compact_and_parses_back():
-    text = format_trajectory(((1.04, -0.04), (2.0, 0.0), (3.0, 0.1), (4.0, 0.2), (5.0, 0.3), (6.0, 0.4)))
+    points = ((1.04, -0.04), (2.0, 0.0), (3.0, 0.1), (4.0, 0.2), (5.0, 0.3), (6.0, 0.4))
+    text = format_trajectory(points)
     assert text.startswith('[1.0,0.0],[2.0,0.0]') and ' ' not in text and '-0.0' not in text
     assert parse_trajectory(text).points[5] == (6.0, 0.4)
 

@@ -62,8 +62,8 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                      help='stop after this many minutes of training, saving first (resume later)')
     vlm.add_argument('--stop-at', type=_positive, metavar='STEP',
                      help='stop after this step, saving first; the schedule still spans --steps, '
-                          'so --resume continues the same run (e.g. to check a rerun\'s first '
-                          'steps against a finished run\'s history.json)')
+                          'so --resume continues the same run (e.g. to check the first steps of '
+                          'a rerun against the history.json of a finished run)')
     vlm.add_argument('--precision', default='auto', choices=['auto', 'no', 'bf16'],
                      help='auto (default): bf16 autocast on a GPU that has it, fp32 elsewhere')
     vlm.add_argument('--cpu', action='store_true', help='train on the CPU even with a GPU')

@@ -138,7 +138,9 @@ class VLMAdapter(ABC):
         std = torch.tensor(proc.image_std, device=self.device).view(1, 3, 1, 1)
         out = []
         for img in images:
-            x = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
+            # np.require copies read-only arrays (e.g. decoded from a bag's buffer): torch warns
+            # on (and may write through) a non-writable array.
+            x = torch.from_numpy(np.require(img, requirements=['C', 'W'])).to(self.device)
             x = x.permute(2, 0, 1)[None].float()
             x = torch.nn.functional.interpolate(x, size=size, mode='bicubic', align_corners=False,
                                                 antialias=True)
