@@ -161,7 +161,8 @@ def _check_qa(frame):
             assert CTAG.search(qa['Q'])[0] in frame['key_object_infos']
         if qa['type'] == 'planning_trajectory':
             points = parse_trajectory(qa['A']).points
-            assert np.allclose(points, frame['gt']['future_trajectory'], atol=0.0051)
+            # the answer has one decimal, as the PLANNING prompt asks: within 5 cm of the GT
+            assert np.allclose(points, frame['gt']['future_trajectory'], atol=0.0501)
 
 
 def test_drivelm_reader_reads_it_back(written):
