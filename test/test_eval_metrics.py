@@ -200,7 +200,7 @@ def test_planning_column_uses_frame_gt_and_reports_avg_and_parse_rate():
     assert family.metric == 'L2 / collision' and family.value == 2.5
     # constant velocity from the history (0.5 m per step) keeps going at 1 m/s
     assert constant_velocity(gt.ego_history) == tuple((0.5 * k, 0.0) for k in range(1, 7))
-    assert constant_velocity_answer(frames[0]).startswith('[0.50, 0.00], [1.00, 0.00]')
+    assert constant_velocity_answer(frames[0]).startswith('[0.5,0.0],[1.0,0.0]')
     assert constant_velocity([(0.0, 0.0)]) is None
 
 

@@ -99,7 +99,7 @@ def test_each_rule_on_the_hand_scene(hand):
         '(t-1.5s) [-15.00, 0.00], (t-1.0s) [-10.00, 0.00], (t-0.5s) [-5.00, 0.00], '
         '(t-0.0s) [0.00, 0.00]')
     assert rules.planning_answer(facts.future) == (
-        '[5.00, 0.00], [10.00, 0.00], [15.00, 0.00], [20.00, 0.00], [25.00, 0.00], [30.00, 0.00]')
+        '[5.0,0.0],[10.0,0.0],[15.0,0.0],[20.0,0.0],[25.0,0.0],[30.0,0.0]')
 
 
 def test_key_objects_are_the_nearest_counted_ones_with_ctags_at_box_centres(hand):
@@ -274,8 +274,8 @@ def test_behavior_options_and_choices():
 
 
 def test_planning_answer_parses_and_never_writes_minus_zero():
-    future = [(4.996, -0.001), (10.0, -0.004), (15.0, 0.2), (20.0, 0.5), (25.0, 1.0), (30.0, 2.0)]
+    future = [(4.996, -0.001), (10.0, -0.04), (15.0, 0.2), (20.0, 0.5), (25.0, 1.0), (30.0, 2.0)]
     answer = rules.planning_answer(future)
-    assert '-0.00' not in answer and answer.startswith('[5.00, 0.00], [10.00, 0.00]')
+    assert '-0.0' not in answer and answer.startswith('[5.0,0.0],[10.0,0.0]')
     assert parse_trajectory(answer).points == ((5.0, 0.0), (10.0, 0.0), (15.0, 0.2), (20.0, 0.5),
                                                (25.0, 1.0), (30.0, 2.0))
