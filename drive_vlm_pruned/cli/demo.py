@@ -204,7 +204,7 @@ def _print_results(results: list[dict], node, truth: DemoTruth) -> None:
             print(f'  ground truth: {check.truth}; {l2}')
     h = node.health
     print(f'\nNode: {h.processed} sets answered, dropped {dict(h.dropped) or 0} (latest-wins: '
-          f'inference is slower than 12 Hz here), skipped as bad {dict(h.skipped) or 0}')
+          f'inference is slower than the sets arrive), skipped as bad {dict(h.skipped) or 0}')
 
 
 def _short(question: str, width: int = 90) -> str:
