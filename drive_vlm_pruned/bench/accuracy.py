@@ -52,7 +52,6 @@ from ..eval.baselines import fit_majority, MajorityAnswers
 from ..eval.runner import predict, PredictOptions
 from ..eval.scoring import score_column
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
-from ..pruning import make_pruner, MVPruner, Stage
 from ..search.objective import score_answers
 from ..search.qa_sets import batch_order, scene_subsets, take_frames
 
@@ -105,11 +104,6 @@ def valid_at(pruner: str, layer: int, llm_layers: int) -> str:
         RuntimeSettings(keep_ratio=0.5, pruner=pruner, prune_layer=layer).validate(llm_layers)
     except ValueError as err:
         return str(err)
-    except AttributeError as err:  # a pipeline that cannot check this pruner: say so, skip it
-        return f'the pipeline cannot validate it ({type(err).__name__}: {err})'
-    p = make_pruner(pruner)
-    if not isinstance(p, MVPruner) and layer == 0 and p.stage is Stage.IN_LLM:
-        return f'{pruner} acts inside the LLM'
     return ''
 
 

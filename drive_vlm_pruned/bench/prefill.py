@@ -29,7 +29,7 @@ from ..models.loading import LoadSpec, model_dtype
 from ..models.tiny import build_llava_onevision, build_qwen2_5_vl, build_tokenizer
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
 from ..pipeline.synthetic_frames import synthetic_frame
-from ..pruning import make_pruner, MVPruner, Stage
+from ..pruning import make_pruner, Stage
 
 
 def build_preset(preset: Preset, device: str, dtype: torch.dtype, layers: int | None,
@@ -156,10 +156,7 @@ def sweep(pipe: Pipeline, preset: Preset, pruners: Sequence[str], keep_ratios: S
 
 
 def _valid_at(name: str, layer: int) -> bool:
-    pruner = make_pruner(name)
-    if isinstance(pruner, MVPruner):
-        return True
-    return layer > 0 or pruner.stage is Stage.PRE_LLM
+    return layer > 0 or make_pruner(name).stage is Stage.PRE_LLM
 
 
 def _speedup(cell: PrefillCell, base: PrefillCell) -> None:

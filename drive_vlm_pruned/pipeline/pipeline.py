@@ -67,10 +67,7 @@ class RuntimeSettings:
         check_pruner_name(self.pruner)
         if not 0 <= self.prune_layer < llm_layers:
             raise ValueError(f'prune_layer={self.prune_layer} must be in [0, {llm_layers - 1}]')
-        pruner = make_pruner(self.pruner)
-        # MVPruner has two stages; at layer 0 its first (pre-LLM) stage runs alone.
-        in_llm_only = not isinstance(pruner, MVPruner) and pruner.stage is Stage.IN_LLM
-        if self.prune_layer == 0 and in_llm_only:
+        if self.prune_layer == 0 and make_pruner(self.pruner).stage is Stage.IN_LLM:
             raise ValueError(
                 f'pruner {self.pruner!r} acts inside the LLM; set prune_layer >= 1 (FastV and '
                 'DART use 2), or pick tfps, divprune, mvpruner, random or stride'

@@ -134,6 +134,9 @@ class MVPruner:
     """
 
     name = 'mvpruner'
+    # Where it starts: stage 1 runs before the LLM at every prune layer (alone at layer 0), so
+    # the registry-wide "can it run at layer K" checks treat it as a pre-LLM pruner.
+    stage = Stage.PRE_LLM
     share: float = 0.5
     stage1: MVPrunerStage1 = field(default_factory=MVPrunerStage1)
     stage2: MVPrunerStage2 = field(default_factory=MVPrunerStage2)
