@@ -15,6 +15,7 @@ from drive_vlm_pruned.training.samples import (
 )
 from drive_vlm_pruned.training.tokenizer import train_tokenizer
 from drive_vlm_pruned.training.vlm import train_vlm, TrainConfig
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 import torch
@@ -152,3 +153,89 @@ def test_two_steps_lower_the_loss_then_save_and_resume(data_dir, tmp_path):
         train_vlm(config(data_dir, tmp_path / 'cut'), **quiet)
     with pytest.raises(ValueError, match='no step-N checkpoint'):
         train_vlm(config(data_dir, tmp_path / 'new', resume=True), **quiet)
+
+
+def test_patch_labels_follow_the_encoders_resize_and_padding():
+    from drive_vlm_pruned.training.patch_labels import PATCH_CLASSES, patch_labels
+
+    mask = np.ones((64, 128), np.uint8)  # a 2:1 view, road everywhere
+    mask[0:16, 96:128] = 2  # a vehicle in the top-right 1/4 x 1/4 of the view
+    mask[62, 0] = 3  # one pedestrian pixel, bottom-left corner
+    square = patch_labels(mask, size=64, grid=4, pad_square=False)
+    assert square.shape == (len(PATCH_CLASSES), 4, 4)
+    vehicle = np.zeros((4, 4), bool)
+    vehicle[0, 3] = True
+    assert (square[1] == vehicle).all()
+    assert (square[0] == ~vehicle).all()  # the vehicle hides the road of its patch
+    assert square[2].sum() == 1 and square[2][3, 0]  # any pixel of a class marks its patch
+    assert not square[3:].any()
+    # Padded (DriveMM-style): the view fills rows 32..96 of a 128 square, patch rows 1-2 after
+    # the resize, so the grey bands hold no road and the vehicle moves down to patch row 1.
+    padded = patch_labels(mask, size=64, grid=4, pad_square=True)
+    assert not padded[0][[0, 3]].any() and padded[0][1:3].all()
+    assert padded[1][:, 3].tolist() == [False, True, False, False]
+
+
+def test_second_stage_starts_from_a_checkpoint_and_trains_the_grounding_probes(
+        data_dir, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    quiet = {'log': lambda _: None}
+    first = train_vlm(config(data_dir, tmp_path / 'first'), **quiet)
+    with pytest.raises(ValueError, match='--init-from'):
+        train_vlm(config(data_dir, tmp_path / 'x', preset='nano-ground'), **quiet)
+    # nano-ground's recipe at the test size: rescale, probes, from a checkpoint.
+    stage = replace(PRESETS['test'], name='test-ground', needs_init=True, recipe=replace(
+        PRESETS['test'].recipe, patch_loss=1.0, match_visual_scale=True, steps=4, lr=1e-3))
+    monkeypatch.setitem(PRESETS, 'test-ground', stage)
+    said = []
+    second = train_vlm(config(data_dir, tmp_path / 'second', preset='test-ground',
+                              init_from=first.final_dir, steps=None), log=said.append)
+    assert any('visual tokens rescaled' in line for line in said), said
+    probe = [loss for _, loss in second.history['patch']]
+    assert len(probe) == 4 and all(np.isfinite(probe)) and probe[-1] < probe[0]
+    # The probes are training-only: the checkpoint holds the same tensors as the first stage's,
+    # changed by the second stage, and the first stage's tokenizer.
+    before, after = weights(tmp_path / 'first'), weights(tmp_path / 'second')
+    assert set(after) == set(before)
+    name = next(k for k in after if 'vision_tower' in k and k.endswith('weight'))
+    assert not torch.equal(after[name], before[name])
+    assert (tmp_path / 'second' / 'final' / 'tokenizer.json').read_text() == \
+        (first.final_dir / 'tokenizer.json').read_text()
+
+
+def test_projector_rescale_matches_the_text_scale_and_keeps_layer_one(data_dir):
+    from drive_vlm_pruned.training.dataset import prepare_split
+    from drive_vlm_pruned.training.visual_scale import rescale_projector, token_norms
+
+    frames = load_frames(data_dir, 'train')
+    adapter = make_adapter(frames)
+    net = PackedVLM(adapter, NUSCENES_CAMERAS)
+    split = prepare_split(adapter, data_dir, 'train', data_dir / 'cache-scale', frames,
+                          log=lambda _: None)
+    images, _ = split.batch([0, 1])
+    with torch.no_grad():
+        proj = adapter.model.model.multi_modal_projector.linear_2
+        proj.weight.mul_(50.0)  # blow the visual tokens up, as from-scratch training did
+        proj.bias.mul_(50.0)
+
+    def layer_one():
+        feats = adapter.encode(net.pixels(images), 2)
+        prefix = adapter.build_inputs(feats, keep_all(feats.tokens.valid_counts(),
+                                                      images.device), [net.prefix] * 2)
+        with torch.no_grad():
+            return adapter.model(inputs_embeds=prefix.inputs_embeds,
+                                 position_ids=prefix.position_ids, output_hidden_states=True,
+                                 use_cache=False).hidden_states[1], prefix
+
+    before, prefix = layer_one()
+    visual, text = rescale_projector(net, images)
+    after_visual, after_text = token_norms(net, images)
+    assert visual > 10 * text
+    assert after_visual == pytest.approx(text, rel=1e-4)
+    assert after_text == pytest.approx(text, rel=1e-4)
+    # RMSNorm makes layer 1 scale-free: text rows after it are what they were.
+    after, _ = layer_one()
+    is_text = torch.ones(before.shape[:2], dtype=torch.bool)
+    is_text[torch.arange(2)[:, None], torch.cat(prefix.visual_rows, dim=1)] = False
+    torch.testing.assert_close(after[is_text], before[is_text], atol=1e-3, rtol=1e-4)

@@ -18,10 +18,18 @@ frame share one sequence after its six views, each turn seeing exactly the promp
 feeds at inference. Runs on the CPU, one GPU, or several GPUs with `accelerate launch -m
 drive_vlm_pruned.cli.main train vlm ...` (or torchrun), in bf16 where a GPU has it.
 
+A second stage (--preset nano-ground --init-from DIR) continues a trained checkpoint with its
+tokenizer: it scales the projector so visual tokens match the text scale inside the LLM, and
+adds training-only probes on the label masks so the tokens learn what lies under them and in
+which camera (drive_vlm_pruned/training/visual_scale.py, patch_labels.py).
+
 OUT gets tokenizer/, cache/ (pre-rendered views), checkpoints/step-N (resumable),
 history.json, curves.png and final/ (the checkpoint; float16 safetensors).
 
-example: drive-vlm train vlm --data data/drive --out runs/nano --preset nano --max-minutes 80
+examples:
+  drive-vlm train vlm --data data/drive --out runs/nano --preset nano --max-minutes 80
+  drive-vlm train vlm --data data/drive --out runs/ground --preset nano-ground \
+      --init-from runs/nano/final
 """
 
 
@@ -70,6 +78,12 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
     vlm.add_argument('--threads', type=int, default=0,
                      help='torch CPU threads (default: torch default). On cores shared with '
                           'other jobs 1 thread was 2-3x faster than 2 (measured)')
+    vlm.add_argument('--init-from', metavar='DIR',
+                     help='start from this trained checkpoint (weights and tokenizer) instead of '
+                          'from scratch; the nano-ground preset needs it (the embedded model)')
+    vlm.add_argument('--patch-loss', type=float, metavar='W',
+                     help='weight of the vision probe loss: per-patch classes from the label '
+                          'masks (default: the preset; nano-ground 1.0, nano 0 = off)')
     vlm.add_argument('--storage', default='float16', choices=['float16', 'bfloat16', 'float32'],
                      help='dtype of the final safetensors (default float16)')
     return vlm
@@ -105,6 +119,7 @@ def _run_vlm(args) -> int:
         seed=args.seed, max_minutes=args.max_minutes, stop_at=args.stop_at,
         precision=args.precision, cpu=args.cpu,
         storage=args.storage, threads=args.threads,
+        init_from=Path(args.init_from) if args.init_from else None, patch_loss=args.patch_loss,
     )
     try:
         result = train_vlm(config)

@@ -35,6 +35,7 @@ class SplitData:
     frames: list[KeyFrame]
     images: np.ndarray  # uint8 [N, V, 3, H, W] (memory-mapped)
     turns: list[FrameTurns]
+    labels: np.ndarray | None = None  # bool [N, V, C, g, g] per-patch classes (patch_labels.py)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -42,6 +43,12 @@ class SplitData:
     def batch(self, index: list[int]) -> tuple[torch.Tensor, list[FrameTurns]]:
         images = torch.from_numpy(np.stack([self.images[i] for i in index]))
         return images, [self.turns[i] for i in index]
+
+    def patch_labels(self, index: list[int]) -> torch.Tensor:
+        """Bool ``[B, V, C, g, g]`` for frames ``index``; ValueError if none were prepared."""
+        if self.labels is None:
+            raise ValueError(f'the {self.split} split was prepared without patch labels')
+        return torch.from_numpy(np.stack([self.labels[i] for i in index]))
 
 
 def load_frames(data: Path, split: str) -> list[KeyFrame]:
@@ -68,11 +75,50 @@ def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame]) -> list[FrameTu
 
 def prepare_split(adapter: VLMAdapter, data: Path, split: str, cache_dir: Path,
                   frames: list[KeyFrame] | None = None,
-                  log: Callable[[str], None] = print) -> SplitData:
-    """Load, pre-render (or reuse the cache) and tokenise one split."""
+                  log: Callable[[str], None] = print, with_labels: bool = False) -> SplitData:
+    """Load, pre-render (or reuse the cache) and tokenise one split; per-patch labels too."""
     frames = frames if frames is not None else load_frames(data, split)
     images = _view_cache(adapter, data_file(data, split), frames, cache_dir / split, log)
-    return SplitData(split, frames, images, tokenise_frames(adapter, frames))
+    labels = None
+    if with_labels:
+        labels = _label_cache(adapter, data_file(data, split), frames,
+                              cache_dir / f'{split}-labels', log)
+    return SplitData(split, frames, images, tokenise_frames(adapter, frames), labels)
+
+
+def _label_cache(adapter: VLMAdapter, source: Path, frames: list[KeyFrame], stem: Path,
+                 log: Callable[[str], None]) -> np.ndarray:
+    """Per-patch class labels of every view (patch_labels.py), cached like the views."""
+    from PIL import Image
+
+    from .patch_labels import PATCH_CLASSES, patch_labels
+
+    vision = adapter.model.config.vision_config
+    size, grid = vision.image_size, vision.image_size // vision.patch_size
+    pad = adapter.prompt_format.pad_to_square
+    shape = (len(frames), len(NUSCENES_CAMERAS), len(PATCH_CLASSES), grid, grid)
+    stat = source.stat()
+    key = hashlib.sha256(json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns,
+                                     shape, size, pad]).encode()).hexdigest()
+    meta, raw = stem.with_suffix('.json'), stem.with_suffix('.bool')
+    if meta.is_file() and json.loads(meta.read_text()).get('key') == key:
+        return np.fromfile(raw, dtype=np.bool_).reshape(shape)
+    out = np.zeros(shape, dtype=np.bool_)
+    for i, frame in enumerate(tqdm(frames, desc=f'patch labels {stem.name}', unit='frame')):
+        masks = frame.gt.masks if frame.gt is not None else {}
+        for v, camera in enumerate(NUSCENES_CAMERAS):
+            if camera not in masks or not masks[camera].is_file():
+                raise ValueError(f'{frame.where()}: no {camera} label mask; the patch loss needs '
+                                 'the masks `drive-vlm data synth` writes (gt.masks)')
+            with Image.open(masks[camera]) as m:
+                out[i, v] = patch_labels(np.asarray(m), size, grid, pad)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tmp = raw.with_name(raw.name + '.tmp')
+    out.tofile(tmp)
+    tmp.replace(raw)
+    meta.write_text(json.dumps({'key': key, 'shape': shape, 'source': str(source)}))
+    log(f'patch labels of {len(frames)} {stem.name.split("-")[0]} frames to {raw}')
+    return out
 
 
 def _view_cache(adapter: VLMAdapter, source: Path, frames: list[KeyFrame], stem: Path,

@@ -49,6 +49,11 @@ class Recipe:
     eval_frames: int = 32  # fixed validation subset (key frames, all their QA)
     save_every: int = 100  # steps between resumable checkpoints
     seed: int = 0
+    patch_loss: float = 0.0  # weight of the grounding probes' loss (patch_labels.py; 0: off)
+    # the token and the scene probe read hidden states after this many LLM layers
+    probe_layers: tuple[int, int] = (2, 3)
+    # scale the projector so visual tokens match the text scale, then cap them (visual_scale.py)
+    match_visual_scale: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Preset:
     name: str
     model: ModelPreset
     recipe: Recipe
+    needs_init: bool = False  # a second stage: starts from a trained checkpoint (--init-from)
 
     def as_dict(self) -> dict:
         return {'name': self.name, 'model': asdict(self.model), 'recipe': asdict(self.recipe)}
@@ -63,13 +69,18 @@ class Preset:
 
 PRESETS = {
     'nano': Preset('nano', ModelPreset(), Recipe()),
+    # Stage 2 of the shipped model: the trained nano plus the grounding probes (patch_labels.py).
+    'nano-ground': Preset('nano-ground', ModelPreset(),
+                          Recipe(steps=500, lr=1e-3, warmup_steps=20, eval_every=100,
+                                 save_every=50, patch_loss=1.0, match_visual_scale=True),
+                          needs_init=True),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,
                     vision_heads=2, vision_mlp=64, text_hidden=64, text_layers=2, text_heads=4,
                     text_kv_heads=2, text_mlp=128, vocab_size=600),
         Recipe(steps=2, frames_per_step=2, lr=3e-3, warmup_steps=0, eval_every=2,
-               eval_frames=2, save_every=2),
+               eval_frames=2, save_every=2, probe_layers=(1, 1)),
     ),
 }
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 
+from .visual_scale import norm_penalty
 from ..models.base import Pixels, PromptPieces, VLMAdapter
 from ..pruning import keep_all
 
@@ -143,10 +144,12 @@ def packed_mask(segment: Tensor, attn_implementation: str, dtype: torch.dtype) -
 
 @dataclass
 class PackedOutput:
-    loss: Tensor  # mean over turns of each turn's mean token cross-entropy
+    loss: Tensor  # answer loss + patch_weight * patch loss (what is optimised)
     logits: Tensor  # [B, K, vocab] at the label rows ``rows``
     labels: Tensor  # [B, K]
     turn_of_row: Tensor  # [B, K]
+    answer_loss: Tensor  # mean over turns of each turn's mean token cross-entropy
+    patch_loss: Tensor | None = None  # the grounding probes' loss (patch_labels.py), if trained
 
 
 class PackedVLM(nn.Module):
@@ -157,11 +160,17 @@ class PackedVLM(nn.Module):
     step; the adapter's ``encode``/``build_inputs``/``embed`` use the same parameters.
     """
 
-    def __init__(self, adapter: VLMAdapter, names: Sequence[str]) -> None:
+    def __init__(self, adapter: VLMAdapter, names: Sequence[str],
+                 probe: nn.Module | None = None, probe_weight: float = 0.0,
+                 probe_layers: tuple[int, int] = (2, 3)) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
         self.names = tuple(names)
+        self.probe = probe  # training-only (patch_labels.py); save_checkpoint never sees it
+        self.probe_weight = probe_weight
+        self.probe_layers = probe_layers  # (token, scene) probes: after this many LLM layers
+        self.norm_cap: float | None = None  # visual-token norm kept below this (visual_scale.py)
         self.prefix = prefix_prompt(adapter, names)
         proc = adapter.image_processor
         self.register_buffer('mean', torch.tensor(proc.image_mean).view(1, 1, 3, 1, 1),
@@ -174,9 +183,12 @@ class PackedVLM(nn.Module):
         x = (images.float() / 255.0 - self.mean) / self.std
         return Pixels(x.flatten(0, 1).to(self.adapter.dtype))
 
-    def forward(self, images: Tensor, text: PackedText) -> PackedOutput:
+    def forward(self, images: Tensor, text: PackedText,
+                patch_labels: Tensor | None = None) -> PackedOutput:
+        """``patch_labels`` bool ``[B, V, C, g, g]`` adds the probe's loss (needs a probe)."""
         adapter, batch = self.adapter, images.shape[0]
         feats = adapter.encode(self.pixels(images), batch)
+        probing = patch_labels is not None and self.probe is not None
         kept = keep_all(feats.tokens.valid_counts(), images.device)
         prefix = adapter.build_inputs(feats, kept, [self.prefix] * batch)
         start = prefix.full_length[0]
@@ -189,12 +201,37 @@ class PackedVLM(nn.Module):
         # Logits only where a target is: rows predicting answer tokens, any frame of the batch.
         rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                         logits_to_keep=start + rows, use_cache=False)
+                         logits_to_keep=start + rows, use_cache=False,
+                         output_hidden_states=probing)
+        patch_loss = None
+        if probing:
+            patch_loss = self._probe_loss(out.hidden_states, prefix, text, start, patch_labels)
+            if self.norm_cap is not None:
+                visual = torch.stack(list(feats.tokens.features), dim=1)
+                patch_loss = patch_loss + norm_penalty(visual, self.norm_cap)
         labels, weight = text.labels[:, rows], text.weight[:, rows]
         token_loss = F.cross_entropy(out.logits.float().transpose(1, 2), labels,
                                      ignore_index=IGNORE, reduction='none')
-        loss = (token_loss * weight).sum() / max(text.turns, 1)
-        return PackedOutput(loss, out.logits, labels, text.turn_of_row[:, rows])
+        answer_loss = (token_loss * weight).sum() / max(text.turns, 1)
+        loss = answer_loss if patch_loss is None else answer_loss + self.probe_weight * patch_loss
+        return PackedOutput(loss, out.logits, labels, text.turn_of_row[:, rows], answer_loss,
+                            patch_loss)
+
+    def _probe_loss(self, hidden: tuple[Tensor, ...], prefix, text: PackedText, start: int,
+                    labels: Tensor) -> Tensor:
+        token_layer, scene_layer = self.probe_layers
+        batch = labels.shape[0]
+        rows_of = torch.stack(prefix.visual_rows, dim=1)  # [B, V, N]: every token is kept
+        states = hidden[token_layer]
+        tokens = states[torch.arange(batch, device=states.device)[:, None, None], rows_of]
+        # A turn's answer position: its first label row (the row that predicts the answer).
+        b, r = (text.labels != IGNORE).nonzero(as_tuple=True)
+        turn = text.turn_of_row[b, r]
+        first = torch.ones_like(turn, dtype=torch.bool)
+        first[1:] = turn[1:] != turn[:-1]
+        answer = hidden[scene_layer][b[first], start + r[first]]
+        return self.probe.token_loss(tokens, labels) + \
+            self.probe.scene_loss(answer, b[first], labels)
 
 
 def turn_exact(output: PackedOutput, turns: int) -> Tensor:

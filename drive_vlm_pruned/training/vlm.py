@@ -34,9 +34,11 @@ from tqdm import tqdm
 from .curves import plot_curves
 from .dataset import load_frames, prepare_split, qa_texts, SplitData
 from .model import build_vlm, save_checkpoint
+from .patch_labels import class_pos_weight, GroundingProbe, PATCH_CLASSES
 from .presets import get_preset, Preset
 from .samples import pack_text, PackedVLM, turn_exact
 from .tokenizer import check_round_trip, train_tokenizer
+from .visual_scale import rescale_projector, token_norms
 from ..cameras import NUSCENES_CAMERAS
 from ..models.llava_onevision import LlavaOnevisionAdapter
 
@@ -67,11 +69,15 @@ class TrainConfig:
     storage: str = 'float16'  # dtype of final/model.safetensors
     train_limit: int | None = None  # train on the first N frames only (tests)
     threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest on busy cores
+    # start from this trained checkpoint (its weights and tokenizer) instead of from scratch
+    init_from: Path | None = None
+    patch_loss: float | None = None  # weight of the vision probe's loss (patch_labels.py)
 
     def preset_values(self) -> Preset:
         return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
                           lr=self.lr, eval_every=self.eval_every, eval_frames=self.eval_frames,
-                          save_every=self.save_every, seed=self.seed)
+                          save_every=self.save_every, seed=self.seed,
+                          patch_loss=self.patch_loss)
 
 
 @dataclass
@@ -122,6 +128,9 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
 
     preset = config.preset_values()
     recipe = preset.recipe
+    if preset.needs_init and config.init_from is None:
+        raise ValueError(f'preset {preset.name} is a second stage: pass --init-from DIR, the '
+                         'trained checkpoint to start from (the embedded drive-vlm-nano)')
     out = Path(config.out)
     checkpoints = out / 'checkpoints'
     latest = _latest_checkpoint(checkpoints)
@@ -143,15 +152,21 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
     set_seed(recipe.seed)
     data = Path(config.data)
     train_frames = load_frames(data, 'train')[:config.train_limit]
-    tokenizer = _tokenizer(accelerator, out / 'tokenizer', train_frames, preset, config.resume)
     torch.manual_seed(recipe.seed)
-    model, processor = build_vlm(preset.model, tokenizer)
+    if config.init_from is not None:
+        model, tokenizer, processor = _trained(config.init_from, accelerator.device)
+        say(f'starting from the trained checkpoint {config.init_from}')
+    else:
+        tokenizer = _tokenizer(accelerator, out / 'tokenizer', train_frames, preset,
+                               config.resume)
+        model, processor = build_vlm(preset.model, tokenizer)
     model.train()
     adapter = LlavaOnevisionAdapter(model, tokenizer, processor, accelerator.device,
                                     torch.float32)
+    labels = recipe.patch_loss > 0
     with accelerator.main_process_first():
-        train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say)
-        val = prepare_split(adapter, data, 'val', out / 'cache', log=say)
+        train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say, labels)
+        val = prepare_split(adapter, data, 'val', out / 'cache', log=say, with_labels=labels)
     say(f'train: {len(train)} frames, {sum(len(t.turns) for t in train.turns)} QA; '
         f'val: {len(val)} frames; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M '
         f'params, vocab {len(tokenizer)}, {preset.model.tokens_per_view} tokens per view; '
@@ -161,8 +176,21 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
         raise ValueError(f'{len(train)} train frames cannot fill a step of '
                          f'{recipe.frames_per_step} frames x {accelerator.num_processes} '
                          'processes: write more frames or lower --frames-per-step')
-    net = PackedVLM(adapter, NUSCENES_CAMERAS)
-    optimizer = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr,
+    probe = None
+    if labels:
+        layers = model.config.text_config.num_hidden_layers
+        if not all(1 <= k < layers for k in recipe.probe_layers):
+            raise ValueError(f'probe layers {recipe.probe_layers}: the probes read inner LLM '
+                             f'layers, 1..{layers - 1} for this {layers}-layer model')
+        probe = GroundingProbe(model.config.text_config.hidden_size, len(NUSCENES_CAMERAS),
+                               class_pos_weight(train.labels)).to(accelerator.device)
+        say(f'grounding probes after LLM layers {recipe.probe_layers}: loss weight '
+            f'{recipe.patch_loss}, class positive weights '
+            + ', '.join(f'{c} {w:.1f}' for c, w in zip(PATCH_CLASSES, probe.pos_weight.tolist())))
+    net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers)
+    if recipe.match_visual_scale:
+        _match_visual_scale(net, train, config.resume, say)
+    optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
                                   betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(recipe.steps, recipe.warmup_steps, recipe.min_lr_ratio))
@@ -209,8 +237,9 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         index = index[rank * per_step:(rank + 1) * per_step].tolist()
         images, turns = train.batch(index)
         text = pack_text(turns, pad).to(accelerator.device)
+        patches = train.patch_labels(index).to(accelerator.device) if recipe.patch_loss else None
         with accelerator.autocast():
-            output = net(images.to(accelerator.device), text)
+            output = net(images.to(accelerator.device), text, patches)
         accelerator.backward(output.loss)
         if recipe.grad_clip:
             accelerator.clip_grad_norm_(net.parameters(), recipe.grad_clip)
@@ -218,10 +247,15 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        loss = accelerator.reduce(output.loss.detach(), 'mean').item()
+        loss = accelerator.reduce(output.answer_loss.detach(), 'mean').item()
         history['train'].append([state.step, loss])
+        postfix = {'loss': f'{loss:.3f}', 'lr': f'{scheduler.get_last_lr()[0]:.2e}'}
+        if output.patch_loss is not None:
+            patch = accelerator.reduce(output.patch_loss.detach(), 'mean').item()
+            history.setdefault('patch', []).append([state.step, patch])
+            postfix['patch'] = f'{patch:.3f}'
         bar.update(1)
-        bar.set_postfix(loss=f'{loss:.3f}', lr=f'{scheduler.get_last_lr()[0]:.2e}')
+        bar.set_postfix(postfix)
         out_of_time = budget is not None and time.monotonic() - started > budget
         at_stop = config.stop_at is not None and state.step >= config.stop_at
         done = state.step >= recipe.steps or out_of_time or at_stop
@@ -256,7 +290,7 @@ def _evaluate(accelerator, net, val: SplitData, index: list[int], pad: int, step
             text = pack_text(turns, pad).to(accelerator.device)
             with accelerator.autocast():
                 output = module(images.to(accelerator.device), text)
-            losses.append(output.loss.item())
+            losses.append(output.answer_loss.item())
             for family, ok in zip(text.families, turn_exact(output, text.turns).tolist()):
                 hits[family].append(ok)
         module.train()
@@ -289,6 +323,30 @@ def _precision(config: TrainConfig) -> str:
         return 'bf16'
     # bf16 autocast on our 2-core CPU was slower than fp32 (measured), so fp32 there.
     return 'no'
+
+
+def _match_visual_scale(net: PackedVLM, train: SplitData, resumed: bool, say) -> None:
+    """Rescale the projector once (not again on resume) and cap the visual-token norm."""
+    images, _ = train.batch(list(range(min(4, len(train)))))
+    images = images.to(net.mean.device)
+    if resumed:
+        _, text = token_norms(net, images)
+    else:
+        visual, text = rescale_projector(net, images)
+        say(f'visual tokens rescaled from mean norm {visual:.1f} to {text:.1f}, the norm of '
+            'text tokens after LLM layer 1 (training/visual_scale.py)')
+    net.norm_cap = 2 * text
+
+
+def _trained(directory: Path, device: torch.device):
+    """Return ``(model, tokenizer, processor)`` of a trained checkpoint, in float32."""
+    from ..models.load import load_adapter
+    from ..models.loading import LoadSpec
+
+    # Packed training needs a 4-D mask: sdpa, never flash attention.
+    adapter = load_adapter(LoadSpec(str(directory), device=str(device), dtype='float32',
+                                    attn_implementation='sdpa'))
+    return adapter.model, adapter.tokenizer, adapter.image_processor
 
 
 def _tokenizer(accelerator, directory: Path, frames, preset: Preset, resume: bool):
@@ -331,7 +389,8 @@ def _history_until(path: Path, step: int) -> dict:
     if not path.is_file():
         return {'train': [], 'val': []}
     history = json.loads(path.read_text())
-    return {'train': [r for r in history['train'] if r[0] <= step],
+    return {**{k: [r for r in history[k] if r[0] <= step] for k in ('train', 'patch')
+               if k in history},
             'val': [r for r in history['val'] if r['step'] <= step]}
 
 
