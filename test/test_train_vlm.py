@@ -186,13 +186,14 @@ def test_second_stage_starts_from_a_checkpoint_and_trains_the_grounding_probes(
         train_vlm(config(data_dir, tmp_path / 'x', preset='nano-ground'), **quiet)
     # nano-ground's recipe at the test size: rescale, probes, from a checkpoint.
     stage = replace(PRESETS['test'], name='test-ground', needs_init=True, recipe=replace(
-        PRESETS['test'].recipe, patch_loss=1.0, match_visual_scale=True, steps=4, lr=1e-3))
+        PRESETS['test'].recipe, patch_loss=1.0, match_visual_scale=True, visual_norm_ratio=2.0,
+        steps=4, lr=1e-3))
     monkeypatch.setitem(PRESETS, 'test-ground', stage)
     said = []
     second = train_vlm(config(data_dir, tmp_path / 'second', preset='test-ground',
                               init_from=first.final_dir, steps=None), log=said.append)
     assert any('visual tokens rescaled' in line for line in said), said
-    probe = [loss for _, loss in second.history['patch']]
+    probe = [loss for _, loss in second.history['aux']]
     assert len(probe) == 4 and all(np.isfinite(probe)) and probe[-1] < probe[0]
     # The probes are training-only: the checkpoint holds the same tensors as the first stage's,
     # changed by the second stage, and the first stage's tokenizer.
@@ -206,7 +207,11 @@ def test_second_stage_starts_from_a_checkpoint_and_trains_the_grounding_probes(
 
 def test_projector_rescale_matches_the_text_scale_and_keeps_layer_one(data_dir):
     from drive_vlm_pruned.training.dataset import prepare_split
-    from drive_vlm_pruned.training.visual_scale import rescale_projector, token_norms
+    from drive_vlm_pruned.training.visual_scale import (
+        norm_penalty,
+        rescale_projector,
+        token_norms,
+    )
 
     frames = load_frames(data_dir, 'train')
     adapter = make_adapter(frames)
@@ -229,13 +234,15 @@ def test_projector_rescale_matches_the_text_scale_and_keeps_layer_one(data_dir):
                                  use_cache=False).hidden_states[1], prefix
 
     before, prefix = layer_one()
+    assert norm_penalty(prefix, before, 2.0) > 1.0  # far above twice the text norm
     visual, text = rescale_projector(net, images)
     after_visual, after_text = token_norms(net, images)
     assert visual > 10 * text
     assert after_visual == pytest.approx(text, rel=1e-4)
     assert after_text == pytest.approx(text, rel=1e-4)
     # RMSNorm makes layer 1 scale-free: text rows after it are what they were.
-    after, _ = layer_one()
+    after, prefix = layer_one()
+    assert norm_penalty(prefix, after, 2.0) == 0.0 < norm_penalty(prefix, after, 0.5)
     is_text = torch.ones(before.shape[:2], dtype=torch.bool)
     is_text[torch.arange(2)[:, None], torch.cat(prefix.visual_rows, dim=1)] = False
     torch.testing.assert_close(after[is_text], before[is_text], atol=1e-3, rtol=1e-4)

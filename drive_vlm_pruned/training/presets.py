@@ -52,8 +52,10 @@ class Recipe:
     patch_loss: float = 0.0  # weight of the grounding probes' loss (patch_labels.py; 0: off)
     # the token and the scene probe read hidden states after this many LLM layers
     probe_layers: tuple[int, int] = (2, 3)
-    # scale the projector so visual tokens match the text scale, then cap them (visual_scale.py)
+    # scale the projector so visual tokens match the text scale at the start (visual_scale.py)
     match_visual_scale: bool = False
+    # keep visual tokens below this multiple of the text norm after LLM layer 1 (0: off)
+    visual_norm_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,12 @@ PRESETS = {
     # Stage 2 of the shipped model: the trained nano plus the grounding probes (patch_labels.py).
     'nano-ground': Preset('nano-ground', ModelPreset(),
                           Recipe(steps=500, lr=1e-3, warmup_steps=20, eval_every=100,
-                                 save_every=50, patch_loss=1.0, match_visual_scale=True),
-                          needs_init=True),
+                                 save_every=50, patch_loss=1.0, match_visual_scale=True,
+                                 visual_norm_ratio=2.0), needs_init=True),
+    # The nano recipe with the grounding probes and the visual norm kept at the text scale from
+    # the first step (training/patch_labels.py, visual_scale.py).
+    'nano-probed': Preset('nano-probed', ModelPreset(),
+                          Recipe(patch_loss=1.0, visual_norm_ratio=2.0)),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,

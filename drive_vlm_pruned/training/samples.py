@@ -144,12 +144,13 @@ def packed_mask(segment: Tensor, attn_implementation: str, dtype: torch.dtype) -
 
 @dataclass
 class PackedOutput:
-    loss: Tensor  # answer loss + patch_weight * patch loss (what is optimised)
+    loss: Tensor  # answer loss + aux loss (what is optimised)
     logits: Tensor  # [B, K, vocab] at the label rows ``rows``
     labels: Tensor  # [B, K]
     turn_of_row: Tensor  # [B, K]
     answer_loss: Tensor  # mean over turns of each turn's mean token cross-entropy
-    patch_loss: Tensor | None = None  # the grounding probes' loss (patch_labels.py), if trained
+    # probe_weight x grounding probes (patch_labels.py) + visual norm penalty (visual_scale.py)
+    aux_loss: Tensor | None = None
 
 
 class PackedVLM(nn.Module):
@@ -170,7 +171,8 @@ class PackedVLM(nn.Module):
         self.probe = probe  # training-only (patch_labels.py); save_checkpoint never sees it
         self.probe_weight = probe_weight
         self.probe_layers = probe_layers  # (token, scene) probes: after this many LLM layers
-        self.norm_cap: float | None = None  # visual-token norm kept below this (visual_scale.py)
+        # keep visual tokens below this multiple of the text norm after layer 1 (visual_scale.py)
+        self.norm_ratio: float = 0.0
         self.prefix = prefix_prompt(adapter, names)
         proc = adapter.image_processor
         self.register_buffer('mean', torch.tensor(proc.image_mean).view(1, 1, 3, 1, 1),
@@ -189,6 +191,7 @@ class PackedVLM(nn.Module):
         adapter, batch = self.adapter, images.shape[0]
         feats = adapter.encode(self.pixels(images), batch)
         probing = patch_labels is not None and self.probe is not None
+        capped = self.norm_ratio > 0
         kept = keep_all(feats.tokens.valid_counts(), images.device)
         prefix = adapter.build_inputs(feats, kept, [self.prefix] * batch)
         start = prefix.full_length[0]
@@ -202,20 +205,21 @@ class PackedVLM(nn.Module):
         rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                          logits_to_keep=start + rows, use_cache=False,
-                         output_hidden_states=probing)
-        patch_loss = None
+                         output_hidden_states=probing or capped)
+        aux = []
         if probing:
-            patch_loss = self._probe_loss(out.hidden_states, prefix, text, start, patch_labels)
-            if self.norm_cap is not None:
-                visual = torch.stack(list(feats.tokens.features), dim=1)
-                patch_loss = patch_loss + norm_penalty(visual, self.norm_cap)
+            aux.append(self.probe_weight * self._probe_loss(out.hidden_states, prefix, text,
+                                                            start, patch_labels))
+        if capped:
+            aux.append(norm_penalty(prefix, out.hidden_states[1], self.norm_ratio))
+        aux_loss = sum(aux) if aux else None
         labels, weight = text.labels[:, rows], text.weight[:, rows]
         token_loss = F.cross_entropy(out.logits.float().transpose(1, 2), labels,
                                      ignore_index=IGNORE, reduction='none')
         answer_loss = (token_loss * weight).sum() / max(text.turns, 1)
-        loss = answer_loss if patch_loss is None else answer_loss + self.probe_weight * patch_loss
+        loss = answer_loss if aux_loss is None else answer_loss + aux_loss
         return PackedOutput(loss, out.logits, labels, text.turn_of_row[:, rows], answer_loss,
-                            patch_loss)
+                            aux_loss)
 
     def _probe_loss(self, hidden: tuple[Tensor, ...], prefix, text: PackedText, start: int,
                     labels: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ The fix keeps the architecture: scale the projector's last linear layer (weight 
 the visual tokens' mean norm equals the text tokens' mean norm after the first decoder layer.
 RMSNorm makes every layer's input scale-free, so the first layer computes exactly what it did
 before; from the second layer on the visual tokens can change. ``norm_penalty`` keeps them
-from growing back while training continues.
+from growing back while training continues, and keeps a from-scratch run from growing them.
 """
 
 from __future__ import annotations
@@ -57,7 +57,20 @@ def token_norms(net, images: Tensor) -> tuple[float, float]:
     return float(visual), float(text)
 
 
-def norm_penalty(tokens: Tensor, cap: float) -> Tensor:
-    """Squared log-excess of the visual tokens' mean norm over ``cap`` (0 below it)."""
-    excess = torch.log(tokens.float().norm(dim=-1).mean() / cap)
-    return torch.relu(excess) ** 2
+def norm_penalty(prefix, after_layer_one: Tensor, ratio: float) -> Tensor:
+    """
+    Return the squared log-excess of the mean visual-token norm over the cap (0 below it).
+
+    The cap is ``ratio`` x the mean norm of the text tokens after decoder layer 1; that norm is
+    a target, not trained toward.
+    """
+    batch = prefix.inputs_embeds.shape[0]
+    visual_rows = torch.cat(prefix.visual_rows, dim=1)
+    index = torch.arange(batch, device=visual_rows.device)[:, None]
+    visual = prefix.inputs_embeds[index, visual_rows].float().norm(dim=-1).mean()
+    is_text = torch.ones(prefix.inputs_embeds.shape[:2], dtype=torch.bool,
+                         device=visual_rows.device)
+    is_text[index, visual_rows] = False
+    length = is_text.shape[1]  # the prefix rows; packed answer rows follow them
+    text = after_layer_one[:, :length][is_text].detach().float().norm(dim=-1).mean()
+    return torch.relu(torch.log(visual / (ratio * text))) ** 2

@@ -38,7 +38,7 @@ from .patch_labels import class_pos_weight, GroundingProbe, PATCH_CLASSES
 from .presets import get_preset, Preset
 from .samples import pack_text, PackedVLM, turn_exact
 from .tokenizer import check_round_trip, train_tokenizer
-from .visual_scale import rescale_projector, token_norms
+from .visual_scale import rescale_projector
 from ..cameras import NUSCENES_CAMERAS
 from ..models.llava_onevision import LlavaOnevisionAdapter
 
@@ -188,8 +188,9 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
             f'{recipe.patch_loss}, class positive weights '
             + ', '.join(f'{c} {w:.1f}' for c, w in zip(PATCH_CLASSES, probe.pos_weight.tolist())))
     net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers)
-    if recipe.match_visual_scale:
-        _match_visual_scale(net, train, config.resume, say)
+    if recipe.match_visual_scale and not config.resume:
+        _match_visual_scale(net, train, say)
+    net.norm_ratio = recipe.visual_norm_ratio
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
                                   betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -250,10 +251,10 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         loss = accelerator.reduce(output.answer_loss.detach(), 'mean').item()
         history['train'].append([state.step, loss])
         postfix = {'loss': f'{loss:.3f}', 'lr': f'{scheduler.get_last_lr()[0]:.2e}'}
-        if output.patch_loss is not None:
-            patch = accelerator.reduce(output.patch_loss.detach(), 'mean').item()
-            history.setdefault('patch', []).append([state.step, patch])
-            postfix['patch'] = f'{patch:.3f}'
+        if output.aux_loss is not None:
+            aux = accelerator.reduce(output.aux_loss.detach(), 'mean').item()
+            history.setdefault('aux', []).append([state.step, aux])
+            postfix['aux'] = f'{aux:.3f}'
         bar.update(1)
         bar.set_postfix(postfix)
         out_of_time = budget is not None and time.monotonic() - started > budget
@@ -325,17 +326,12 @@ def _precision(config: TrainConfig) -> str:
     return 'no'
 
 
-def _match_visual_scale(net: PackedVLM, train: SplitData, resumed: bool, say) -> None:
-    """Rescale the projector once (not again on resume) and cap the visual-token norm."""
+def _match_visual_scale(net: PackedVLM, train: SplitData, say) -> None:
+    """Rescale the projector (once: a resumed run loads the rescaled weights)."""
     images, _ = train.batch(list(range(min(4, len(train)))))
-    images = images.to(net.mean.device)
-    if resumed:
-        _, text = token_norms(net, images)
-    else:
-        visual, text = rescale_projector(net, images)
-        say(f'visual tokens rescaled from mean norm {visual:.1f} to {text:.1f}, the norm of '
-            'text tokens after LLM layer 1 (training/visual_scale.py)')
-    net.norm_cap = 2 * text
+    visual, text = rescale_projector(net, images.to(net.mean.device))
+    say(f'visual tokens rescaled from mean norm {visual:.1f} to {text:.1f}, the norm of text '
+        'tokens after LLM layer 1 (training/visual_scale.py)')
 
 
 def _trained(directory: Path, device: torch.device):
@@ -389,7 +385,7 @@ def _history_until(path: Path, step: int) -> dict:
     if not path.is_file():
         return {'train': [], 'val': []}
     history = json.loads(path.read_text())
-    return {**{k: [r for r in history[k] if r[0] <= step] for k in ('train', 'patch')
+    return {**{k: [r for r in history[k] if r[0] <= step] for k in ('train', 'aux')
                if k in history},
             'val': [r for r in history['val'] if r['step'] <= step]}
 
