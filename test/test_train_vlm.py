@@ -246,3 +246,23 @@ def test_projector_rescale_matches_the_text_scale_and_keeps_layer_one(data_dir):
     is_text = torch.ones(before.shape[:2], dtype=torch.bool)
     is_text[torch.arange(2)[:, None], torch.cat(prefix.visual_rows, dim=1)] = False
     torch.testing.assert_close(after[is_text], before[is_text], atol=1e-3, rtol=1e-4)
+
+
+def test_scale_report_prints_the_norms_and_refuses_other_families(small_model, data_dir, capsys,
+                                                                  tmp_path):
+    from drive_vlm_pruned.cli.main import main
+
+    assert main(['train', 'scale-report', '--model', str(small_model), '--data', str(data_dir),
+                 '--frames', '2']) == 0
+    out = capsys.readouterr().out
+    assert '2 val frames' in out
+    ratio = float(out.split('ratio ')[1].split('x')[0])
+    visual = float(out.split('visual tokens at the LLM input: ')[1].split(';')[0])
+    assert ratio > 0 and visual > 0
+    assert len(out.split('text tokens after LLM layer 1..: ')[1].splitlines()[0].split(',')) == \
+        PRESETS['test'].model.text_layers - 1
+    from drive_vlm_pruned.models.tiny import make_tiny_model
+
+    other = make_tiny_model('qwen2.5-vl', tmp_path / 'qwen')
+    assert main(['train', 'scale-report', '--model', str(other), '--data', str(data_dir)]) == 2
+    assert 'LLaVA-OneVision' in capsys.readouterr().err

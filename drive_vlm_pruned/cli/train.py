@@ -42,7 +42,25 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     from .train_reconpruner import add_reconpruner_parser
 
     add_reconpruner_parser(jobs)
+    add_scale_report_parser(jobs)
     return train
+
+
+def add_scale_report_parser(jobs) -> argparse.ArgumentParser:
+    report = jobs.add_parser(
+        'scale-report', help='print the token norms through a LLaVA-OneVision checkpoint',
+        description='Mean token norms through a trained LLaVA-OneVision checkpoint on a few '
+                    'frames of a data set: the vision tower layer by layer, visual and text '
+                    'tokens at the LLM input, and after each decoder layer, with the update a '
+                    'layer adds to a visual token. Visual tokens far larger than the text '
+                    'tokens cannot be changed by the LLM layers (training/visual_scale.py); '
+                    '--preset nano-ground fixes a checkpoint that has them.')
+    report.add_argument('--model', default='', help='checkpoint directory (default: embedded)')
+    report.add_argument('--data', required=True, metavar='DIR',
+                        help='a `drive-vlm data synth` directory')
+    report.add_argument('--split', default='val', choices=['train', 'val', 'test'])
+    report.add_argument('--frames', type=_positive, default=4, help='key frames (default 4)')
+    return report
 
 
 def add_vlm_parser(jobs) -> argparse.ArgumentParser:
@@ -103,7 +121,44 @@ def run_train(args) -> int:
         from .train_reconpruner import run_train_reconpruner
 
         return run_train_reconpruner(args)
+    if args.train_job == 'scale-report':
+        return _run_scale_report(args)
     return 2
+
+
+def _run_scale_report(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ..cameras import NUSCENES_CAMERAS
+    from ..data.drivelm import DriveLMError, load_camera_set
+    from ..models.load import load_adapter
+    from ..models.loading import LoadSpec
+    from ..training.dataset import load_frames
+    from ..training.samples import PackedVLM
+    from ..training.visual_scale import scale_report
+
+    try:
+        adapter = load_adapter(LoadSpec(args.model, dtype='float32'))
+        if adapter.family != 'llava-onevision':
+            raise ValueError(f'scale-report reads a LLaVA-OneVision checkpoint; '
+                             f'{args.model or "the embedded model"} is {adapter.family}')
+        frames = load_frames(Path(args.data), args.split)[:args.frames]
+    except (ValueError, DriveLMError, OSError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    net = PackedVLM(adapter, NUSCENES_CAMERAS)
+    pixels = adapter.preprocess([img for f in frames for img in load_camera_set(f).images])
+    mean = torch.tensor(adapter.image_processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(adapter.image_processor.image_std).view(1, 3, 1, 1)
+    # PackedVLM reads uint8 views (the training cache); undo the normalisation as the cache does
+    views = ((pixels.values.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    report = scale_report(net, views.view(len(frames), len(NUSCENES_CAMERAS), *views.shape[1:]))
+    print(f'{len(frames)} {args.split} frames, mean L2 norm per token:')
+    for line in report.lines():
+        print(f'  {line}')
+    return 0
 
 
 def _run_vlm(args) -> int:

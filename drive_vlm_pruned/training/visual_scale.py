@@ -18,8 +18,71 @@ from growing back while training continues, and keeps a from-scratch run from gr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ScaleReport:
+    """Mean token norms through one model (``drive-vlm train scale-report``)."""
+
+    vision: tuple[float, ...]  # SigLIP hidden states: patch embeddings, then after each layer
+    visual: float  # visual tokens at the LLM input (projector output)
+    text_embedding: float  # text tokens at the LLM input
+    text: tuple[float, ...]  # text tokens after each decoder layer
+    visual_after: tuple[float, ...]  # visual tokens after each decoder layer
+    visual_update: tuple[float, ...]  # what each decoder layer adds to a visual token
+
+    def lines(self) -> list[str]:
+        fmt = ', '.join
+        return [
+            f'vision tower hidden states (embeddings, layer 1..): '
+            f'{fmt(f"{x:.1f}" for x in self.vision)}',
+            f'visual tokens at the LLM input: {self.visual:.1f}; text embeddings: '
+            f'{self.text_embedding:.2f}; ratio {self.visual / self.text_embedding:.3g}x',
+            f'text tokens after LLM layer 1..: {fmt(f"{x:.1f}" for x in self.text)}',
+            f'visual tokens after LLM layer 1..: {fmt(f"{x:.1f}" for x in self.visual_after)}',
+            f'update a layer adds to a visual token: '
+            f'{fmt(f"{x:.1f}" for x in self.visual_update)} (relative: '
+            f'{fmt(f"{u / v:.3f}" for u, v in zip(self.visual_update, self.visual_after))})',
+        ]
+
+
+@torch.no_grad()
+def scale_report(net, images: Tensor) -> ScaleReport:
+    """Measure the mean token norms of ``net`` (a ``PackedVLM``) on uint8 ``images``."""
+    from ..pruning import keep_all
+
+    adapter, batch = net.adapter, images.shape[0]
+    pixels = net.pixels(images).values
+    tower = adapter.model.model.vision_tower(pixels, output_hidden_states=True)
+    feats = adapter.encode(net.pixels(images), batch)
+    kept = keep_all(feats.tokens.valid_counts(), images.device)
+    prefix = adapter.build_inputs(feats, kept, [net.prefix] * batch)
+    hidden = adapter.model(inputs_embeds=prefix.inputs_embeds, position_ids=prefix.position_ids,
+                           output_hidden_states=True, use_cache=False).hidden_states
+    visual = _visual_mask(prefix)
+
+    def mean(x: Tensor, rows: Tensor) -> float:
+        return float(x[rows].norm(dim=-1).mean())
+
+    inner = range(1, len(hidden) - 1)  # the last entry is after the final norm
+    return ScaleReport(
+        tuple(float(h.norm(dim=-1).mean()) for h in tower.hidden_states),
+        mean(hidden[0], visual), mean(hidden[0], ~visual),
+        tuple(mean(hidden[i], ~visual) for i in inner),
+        tuple(mean(hidden[i], visual) for i in inner),
+        tuple(mean(hidden[i] - hidden[i - 1], visual) for i in inner))
+
+
+def _visual_mask(prefix) -> Tensor:
+    """Bool ``[B, L]``: the rows of ``prefix`` that hold visual tokens."""
+    rows = torch.cat(prefix.visual_rows, dim=1)
+    mask = torch.zeros(prefix.inputs_embeds.shape[:2], dtype=torch.bool, device=rows.device)
+    mask[torch.arange(rows.shape[0], device=rows.device)[:, None], rows] = True
+    return mask
 
 
 @torch.no_grad()
@@ -40,21 +103,8 @@ def rescale_projector(net, images: Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def token_norms(net, images: Tensor) -> tuple[float, float]:
     """Mean visual-token norm at the LLM input, mean text-token norm after decoder layer 1."""
-    from ..pruning import keep_all
-
-    adapter, batch = net.adapter, images.shape[0]
-    feats = adapter.encode(net.pixels(images), batch)
-    kept = keep_all(feats.tokens.valid_counts(), images.device)
-    prefix = adapter.build_inputs(feats, kept, [net.prefix] * batch)
-    out = adapter.model(inputs_embeds=prefix.inputs_embeds, position_ids=prefix.position_ids,
-                        output_hidden_states=True, use_cache=False)
-    visual_rows = torch.cat(prefix.visual_rows, dim=1)
-    is_text = torch.ones(prefix.inputs_embeds.shape[:2], dtype=torch.bool,
-                         device=visual_rows.device)
-    is_text[torch.arange(batch, device=visual_rows.device)[:, None], visual_rows] = False
-    visual = prefix.inputs_embeds[~is_text].norm(dim=-1).mean()
-    text = out.hidden_states[1][is_text].norm(dim=-1).mean()
-    return float(visual), float(text)
+    report = scale_report(net, images)
+    return report.visual, report.text[0]
 
 
 def norm_penalty(prefix, after_layer_one: Tensor, ratio: float) -> Tensor:
@@ -64,13 +114,8 @@ def norm_penalty(prefix, after_layer_one: Tensor, ratio: float) -> Tensor:
     The cap is ``ratio`` x the mean norm of the text tokens after decoder layer 1; that norm is
     a target, not trained toward.
     """
-    batch = prefix.inputs_embeds.shape[0]
-    visual_rows = torch.cat(prefix.visual_rows, dim=1)
-    index = torch.arange(batch, device=visual_rows.device)[:, None]
-    visual = prefix.inputs_embeds[index, visual_rows].float().norm(dim=-1).mean()
-    is_text = torch.ones(prefix.inputs_embeds.shape[:2], dtype=torch.bool,
-                         device=visual_rows.device)
-    is_text[index, visual_rows] = False
-    length = is_text.shape[1]  # the prefix rows; packed answer rows follow them
-    text = after_layer_one[:, :length][is_text].detach().float().norm(dim=-1).mean()
+    is_visual = _visual_mask(prefix)
+    visual = prefix.inputs_embeds[is_visual].float().norm(dim=-1).mean()
+    length = is_visual.shape[1]  # the prefix rows; packed answer rows follow them
+    text = after_layer_one[:, :length][~is_visual].detach().float().norm(dim=-1).mean()
     return torch.relu(torch.log(visual / (ratio * text))) ** 2
