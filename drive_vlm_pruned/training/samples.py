@@ -163,7 +163,7 @@ class PackedVLM(nn.Module):
 
     def __init__(self, adapter: VLMAdapter, names: Sequence[str],
                  probe: nn.Module | None = None, probe_weight: float = 0.0,
-                 probe_layers: tuple[int, int] = (2, 3)) -> None:
+                 probe_layers: tuple[int, int] = (2, 3), norm_ratio: float = 0.0) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
@@ -172,7 +172,7 @@ class PackedVLM(nn.Module):
         self.probe_weight = probe_weight
         self.probe_layers = probe_layers  # (token, scene) probes: after this many LLM layers
         # keep visual tokens below this multiple of the text norm after layer 1 (visual_scale.py)
-        self.norm_ratio: float = 0.0
+        self.norm_ratio = norm_ratio
         self.prefix = prefix_prompt(adapter, names)
         proc = adapter.image_processor
         self.register_buffer('mean', torch.tensor(proc.image_mean).view(1, 1, 3, 1, 1),

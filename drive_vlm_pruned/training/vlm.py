@@ -187,10 +187,10 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
         say(f'grounding probes after LLM layers {recipe.probe_layers}: loss weight '
             f'{recipe.patch_loss}, class positive weights '
             + ', '.join(f'{c} {w:.1f}' for c, w in zip(PATCH_CLASSES, probe.pos_weight.tolist())))
-    net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers)
+    net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers,
+                    recipe.visual_norm_ratio)
     if recipe.match_visual_scale and not config.resume:
         _match_visual_scale(net, train, say)
-    net.norm_ratio = recipe.visual_norm_ratio
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
                                   betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
