@@ -100,8 +100,8 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                      help='start from this trained checkpoint (weights and tokenizer) instead of '
                           'from scratch; the nano-ground preset needs it (the embedded model)')
     vlm.add_argument('--patch-loss', type=float, metavar='W',
-                     help='weight of the vision probe loss: per-patch classes from the label '
-                          'masks (default: the preset; nano-ground 1.0, nano 0 = off)')
+                     help="weight of the grounding probes' loss, on the label masks "
+                          '(default: the preset; nano-ground and nano-probed 1.0, nano 0 = off)')
     vlm.add_argument('--storage', default='float16', choices=['float16', 'bfloat16', 'float32'],
                      help='dtype of the final safetensors (default float16)')
     return vlm
@@ -129,14 +129,12 @@ def run_train(args) -> int:
 def _run_scale_report(args) -> int:
     from pathlib import Path
 
-    import torch
-
     from ..cameras import NUSCENES_CAMERAS
     from ..data.drivelm import DriveLMError, load_camera_set
     from ..models.load import load_adapter
     from ..models.loading import LoadSpec
     from ..training.dataset import load_frames
-    from ..training.samples import PackedVLM
+    from ..training.samples import prefix_prompt
     from ..training.visual_scale import scale_report
 
     try:
@@ -145,16 +143,11 @@ def _run_scale_report(args) -> int:
             raise ValueError(f'scale-report reads a LLaVA-OneVision checkpoint; '
                              f'{args.model or "the embedded model"} is {adapter.family}')
         frames = load_frames(Path(args.data), args.split)[:args.frames]
+        pixels = adapter.preprocess([img for f in frames for img in load_camera_set(f).images])
     except (ValueError, DriveLMError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    net = PackedVLM(adapter, NUSCENES_CAMERAS)
-    pixels = adapter.preprocess([img for f in frames for img in load_camera_set(f).images])
-    mean = torch.tensor(adapter.image_processor.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(adapter.image_processor.image_std).view(1, 3, 1, 1)
-    # PackedVLM reads uint8 views (the training cache); undo the normalisation as the cache does
-    views = ((pixels.values.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-    report = scale_report(net, views.view(len(frames), len(NUSCENES_CAMERAS), *views.shape[1:]))
+    report = scale_report(adapter, pixels, prefix_prompt(adapter, NUSCENES_CAMERAS), len(frames))
     print(f'{len(frames)} {args.split} frames, mean L2 norm per token:')
     for line in report.lines():
         print(f'  {line}')

@@ -51,16 +51,19 @@ class ScaleReport:
 
 
 @torch.no_grad()
-def scale_report(net, images: Tensor) -> ScaleReport:
-    """Measure the mean token norms of ``net`` (a ``PackedVLM``) on uint8 ``images``."""
+def scale_report(adapter, pixels, prefix_prompt, batch: int) -> ScaleReport:
+    """
+    Measure the mean token norms of a LLaVA-OneVision ``adapter`` on normalised ``pixels``.
+
+    ``pixels`` is ``adapter.preprocess`` output for ``batch`` frames of V views each;
+    ``prefix_prompt`` the six-view prompt without a question (``samples.prefix_prompt``).
+    """
     from ..pruning import keep_all
 
-    adapter, batch = net.adapter, images.shape[0]
-    pixels = net.pixels(images).values
-    tower = adapter.model.model.vision_tower(pixels, output_hidden_states=True)
-    feats = adapter.encode(net.pixels(images), batch)
-    kept = keep_all(feats.tokens.valid_counts(), images.device)
-    prefix = adapter.build_inputs(feats, kept, [net.prefix] * batch)
+    tower = adapter.model.model.vision_tower(pixels.values, output_hidden_states=True)
+    feats = adapter.encode(pixels, batch)
+    kept = keep_all(feats.tokens.valid_counts(), pixels.values.device)
+    prefix = adapter.build_inputs(feats, kept, [prefix_prompt] * batch)
     hidden = adapter.model(inputs_embeds=prefix.inputs_embeds, position_ids=prefix.position_ids,
                            output_hidden_states=True, use_cache=False).hidden_states
     visual = _visual_mask(prefix)
@@ -100,10 +103,9 @@ def rescale_projector(net, images: Tensor) -> tuple[float, float]:
     return visual, text
 
 
-@torch.no_grad()
 def token_norms(net, images: Tensor) -> tuple[float, float]:
     """Mean visual-token norm at the LLM input, mean text-token norm after decoder layer 1."""
-    report = scale_report(net, images)
+    report = scale_report(net.adapter, net.pixels(images), net.prefix, images.shape[0])
     return report.visual, report.text[0]
 
 

@@ -71,7 +71,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest on busy cores
     # start from this trained checkpoint (its weights and tokenizer) instead of from scratch
     init_from: Path | None = None
-    patch_loss: float | None = None  # weight of the vision probe's loss (patch_labels.py)
+    patch_loss: float | None = None  # weight of the grounding probes' loss (patch_labels.py)
 
     def preset_values(self) -> Preset:
         return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
