@@ -1,5 +1,7 @@
 """`drive-vlm train vlm`: packed samples, label mask, packed == single-turn, train/save/resume."""
 
+from dataclasses import replace
+
 from drive_vlm_pruned.cameras import NUSCENES_CAMERAS
 from drive_vlm_pruned.data.synth import DataOptions, write_dataset
 from drive_vlm_pruned.models.llava_onevision import LlavaOnevisionAdapter
@@ -33,10 +35,10 @@ def data_dir(tmp_path_factory):
     return out
 
 
-def make_adapter(frames, attn='sdpa'):
-    tokenizer = train_tokenizer(qa_texts(frames), SHAPE.vocab_size)
+def make_adapter(frames, attn='sdpa', prompt_format='default'):
+    tokenizer = train_tokenizer(qa_texts(frames), SHAPE.vocab_size, prompt_format)
     torch.manual_seed(0)
-    model, processor = build_vlm(SHAPE, tokenizer)
+    model, processor = build_vlm(replace(SHAPE, prompt_format=prompt_format), tokenizer)
     model.set_attn_implementation(attn)
     return LlavaOnevisionAdapter(model.eval(), tokenizer, processor, torch.device('cpu'),
                                  torch.float32)
@@ -79,12 +81,15 @@ def test_mask_lets_a_turn_see_the_prefix_and_itself_only():
         packed_mask(segment, 'flash_attention_2', torch.float32)
 
 
-@pytest.mark.parametrize('attn', ['sdpa', 'eager'])
-def test_packed_turn_logits_equal_the_pipeline_sequence_of_that_turn_alone(data_dir, attn):
+@pytest.mark.parametrize('attn, prompt_format', [('sdpa', 'default'), ('eager', 'default'),
+                                                 ('sdpa', 'named-views')])
+def test_packed_turn_logits_equal_the_pipeline_sequence_of_that_turn_alone(data_dir, attn,
+                                                                           prompt_format):
     """Each packed turn sees exactly build_inputs' prompt + its answer, as at inference."""
     frames = load_frames(data_dir, 'train')
-    adapter = make_adapter(frames, attn)
+    adapter = make_adapter(frames, attn, prompt_format)
     assert adapter.attn_implementation == attn
+    assert adapter.prompt_format.name == prompt_format
     turns = tokenise_frames(adapter, frames)
     net = PackedVLM(adapter, NUSCENES_CAMERAS)
     images = torch.randint(0, 256, (2, 6, *adapter.image_shape), dtype=torch.uint8)
@@ -178,8 +183,6 @@ def test_patch_labels_follow_the_encoders_resize_and_padding():
 
 def test_second_stage_starts_from_a_checkpoint_and_trains_the_grounding_probes(
         data_dir, tmp_path, monkeypatch):
-    from dataclasses import replace
-
     quiet = {'log': lambda _: None}
     first = train_vlm(config(data_dir, tmp_path / 'first'), **quiet)
     with pytest.raises(ValueError, match='--init-from'):
@@ -266,3 +269,32 @@ def test_scale_report_prints_the_norms_and_refuses_other_families(small_model, d
     other = make_tiny_model('qwen2.5-vl', tmp_path / 'qwen')
     assert main(['train', 'scale-report', '--model', str(other), '--data', str(data_dir)]) == 2
     assert 'LLaVA-OneVision' in capsys.readouterr().err
+
+
+def test_named_views_preset_writes_a_checkpoint_the_pipeline_prompts_by_view_name(
+        data_dir, tmp_path, monkeypatch):
+    """nano-named's prompt: each view's tokens follow its name, in the question's own tokens."""
+    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.loading import LoadSpec
+
+    assert PRESETS['nano-named'].model.prompt_format == 'named-views'
+    named = replace(PRESETS['test'], name='test-named',
+                    model=replace(SHAPE, prompt_format='named-views'))
+    monkeypatch.setitem(PRESETS, 'test-named', named)
+    run = train_vlm(config(data_dir, tmp_path / 'run', preset='test-named'), log=lambda _: None)
+    adapter = load_adapter(LoadSpec(str(run.final_dir)), log=lambda _: None)
+    assert adapter.prompt_format.name == 'named-views'
+    question = 'Is there a vehicle in the back left view?'
+    pieces = adapter.prompt(question, NUSCENES_CAMERAS).pieces
+    tok = adapter.tokenizer
+    # Slot v (CAM_BACK_LEFT is 4) comes right after its own name: piece v ends with it.
+    assert tok.decode(pieces[4]).endswith('the back left view: ')
+    assert tok.decode(pieces[0]).endswith('user\nthe front view: ')
+    assert tok.decode(pieces[-1]).startswith('\n' + question)
+    # The view words are the same tokens in the label and in the question.
+    words = tok(' back left view', add_special_tokens=False).input_ids
+    label, asked = list(pieces[4]), tok(question, add_special_tokens=False).input_ids
+
+    def holds(ids):
+        return any(ids[i:i + len(words)] == words for i in range(len(ids)))
+    assert holds(label) and holds(asked)

@@ -19,6 +19,7 @@ import torch
 from torch import nn, Tensor
 
 from .prompts import (
+    DRIVING_SYSTEM,
     IMAGE_MARK,
     prompt_format_of,
     PromptFormat,
@@ -84,7 +85,7 @@ class PromptPieces:
         return self.view_order or tuple(range(len(self.pieces) - 1))
 
 
-SYSTEM = '<|im_start|>system\nYou are a helpful driving assistant.<|im_end|>\n'
+SYSTEM = f'<|im_start|>system\n{DRIVING_SYSTEM}<|im_end|>\n'
 
 
 class VLMAdapter(ABC):

@@ -62,6 +62,8 @@ IMAGE_MARK = '<image>'
 DRIVEMM_SYSTEM = ('You are a helpful language and vision assistant. You are able to understand '
                   'the visual content that the user provides, and assist the user with a variety '
                   'of tasks using natural language.')
+# The system message of the default prompt (models/base.py SYSTEM).
+DRIVING_SYSTEM = 'You are a helpful driving assistant.'
 # OpenGVLab/InternVL internvl_chat/internvl/conversation.py, template 'internvl2_5'.
 INTERNVL2_5_SYSTEM = ('你是书生·万象，英文名是InternVL，'
                       '是由上海人工智能实验室、清华大学及多家合作单位联合开发的'
@@ -158,6 +160,8 @@ PROMPT_FORMATS = {
                                 bos=True),
     'impromptu-vla': PromptFormat('impromptu-vla', 'qwen2.5-vl', 'chatml', QWEN2_VL_SYSTEM,
                                   order=IMPROMPTU_ORDER, image_max_pixels=262144),
+    # Our from-scratch models (training/presets.py): each view's tokens follow its own name.
+    'named-views': PromptFormat('named-views', None, 'chatml', DRIVING_SYSTEM),
 }
 
 
@@ -192,7 +196,11 @@ def user_text(fmt: PromptFormat, names: tuple[str, ...], question: str) -> str:
     - drivelmm-o1: the DriveLMM-o1 reasoning preamble, then ``Image-1: <image>\n`` per view
       (InternVL's multi-image convention), then the question;
     - impromptu-vla: Impromptu-VLA's '6v' preamble with its numbered camera list, then the
-      question.
+      question;
+    - named-views: ``the front view: <image>\nthe front left view: <image>\n ... <question>``.
+      A question names its view in the same words that stand right before that view's tokens,
+      so a model trained from scratch matches them directly; the numbered DriveMM preamble
+      makes it map a name to its place in a list, then the number to a slot.
     """
     words = [VIEW_WORDS.get(n, n.lower()) for n in names]
     if fmt.name == 'drivemm':
@@ -200,6 +208,10 @@ def user_text(fmt: PromptFormat, names: tuple[str, ...], question: str) -> str:
         listing = _listing(words)
         return (f'{marks}. These {_number(len(names))} images are the {listing} of the ego '
                 f'vehicle. {question}')
+    if fmt.name == 'named-views':
+        # 'the' first: the view words then carry their leading space, and tokenize as they do
+        # inside a question ("... in the back left view?").
+        return ''.join(f'the {w}: {IMAGE_MARK}\n' for w in words) + question
     if fmt.name == 'drivelmm-o1':
         marks = ''.join(f'Image-{i + 1}: {IMAGE_MARK}\n' for i in range(len(names)))
         return DRIVELMM_O1_PREAMBLE + '\n' + marks + question

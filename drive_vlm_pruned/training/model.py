@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .presets import ModelPreset
+from ..models.prompts import PROMPT_FORMAT_KEY
 from ..models.tiny import build_llava_onevision
 
 
@@ -35,6 +36,8 @@ def build_vlm(shape: ModelPreset, tokenizer):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.do_sample = False
+    if shape.prompt_format != 'default':
+        setattr(model.config, PROMPT_FORMAT_KEY, shape.prompt_format)
     return model, processor
 
 

@@ -28,6 +28,8 @@ class ModelPreset:
     text_mlp: int = 768
     max_positions: int = 4096
     vocab_size: int = 2048  # upper bound: BPE stops earlier when the corpus has no more merges
+    # the six-view preamble it is trained on (models/prompts.py; recorded in config.json)
+    prompt_format: str = 'default'
 
     @property
     def tokens_per_view(self) -> int:
@@ -80,6 +82,10 @@ PRESETS = {
     # the first step (training/patch_labels.py, visual_scale.py).
     'nano-probed': Preset('nano-probed', ModelPreset(),
                           Recipe(patch_loss=1.0, visual_norm_ratio=2.0)),
+    # nano-probed on the named-views prompt: every view's tokens follow its name ("back left
+    # view: <image>"), the words a per-camera question uses.
+    'nano-named': Preset('nano-named', ModelPreset(prompt_format='named-views'),
+                         Recipe(patch_loss=1.0, visual_norm_ratio=2.0)),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,

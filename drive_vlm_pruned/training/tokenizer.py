@@ -16,20 +16,33 @@ from collections.abc import Iterable
 
 from ..cameras import NUSCENES_CAMERAS
 from ..models.base import SYSTEM
-from ..models.prompts import DRIVELM_QA, PLANNING, six_view_text
+from ..models.prompts import (
+    DRIVELM_QA,
+    IMAGE_MARK,
+    PLANNING,
+    PROMPT_FORMATS,
+    six_view_text,
+    user_text,
+)
 from ..models.tiny import SPECIAL_TOKENS
 
 CHAT_TEXT = (SYSTEM, '<|im_start|>user\n', '<|im_end|>\n<|im_start|>assistant\n')
 
 
-def template_texts() -> list[str]:
+def template_texts(prompt_format: str = 'default') -> list[str]:
     """Return the fixed prompt text every sample carries (system turn, preamble, questions)."""
-    return [*CHAT_TEXT, *six_view_text(NUSCENES_CAMERAS), DRIVELM_QA, PLANNING]
+    if prompt_format == 'default':
+        views = list(six_view_text(NUSCENES_CAMERAS))
+    else:
+        views = user_text(PROMPT_FORMATS[prompt_format], NUSCENES_CAMERAS, '').split(IMAGE_MARK)
+    return [*CHAT_TEXT, *views, DRIVELM_QA, PLANNING]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
+def train_tokenizer(texts: Iterable[str], vocab_size: int, prompt_format: str = 'default'):
     """
     Train the BPE tokenizer on ``texts`` (QA of the train split) plus the template.
+
+    ``prompt_format``: the model's view preamble (models/prompts.py), part of the template.
 
     ``vocab_size`` is an upper bound; merges stop when no pair occurs twice. The result is a
     ``PreTrainedTokenizerFast`` that ``save_pretrained`` writes and ``AutoTokenizer`` loads.
@@ -48,7 +61,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     # The template is repeated so its words always earn merges, however small the split.
-    corpus = [*template_texts() * 4, *texts]
+    corpus = [*template_texts(prompt_format) * 4, *texts]
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>',
                                    pad_token='<|endoftext|>', model_max_length=1 << 16)

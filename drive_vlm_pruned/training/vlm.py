@@ -350,7 +350,7 @@ def _tokenizer(accelerator, directory: Path, frames, preset: Preset, resume: boo
 
     texts = qa_texts(frames)
     if accelerator.is_main_process and not (resume and directory.is_dir()):
-        tokenizer = train_tokenizer(texts, preset.model.vocab_size)
+        tokenizer = train_tokenizer(texts, preset.model.vocab_size, preset.model.prompt_format)
         check_round_trip(tokenizer, sorted(set(texts))[:2000])
         tokenizer.save_pretrained(directory)
     accelerator.wait_for_everyone()
