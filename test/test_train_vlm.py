@@ -298,3 +298,75 @@ def test_named_views_preset_writes_a_checkpoint_the_pipeline_prompts_by_view_nam
     def holds(ids):
         return any(ids[i:i + len(words)] == words for i in range(len(ids)))
     assert holds(label) and holds(asked)
+
+
+def test_asked_view_finds_the_one_camera_a_question_names():
+    from drive_vlm_pruned.training.view_routing import asked_view
+
+    names = NUSCENES_CAMERAS
+    assert asked_view('Is there a sign in the back view?', names) == 3
+    assert asked_view('How many pedestrians are in the back left view?', names) == 4
+    assert asked_view('What is the nearest object in the front view, and how far is it from '
+                      'the ego vehicle?', names) == 0
+    assert asked_view('What are the important objects in the current scene?', names) == -1
+
+
+@pytest.mark.parametrize('prompt_format', ['default', 'named-views'])
+def test_routing_loss_is_the_attention_the_model_pays_the_named_view(data_dir, prompt_format):
+    """The recomputed scores equal eager attention's weights for that layer, head and row."""
+    from drive_vlm_pruned.training.samples import answer_rows
+    from drive_vlm_pruned.training.view_routing import AttentionInputs, routing_loss
+
+    frames = load_frames(data_dir, 'train')
+    adapter = make_adapter(frames, 'eager', prompt_format)
+    turns = tokenise_frames(adapter, frames)
+    assert any(t.view >= 0 for f in turns for t in f.turns)
+    net = PackedVLM(adapter, NUSCENES_CAMERAS)
+    text = pack_text(turns, adapter.pad_token_id)
+    images = torch.randint(0, 256, (2, 6, *adapter.image_shape), dtype=torch.uint8)
+    layer, head = 1, 3
+    with torch.no_grad():
+        feats = adapter.encode(net.pixels(images), 2)
+        prefix = adapter.build_inputs(feats, keep_all(feats.tokens.valid_counts(), 'cpu'),
+                                      [net.prefix] * 2)
+        start = prefix.full_length[0]
+        embeds = torch.cat([prefix.inputs_embeds, adapter.embed(text.ids)], dim=1)
+        positions = torch.cat([prefix.position_ids, start + text.offsets], dim=1)
+        segment = torch.cat([torch.zeros_like(prefix.position_ids), text.segment], dim=1)
+        seen = AttentionInputs(adapter.decoder_layers[layer].self_attn)
+        out = adapter.model(inputs_embeds=embeds, position_ids=positions, use_cache=False,
+                            attention_mask=packed_mask(segment, 'eager', embeds.dtype),
+                            output_attentions=True)
+        seen.close()
+        frame, row, turn = answer_rows(text)
+        view = torch.tensor(text.views)[turn]
+        for f, r, v in zip(frame.tolist(), (start + row).tolist(), view.tolist()):
+            if v < 0:
+                continue
+            keys = torch.arange(segment.shape[1])
+            allowed = ((segment[f] == 0) | (segment[f] == segment[f, r])) & (keys <= r)
+            target = torch.zeros_like(allowed)
+            target[prefix.visual_rows[v][f]] = True
+            weights = out.attentions[layer][f, head, r]
+            expected = -torch.log(weights[target].sum())
+            got = routing_loss(seen, head, torch.tensor([f]), torch.tensor([r]), allowed[None],
+                               target[None])
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+            assert weights[~allowed].sum() < 1e-6  # the mask the loss uses is the model's
+
+
+def test_route_loss_trains_with_the_answer_loss(data_dir, tmp_path, monkeypatch):
+    routed = replace(PRESETS['test'], name='test-routed', recipe=replace(
+        PRESETS['test'].recipe, route_loss=1.0, route_at=(1, 0), steps=4, lr=1e-2))
+    monkeypatch.setitem(PRESETS, 'test-routed', routed)
+    said = []
+    run = train_vlm(config(data_dir, tmp_path / 'run', preset='test-routed', steps=None),
+                    log=said.append)
+    assert any('view routing: LLM layer 1, query head 0' in line for line in said), said
+    aux = [loss for _, loss in run.history['aux']]
+    assert len(aux) == 4 and aux[-1] < aux[0]
+    monkeypatch.setitem(PRESETS, 'test-routed',
+                        replace(routed, recipe=replace(routed.recipe, route_at=(5, 0))))
+    with pytest.raises(ValueError, match='route layer 5'):
+        train_vlm(config(data_dir, tmp_path / 'bad', preset='test-routed', steps=None),
+                  log=said.append)

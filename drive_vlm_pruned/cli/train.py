@@ -102,6 +102,9 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
     vlm.add_argument('--patch-loss', type=float, metavar='W',
                      help="weight of the grounding probes' loss, on the label masks "
                           '(default: the preset; nano-ground and nano-probed 1.0, nano 0 = off)')
+    vlm.add_argument('--route-loss', type=float, metavar='W',
+                     help='weight of the view-routing loss: a question that names a camera '
+                          'attends to its tokens (default: the preset; nano-routed 1.0)')
     vlm.add_argument('--storage', default='float16', choices=['float16', 'bfloat16', 'float32'],
                      help='dtype of the final safetensors (default float16)')
     return vlm
@@ -168,6 +171,7 @@ def _run_vlm(args) -> int:
         precision=args.precision, cpu=args.cpu,
         storage=args.storage, threads=args.threads,
         init_from=Path(args.init_from) if args.init_from else None, patch_loss=args.patch_loss,
+        route_loss=args.route_loss,
     )
     try:
         result = train_vlm(config)

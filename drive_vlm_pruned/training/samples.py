@@ -29,6 +29,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 
+from .view_routing import asked_view, AttentionInputs, routing_loss
 from .visual_scale import norm_penalty
 from ..models.base import Pixels, PromptPieces, VLMAdapter
 from ..pruning import keep_all
@@ -43,6 +44,7 @@ class Turn:
     prompt: tuple[int, ...]  # tail of the six-view preamble + question + assistant header
     answer: tuple[int, ...]  # answer tokens + <|im_end|>
     family: str
+    view: int = -1  # the camera the question names (view_routing.py), -1: none
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def tokenise_turn(adapter: VLMAdapter, names: Sequence[str], question: str, answ
         raise ValueError(f'question {question[:60]!r} changes the shared prompt prefix; only the '
                          'last prompt piece may depend on the question')
     ids = adapter.tokenizer(answer, add_special_tokens=False).input_ids
-    return Turn(tuple(pieces[-1]), (*ids, adapter.eos_token_ids[0]), family)
+    return Turn(tuple(pieces[-1]), (*ids, adapter.eos_token_ids[0]), family,
+                asked_view(question, names))
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class PackedText:
     weight: Tensor  # [B, T] float: 1 / answer length at label rows (each turn weighs 1)
     turn_of_row: Tensor  # [B, T] index into ``families`` of the row's turn, -1 elsewhere
     families: tuple[str, ...]  # family per turn of the batch (flattened over frames)
+    views: tuple[int, ...] = ()  # named camera per turn (-1: none), like ``families``
 
     @property
     def turns(self) -> int:
@@ -88,13 +92,14 @@ class PackedText:
     def to(self, device: torch.device) -> PackedText:
         return PackedText(self.ids.to(device), self.offsets.to(device), self.segment.to(device),
                           self.labels.to(device), self.weight.to(device),
-                          self.turn_of_row.to(device), self.families)
+                          self.turn_of_row.to(device), self.families, self.views)
 
 
 def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
     """Lay out the turns of each frame after its prefix (module doc); right-pad the batch."""
     rows = []
     families: list[str] = []
+    views: list[int] = []
     for frame in frames:
         ids, offsets, segment, labels, weight, owner = [], [], [], [], [], []
         for number, turn in enumerate(frame.turns, start=1):
@@ -107,6 +112,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
             weight += [0.0] * (len(turn.prompt) - 1) + [1.0 / len(turn.answer)] * len(turn.answer)
             owner += [len(families)] * len(text)
             families.append(turn.family)
+            views.append(turn.view)
         rows.append((ids, offsets, segment, labels, weight, owner))
     width = max(len(r[0]) for r in rows)
     pads = (pad_id, 0, -1, IGNORE, 0.0, -1)
@@ -116,7 +122,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
 
     return PackedText(column(0, torch.long), column(1, torch.long), column(2, torch.long),
                       column(3, torch.long), column(4, torch.float32), column(5, torch.long),
-                      tuple(families))
+                      tuple(families), tuple(views))
 
 
 def packed_mask(segment: Tensor, attn_implementation: str, dtype: torch.dtype) -> Tensor:
@@ -163,7 +169,8 @@ class PackedVLM(nn.Module):
 
     def __init__(self, adapter: VLMAdapter, names: Sequence[str],
                  probe: nn.Module | None = None, probe_weight: float = 0.0,
-                 probe_layers: tuple[int, int] = (2, 3), norm_ratio: float = 0.0) -> None:
+                 probe_layers: tuple[int, int] = (2, 3), norm_ratio: float = 0.0,
+                 route_weight: float = 0.0, route_at: tuple[int, int] = (2, 0)) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
@@ -173,6 +180,9 @@ class PackedVLM(nn.Module):
         self.probe_layers = probe_layers  # (token, scene) probes: after this many LLM layers
         # keep visual tokens below this multiple of the text norm after layer 1 (visual_scale.py)
         self.norm_ratio = norm_ratio
+        # weight of the routing loss (view_routing.py) and its (LLM layer, query head)
+        self.route_weight = route_weight
+        self.route_at = route_at
         self.prefix = prefix_prompt(adapter, names)
         proc = adapter.image_processor
         self.register_buffer('mean', torch.tensor(proc.image_mean).view(1, 1, 3, 1, 1),
@@ -203,10 +213,19 @@ class PackedVLM(nn.Module):
         mask = packed_mask(segment, adapter.attn_implementation, embeds.dtype)
         # Logits only where a target is: rows predicting answer tokens, any frame of the batch.
         rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                         logits_to_keep=start + rows, use_cache=False,
-                         output_hidden_states=probing or capped)
+        routing = self.route_weight > 0 and any(v >= 0 for v in text.views)
+        if routing:
+            seen = AttentionInputs(adapter.decoder_layers[self.route_at[0]].self_attn)
+        try:
+            out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                             logits_to_keep=start + rows, use_cache=False,
+                             output_hidden_states=probing or capped)
+        finally:
+            if routing:
+                seen.close()
         aux = []
+        if routing:
+            aux.append(self.route_weight * self._routing_loss(seen, prefix, text, segment, start))
         if probing:
             aux.append(self.probe_weight * self._probe_loss(out.hidden_states, prefix, text,
                                                             start, patch_labels))
@@ -221,6 +240,20 @@ class PackedVLM(nn.Module):
         return PackedOutput(loss, out.logits, labels, text.turn_of_row[:, rows], answer_loss,
                             aux_loss)
 
+    def _routing_loss(self, seen: AttentionInputs, prefix, text: PackedText, segment: Tensor,
+                      start: int) -> Tensor:
+        frame, row, turn = answer_rows(text)
+        view = torch.tensor(text.views, device=frame.device)[turn]
+        named = view >= 0
+        frame, row, view = frame[named], start + row[named], view[named]
+        keys = torch.arange(segment.shape[1], device=segment.device)
+        own = segment[frame, row][:, None]
+        allowed = ((segment[frame] == 0) | (segment[frame] == own)) & (keys <= row[:, None])
+        target = torch.zeros_like(allowed)
+        rows_of = torch.stack(prefix.visual_rows, dim=1)[frame, view]  # [n, N]: all kept
+        target[torch.arange(len(frame), device=frame.device)[:, None], rows_of] = True
+        return routing_loss(seen, self.route_at[1], frame, row, allowed, target)
+
     def _probe_loss(self, hidden: tuple[Tensor, ...], prefix, text: PackedText, start: int,
                     labels: Tensor) -> Tensor:
         token_layer, scene_layer = self.probe_layers
@@ -228,14 +261,19 @@ class PackedVLM(nn.Module):
         rows_of = torch.stack(prefix.visual_rows, dim=1)  # [B, V, N]: every token is kept
         states = hidden[token_layer]
         tokens = states[torch.arange(batch, device=states.device)[:, None, None], rows_of]
-        # A turn's answer position: its first label row (the row that predicts the answer).
-        b, r = (text.labels != IGNORE).nonzero(as_tuple=True)
-        turn = text.turn_of_row[b, r]
-        first = torch.ones_like(turn, dtype=torch.bool)
-        first[1:] = turn[1:] != turn[:-1]
-        answer = hidden[scene_layer][b[first], start + r[first]]
+        frame, row, _ = answer_rows(text)
+        answer = hidden[scene_layer][frame, start + row]
         return self.probe.token_loss(tokens, labels) + \
-            self.probe.scene_loss(answer, b[first], labels)
+            self.probe.scene_loss(answer, frame, labels)
+
+
+def answer_rows(text: PackedText) -> tuple[Tensor, Tensor, Tensor]:
+    """Each turn's answer position: (frame, text row, turn) of its first label row."""
+    b, r = (text.labels != IGNORE).nonzero(as_tuple=True)
+    turn = text.turn_of_row[b, r]
+    first = torch.ones_like(turn, dtype=torch.bool)
+    first[1:] = turn[1:] != turn[:-1]
+    return b[first], r[first], turn[first]
 
 
 def turn_exact(output: PackedOutput, turns: int) -> Tensor:

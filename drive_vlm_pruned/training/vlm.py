@@ -72,12 +72,13 @@ class TrainConfig:
     # start from this trained checkpoint (its weights and tokenizer) instead of from scratch
     init_from: Path | None = None
     patch_loss: float | None = None  # weight of the grounding probes' loss (patch_labels.py)
+    route_loss: float | None = None  # weight of the view-routing loss (view_routing.py)
 
     def preset_values(self) -> Preset:
         return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
                           lr=self.lr, eval_every=self.eval_every, eval_frames=self.eval_frames,
                           save_every=self.save_every, seed=self.seed,
-                          patch_loss=self.patch_loss)
+                          patch_loss=self.patch_loss, route_loss=self.route_loss)
 
 
 @dataclass
@@ -187,8 +188,15 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
         say(f'grounding probes after LLM layers {recipe.probe_layers}: loss weight '
             f'{recipe.patch_loss}, class positive weights '
             + ', '.join(f'{c} {w:.1f}' for c, w in zip(PATCH_CLASSES, probe.pos_weight.tolist())))
+    depth = model.config.text_config.num_hidden_layers
+    if recipe.route_loss and not 0 <= recipe.route_at[0] < depth:
+        raise ValueError(f'route layer {recipe.route_at[0]} is not a layer of this {depth}-layer '
+                         'LLM')
+    if recipe.route_loss:
+        say(f'view routing: LLM layer {recipe.route_at[0]}, query head {recipe.route_at[1]}, '
+            f'loss weight {recipe.route_loss}')
     net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers,
-                    recipe.visual_norm_ratio)
+                    recipe.visual_norm_ratio, recipe.route_loss, recipe.route_at)
     if recipe.match_visual_scale and not config.resume:
         _match_visual_scale(net, train, say)
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
