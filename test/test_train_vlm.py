@@ -365,6 +365,12 @@ def test_route_loss_trains_with_the_answer_loss(data_dir, tmp_path, monkeypatch)
     assert any('view routing: LLM layer 1, query head 0' in line for line in said), said
     aux = [loss for _, loss in run.history['aux']]
     assert len(aux) == 4 and aux[-1] < aux[0]
+    # route_from: the loss counts from that step on (nano-routed starts it at step 1200).
+    monkeypatch.setitem(PRESETS, 'test-routed',
+                        replace(routed, recipe=replace(routed.recipe, route_from=2)))
+    late = train_vlm(config(data_dir, tmp_path / 'late', preset='test-routed', steps=None),
+                     log=said.append)
+    assert [step for step, _ in late.history['aux']] == [3, 4]
     monkeypatch.setitem(PRESETS, 'test-routed',
                         replace(routed, recipe=replace(routed.recipe, route_at=(5, 0))))
     with pytest.raises(ValueError, match='route layer 5'):

@@ -61,6 +61,7 @@ class Recipe:
     # a question naming a camera attends to it: loss weight (0: off), (LLM layer, query head)
     route_loss: float = 0.0
     route_at: tuple[int, int] = (2, 0)
+    route_from: int = 0  # the routing loss counts from this step on
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,11 @@ PRESETS = {
     # view: <image>"), the words a per-camera question uses.
     'nano-named': Preset('nano-named', ModelPreset(prompt_format='named-views'),
                          Recipe(patch_loss=1.0, visual_norm_ratio=2.0)),
-    # Stage 2 of nano-named: its answer rows learn to look at the camera a question names
+    # nano-named, and from step 1200 on a question that names a camera learns to attend to it
     # (training/view_routing.py).
     'nano-routed': Preset('nano-routed', ModelPreset(prompt_format='named-views'),
-                          Recipe(steps=500, lr=1e-3, warmup_steps=20, eval_every=100,
-                                 save_every=50, patch_loss=1.0, visual_norm_ratio=2.0,
-                                 route_loss=1.0), needs_init=True),
+                          Recipe(patch_loss=1.0, visual_norm_ratio=2.0, route_loss=1.0,
+                                 route_from=1200)),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,

@@ -194,7 +194,7 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
                          'LLM')
     if recipe.route_loss:
         say(f'view routing: LLM layer {recipe.route_at[0]}, query head {recipe.route_at[1]}, '
-            f'loss weight {recipe.route_loss}')
+            f'loss weight {recipe.route_loss} from step {recipe.route_from}')
     net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers,
                     recipe.visual_norm_ratio, recipe.route_loss, recipe.route_at)
     if recipe.match_visual_scale and not config.resume:
@@ -247,6 +247,8 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         images, turns = train.batch(index)
         text = pack_text(turns, pad).to(accelerator.device)
         patches = train.patch_labels(index).to(accelerator.device) if recipe.patch_loss else None
+        routing = recipe.route_loss if state.step >= recipe.route_from else 0.0
+        accelerator.unwrap_model(net).route_weight = routing
         with accelerator.autocast():
             output = net(images.to(accelerator.device), text, patches)
         accelerator.backward(output.loss)
