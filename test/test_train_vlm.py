@@ -315,7 +315,11 @@ def test_asked_view_finds_the_one_camera_a_question_names():
 def test_routing_loss_is_the_attention_the_model_pays_the_named_view(data_dir, prompt_format):
     """The recomputed scores equal eager attention's weights for that layer, head and row."""
     from drive_vlm_pruned.training.samples import answer_rows
-    from drive_vlm_pruned.training.view_routing import AttentionInputs, routing_loss
+    from drive_vlm_pruned.training.view_routing import (
+        AttentionInputs,
+        exclusion_loss,
+        routing_loss,
+    )
 
     frames = load_frames(data_dir, 'train')
     adapter = make_adapter(frames, 'eager', prompt_format)
@@ -340,6 +344,7 @@ def test_routing_loss_is_the_attention_the_model_pays_the_named_view(data_dir, p
         seen.close()
         frame, row, turn = answer_rows(text)
         view = torch.tensor(text.views)[turn]
+        checked = 0
         for f, r, v in zip(frame.tolist(), (start + row).tolist(), view.tolist()):
             if v < 0:
                 continue
@@ -353,16 +358,29 @@ def test_routing_loss_is_the_attention_the_model_pays_the_named_view(data_dir, p
                                target[None])
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
             assert weights[~allowed].sum() < 1e-6  # the mask the loss uses is the model's
+            # Exclusion: every head's mass on the other five views, at the same row.
+            others = torch.zeros_like(allowed)
+            for w in range(6):
+                if w != v:
+                    others[prefix.visual_rows[w][f]] = True
+            leak = out.attentions[layer][f, :, r][:, others].sum(-1)  # [heads]
+            got = exclusion_loss(seen, torch.tensor([f]), torch.tensor([r]), allowed[None],
+                                 others[None])
+            torch.testing.assert_close(got, -torch.log(1 - leak).mean(), atol=1e-5, rtol=1e-4)
+            checked += 1
+        assert checked > 0
 
 
-def test_route_loss_trains_with_the_answer_loss(data_dir, tmp_path, monkeypatch):
+def test_route_and_exclusion_losses_train_with_the_answer_loss(data_dir, tmp_path, monkeypatch):
     routed = replace(PRESETS['test'], name='test-routed', recipe=replace(
-        PRESETS['test'].recipe, route_loss=1.0, route_at=(1, 0), steps=4, lr=1e-2))
+        PRESETS['test'].recipe, route_loss=1.0, route_at=(1, 0), exclude_loss=1.0, steps=4,
+        lr=1e-2))
     monkeypatch.setitem(PRESETS, 'test-routed', routed)
     said = []
     run = train_vlm(config(data_dir, tmp_path / 'run', preset='test-routed', steps=None),
                     log=said.append)
     assert any('view routing: LLM layer 1, query head 0' in line for line in said), said
+    assert any('view exclusion: every LLM layer and head' in line for line in said), said
     aux = [loss for _, loss in run.history['aux']]
     assert len(aux) == 4 and aux[-1] < aux[0]
     # route_from: the loss counts from that step on (nano-routed starts it at step 1200).

@@ -61,7 +61,9 @@ class Recipe:
     # a question naming a camera attends to it: loss weight (0: off), (LLM layer, query head)
     route_loss: float = 0.0
     route_at: tuple[int, int] = (2, 0)
-    route_from: int = 0  # the routing loss counts from this step on
+    # ... and its rows read no other camera: loss weight, every LLM layer and head (0: off)
+    exclude_loss: float = 0.0
+    route_from: int = 0  # the routing and exclusion losses count from this step on
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,11 @@ PRESETS = {
     'nano-routed': Preset('nano-routed', ModelPreset(prompt_format='named-views'),
                           Recipe(patch_loss=1.0, visual_norm_ratio=2.0, route_loss=1.0,
                                  route_from=1200)),
+    # Stage 2 of nano-routed: a question that names a camera reads no other camera.
+    'nano-exclusive': Preset('nano-exclusive', ModelPreset(prompt_format='named-views'),
+                             Recipe(steps=400, lr=1e-3, warmup_steps=20, eval_every=100,
+                                    save_every=50, patch_loss=1.0, visual_norm_ratio=2.0,
+                                    route_loss=1.0, exclude_loss=1.0), needs_init=True),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,

@@ -29,7 +29,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 
-from .view_routing import asked_view, AttentionInputs, routing_loss
+from .view_routing import asked_view, AttentionInputs, exclusion_loss, routing_loss
 from .visual_scale import norm_penalty
 from ..models.base import Pixels, PromptPieces, VLMAdapter
 from ..pruning import keep_all
@@ -170,7 +170,8 @@ class PackedVLM(nn.Module):
     def __init__(self, adapter: VLMAdapter, names: Sequence[str],
                  probe: nn.Module | None = None, probe_weight: float = 0.0,
                  probe_layers: tuple[int, int] = (2, 3), norm_ratio: float = 0.0,
-                 route_weight: float = 0.0, route_at: tuple[int, int] = (2, 0)) -> None:
+                 route_weight: float = 0.0, route_at: tuple[int, int] = (2, 0),
+                 exclude_weight: float = 0.0) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
@@ -183,6 +184,8 @@ class PackedVLM(nn.Module):
         # weight of the routing loss (view_routing.py) and its (LLM layer, query head)
         self.route_weight = route_weight
         self.route_at = route_at
+        # weight of the view-exclusion loss (view_routing.py), every layer and head
+        self.exclude_weight = exclude_weight
         self.prefix = prefix_prompt(adapter, names)
         proc = adapter.image_processor
         self.register_buffer('mean', torch.tensor(proc.image_mean).view(1, 1, 3, 1, 1),
@@ -213,19 +216,26 @@ class PackedVLM(nn.Module):
         mask = packed_mask(segment, adapter.attn_implementation, embeds.dtype)
         # Logits only where a target is: rows predicting answer tokens, any frame of the batch.
         rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
-        routing = self.route_weight > 0 and any(v >= 0 for v in text.views)
-        if routing:
-            seen = AttentionInputs(adapter.decoder_layers[self.route_at[0]].self_attn)
+        named = any(v >= 0 for v in text.views)
+        routing = self.route_weight > 0 and named
+        excluding = self.exclude_weight > 0 and named
+        layers = adapter.decoder_layers
+        watched = range(len(layers)) if excluding else [self.route_at[0]] if routing else []
+        seen = {k: AttentionInputs(layers[k].self_attn) for k in watched}
         try:
             out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                              logits_to_keep=start + rows, use_cache=False,
                              output_hidden_states=probing or capped)
         finally:
-            if routing:
-                seen.close()
+            for hook in seen.values():
+                hook.close()
         aux = []
         if routing:
-            aux.append(self.route_weight * self._routing_loss(seen, prefix, text, segment, start))
+            aux.append(self.route_weight * self._routing_loss(seen[self.route_at[0]], prefix,
+                                                              text, segment, start))
+        if excluding:
+            aux.append(self.exclude_weight * self._exclusion_loss(seen, prefix, text, segment,
+                                                                  start))
         if probing:
             aux.append(self.probe_weight * self._probe_loss(out.hidden_states, prefix, text,
                                                             start, patch_labels))
@@ -253,6 +263,25 @@ class PackedVLM(nn.Module):
         rows_of = torch.stack(prefix.visual_rows, dim=1)[frame, view]  # [n, N]: all kept
         target[torch.arange(len(frame), device=frame.device)[:, None], rows_of] = True
         return routing_loss(seen, self.route_at[1], frame, row, allowed, target)
+
+    def _exclusion_loss(self, seen: dict[int, AttentionInputs], prefix, text: PackedText,
+                        segment: Tensor, start: int) -> Tensor:
+        frame, row = (text.turn_of_row >= 0).nonzero(as_tuple=True)
+        view = torch.tensor(text.views, device=frame.device)[text.turn_of_row[frame, row]]
+        named = view >= 0
+        frame, row, view = frame[named], start + row[named], view[named]
+        keys = torch.arange(segment.shape[1], device=segment.device)
+        own = segment[frame, row][:, None]
+        allowed = ((segment[frame] == 0) | (segment[frame] == own)) & (keys <= row[:, None])
+        view_of_row = torch.full_like(segment, -1)
+        rows_of = torch.stack(prefix.visual_rows, dim=1)  # [B, V, N]: all kept
+        batch, views = rows_of.shape[:2]
+        view_of_row[torch.arange(batch, device=segment.device)[:, None, None], rows_of] = \
+            torch.arange(views, device=segment.device)[None, :, None]
+        seen_views = view_of_row[frame]
+        others = (seen_views >= 0) & (seen_views != view[:, None])
+        return torch.stack([exclusion_loss(hook, frame, row, allowed, others)
+                            for hook in seen.values()]).mean()
 
     def _probe_loss(self, hidden: tuple[Tensor, ...], prefix, text: PackedText, start: int,
                     labels: Tensor) -> Tensor:

@@ -78,3 +78,32 @@ def routing_loss(inputs: AttentionInputs, head: int, frame: Tensor, row: Tensor,
     scores = scores.masked_fill(~allowed, float('-inf'))
     mass = (scores.softmax(-1) * target).sum(-1)
     return -torch.log(mass.clamp_min(1e-6)).mean()
+
+
+def exclusion_loss(inputs: AttentionInputs, frame: Tensor, row: Tensor, allowed: Tensor,
+                   others: Tensor) -> Tensor:
+    """
+    Mean ``-log(1 - attention mass on the other views)`` over every head at rows ``(frame, row)``.
+
+    The rows of a turn that names a camera may read the text and the named view, not the other
+    five: without this a small model answers "is there a sign in the back left view?" with
+    whether any view shows a sign. ``allowed`` and ``others`` are bool ``[n, T]``.
+    """
+    attn = inputs.attention
+    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    heads, kv_heads, head_dim = (attn.config.num_attention_heads,
+                                 attn.config.num_key_value_heads, attn.head_dim)
+    hidden, (cos, sin) = inputs.hidden, inputs.rotary
+    query = attn.q_proj(hidden[frame, row]).view(len(frame), heads, 1, head_dim)
+    keys = attn.k_proj(hidden).view(*hidden.shape[:2], kv_heads, head_dim).transpose(1, 2)
+    query = rotate(query, query, cos[frame, row][:, None], sin[frame, row][:, None])[0]
+    query = query.view(len(frame), kv_heads, heads // kv_heads, head_dim)
+    keys = rotate(keys, keys, cos, sin)[1]  # [B, kv_heads, T, d]
+    losses = []
+    for b in frame.unique():  # a few frames a step; rows x keys of one frame at a time
+        mine = frame == b
+        scores = torch.einsum('nkgd,ktd->nkgt', query[mine], keys[b]).float() * attn.scaling
+        scores = scores.masked_fill(~allowed[mine][:, None, None], float('-inf'))
+        leak = (scores.softmax(-1) * others[mine][:, None, None]).sum(-1)
+        losses.append(-torch.log((1 - leak).clamp_min(1e-6)).flatten(1).mean(1))
+    return torch.cat(losses).mean()

@@ -73,12 +73,14 @@ class TrainConfig:
     init_from: Path | None = None
     patch_loss: float | None = None  # weight of the grounding probes' loss (patch_labels.py)
     route_loss: float | None = None  # weight of the view-routing loss (view_routing.py)
+    exclude_loss: float | None = None  # weight of the view-exclusion loss (view_routing.py)
 
     def preset_values(self) -> Preset:
         return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
                           lr=self.lr, eval_every=self.eval_every, eval_frames=self.eval_frames,
                           save_every=self.save_every, seed=self.seed,
-                          patch_loss=self.patch_loss, route_loss=self.route_loss)
+                          patch_loss=self.patch_loss, route_loss=self.route_loss,
+                          exclude_loss=self.exclude_loss)
 
 
 @dataclass
@@ -192,11 +194,15 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
     if recipe.route_loss and not 0 <= recipe.route_at[0] < depth:
         raise ValueError(f'route layer {recipe.route_at[0]} is not a layer of this {depth}-layer '
                          'LLM')
+    if recipe.exclude_loss:
+        say(f'view exclusion: every LLM layer and head, loss weight {recipe.exclude_loss} '
+            f'from step {recipe.route_from}')
     if recipe.route_loss:
         say(f'view routing: LLM layer {recipe.route_at[0]}, query head {recipe.route_at[1]}, '
             f'loss weight {recipe.route_loss} from step {recipe.route_from}')
     net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers,
-                    recipe.visual_norm_ratio, recipe.route_loss, recipe.route_at)
+                    recipe.visual_norm_ratio, recipe.route_loss, recipe.route_at,
+                    recipe.exclude_loss)
     if recipe.match_visual_scale and not config.resume:
         _match_visual_scale(net, train, say)
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
@@ -249,6 +255,8 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         patches = train.patch_labels(index).to(accelerator.device) if recipe.patch_loss else None
         routing = recipe.route_loss if state.step >= recipe.route_from else 0.0
         accelerator.unwrap_model(net).route_weight = routing
+        accelerator.unwrap_model(net).exclude_weight = (
+            recipe.exclude_loss if state.step >= recipe.route_from else 0.0)
         with accelerator.autocast():
             output = net(images.to(accelerator.device), text, patches)
         accelerator.backward(output.loss)
