@@ -314,8 +314,9 @@ def test_asked_view_finds_the_one_camera_a_question_names():
 @pytest.mark.parametrize('prompt_format', ['default', 'named-views'])
 def test_routing_loss_is_the_attention_the_model_pays_the_named_view(data_dir, prompt_format):
     """The recomputed scores equal eager attention's weights for that layer, head and row."""
-    from drive_vlm_pruned.training.samples import answer_rows
+    from drive_vlm_pruned.training.samples import _named_view_keys, answer_rows
     from drive_vlm_pruned.training.view_routing import (
+        attention_probs,
         AttentionInputs,
         exclusion_loss,
         routing_loss,
@@ -344,19 +345,26 @@ def test_routing_loss_is_the_attention_the_model_pays_the_named_view(data_dir, p
         seen.close()
         frame, row, turn = answer_rows(text)
         view = torch.tensor(text.views)[turn]
+        # The keys the training forward uses (below, rebuilt by hand for each row).
+        mask_of, named_of, others_of = _named_view_keys(frame, start + row, turn, text, prefix,
+                                                        segment)
         checked = 0
-        for f, r, v in zip(frame.tolist(), (start + row).tolist(), view.tolist()):
+        for i, (f, r, v) in enumerate(zip(frame.tolist(), (start + row).tolist(),
+                                          view.tolist())):
             if v < 0:
+                assert not mask_of[i].any()  # a turn that names no camera is left alone
                 continue
             keys = torch.arange(segment.shape[1])
             allowed = ((segment[f] == 0) | (segment[f] == segment[f, r])) & (keys <= r)
             target = torch.zeros_like(allowed)
             target[prefix.visual_rows[v][f]] = True
+            probs = attention_probs(seen, torch.tensor([f]), torch.tensor([r]), allowed[None])
+            torch.testing.assert_close(probs[0], out.attentions[layer][f, :, r], atol=1e-6,
+                                       rtol=1e-4)
             weights = out.attentions[layer][f, head, r]
             expected = -torch.log(weights[target].sum())
-            got = routing_loss(seen, head, torch.tensor([f]), torch.tensor([r]), allowed[None],
-                               target[None])
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(routing_loss(probs, head, target[None]), expected,
+                                       atol=1e-5, rtol=1e-4)
             assert weights[~allowed].sum() < 1e-6  # the mask the loss uses is the model's
             # Exclusion: every head's mass on the other five views, at the same row.
             others = torch.zeros_like(allowed)
@@ -364,9 +372,10 @@ def test_routing_loss_is_the_attention_the_model_pays_the_named_view(data_dir, p
                 if w != v:
                     others[prefix.visual_rows[w][f]] = True
             leak = out.attentions[layer][f, :, r][:, others].sum(-1)  # [heads]
-            got = exclusion_loss(seen, torch.tensor([f]), torch.tensor([r]), allowed[None],
-                                 others[None])
-            torch.testing.assert_close(got, -torch.log(1 - leak).mean(), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(exclusion_loss(probs, others[None]),
+                                       -torch.log(1 - leak).mean(), atol=1e-5, rtol=1e-4)
+            assert torch.equal(mask_of[i], allowed) and torch.equal(named_of[i], target)
+            assert torch.equal(others_of[i], others)
             checked += 1
         assert checked > 0
 

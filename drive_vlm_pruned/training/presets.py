@@ -88,7 +88,7 @@ PRESETS = {
     # the first step (training/patch_labels.py, visual_scale.py).
     'nano-probed': Preset('nano-probed', ModelPreset(),
                           Recipe(patch_loss=1.0, visual_norm_ratio=2.0)),
-    # nano-probed on the named-views prompt: every view's tokens follow its name ("back left
+    # nano-probed on the named-views prompt: every view's tokens follow its name ("the back left
     # view: <image>"), the words a per-camera question uses.
     'nano-named': Preset('nano-named', ModelPreset(prompt_format='named-views'),
                          Recipe(patch_loss=1.0, visual_norm_ratio=2.0)),

@@ -29,7 +29,13 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 
-from .view_routing import asked_view, AttentionInputs, exclusion_loss, routing_loss
+from .view_routing import (
+    asked_view,
+    attention_probs,
+    AttentionInputs,
+    exclusion_loss,
+    routing_loss,
+)
 from .visual_scale import norm_penalty
 from ..models.base import Pixels, PromptPieces, VLMAdapter
 from ..pruning import keep_all
@@ -253,34 +259,20 @@ class PackedVLM(nn.Module):
     def _routing_loss(self, seen: AttentionInputs, prefix, text: PackedText, segment: Tensor,
                       start: int) -> Tensor:
         frame, row, turn = answer_rows(text)
-        view = torch.tensor(text.views, device=frame.device)[turn]
-        named = view >= 0
-        frame, row, view = frame[named], start + row[named], view[named]
-        keys = torch.arange(segment.shape[1], device=segment.device)
-        own = segment[frame, row][:, None]
-        allowed = ((segment[frame] == 0) | (segment[frame] == own)) & (keys <= row[:, None])
-        target = torch.zeros_like(allowed)
-        rows_of = torch.stack(prefix.visual_rows, dim=1)[frame, view]  # [n, N]: all kept
-        target[torch.arange(len(frame), device=frame.device)[:, None], rows_of] = True
-        return routing_loss(seen, self.route_at[1], frame, row, allowed, target)
+        allowed, target, _ = _named_view_keys(frame, start + row, turn, text, prefix, segment)
+        named = allowed.any(-1)
+        probs = attention_probs(seen, frame[named], (start + row)[named], allowed[named])
+        return routing_loss(probs, self.route_at[1], target[named])
 
     def _exclusion_loss(self, seen: dict[int, AttentionInputs], prefix, text: PackedText,
                         segment: Tensor, start: int) -> Tensor:
         frame, row = (text.turn_of_row >= 0).nonzero(as_tuple=True)
-        view = torch.tensor(text.views, device=frame.device)[text.turn_of_row[frame, row]]
-        named = view >= 0
-        frame, row, view = frame[named], start + row[named], view[named]
-        keys = torch.arange(segment.shape[1], device=segment.device)
-        own = segment[frame, row][:, None]
-        allowed = ((segment[frame] == 0) | (segment[frame] == own)) & (keys <= row[:, None])
-        view_of_row = torch.full_like(segment, -1)
-        rows_of = torch.stack(prefix.visual_rows, dim=1)  # [B, V, N]: all kept
-        batch, views = rows_of.shape[:2]
-        view_of_row[torch.arange(batch, device=segment.device)[:, None, None], rows_of] = \
-            torch.arange(views, device=segment.device)[None, :, None]
-        seen_views = view_of_row[frame]
-        others = (seen_views >= 0) & (seen_views != view[:, None])
-        return torch.stack([exclusion_loss(hook, frame, row, allowed, others)
+        turn = text.turn_of_row[frame, row]
+        allowed, _, others = _named_view_keys(frame, start + row, turn, text, prefix, segment)
+        named = allowed.any(-1)
+        frame, row, allowed, others = frame[named], (start + row)[named], allowed[named], \
+            others[named]
+        return torch.stack([exclusion_loss(attention_probs(hook, frame, row, allowed), others)
                             for hook in seen.values()]).mean()
 
     def _probe_loss(self, hidden: tuple[Tensor, ...], prefix, text: PackedText, start: int,
@@ -294,6 +286,29 @@ class PackedVLM(nn.Module):
         answer = hidden[scene_layer][frame, start + row]
         return self.probe.token_loss(tokens, labels) + \
             self.probe.scene_loss(answer, frame, labels)
+
+
+def _named_view_keys(frame: Tensor, row: Tensor, turn: Tensor, text: PackedText, prefix,
+                     segment: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """
+    Bool ``[n, T]`` keys (allowed, named, others) of query rows ``(frame, row)`` of ``turn``.
+
+    ``allowed`` is the packed mask's row (the prefix and the query's own turn, causal), all
+    False for a turn that names no camera; ``named`` the visual tokens of the camera the turn
+    names, ``others`` those of the other cameras.
+    """
+    view = torch.tensor(text.views, device=frame.device)[turn]
+    keys = torch.arange(segment.shape[1], device=segment.device)
+    own = segment[frame, row][:, None]
+    allowed = ((segment[frame] == 0) | (segment[frame] == own)) & (keys <= row[:, None])
+    allowed &= (view >= 0)[:, None]
+    rows_of = torch.stack(prefix.visual_rows, dim=1)  # [B, V, N]: every token is kept
+    batch, views = rows_of.shape[:2]
+    view_of_key = torch.full_like(segment, -1)
+    view_of_key[torch.arange(batch, device=segment.device)[:, None, None], rows_of] = \
+        torch.arange(views, device=segment.device)[None, :, None]
+    seen = view_of_key[frame]
+    return allowed, seen == view[:, None], (seen >= 0) & (seen != view[:, None])
 
 
 def answer_rows(text: PackedText) -> tuple[Tensor, Tensor, Tensor]:

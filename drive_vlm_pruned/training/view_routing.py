@@ -50,44 +50,13 @@ class AttentionInputs:
         self._handle.remove()
 
 
-def routing_loss(inputs: AttentionInputs, head: int, frame: Tensor, row: Tensor,
-                 allowed: Tensor, target: Tensor) -> Tensor:
+def attention_probs(inputs: AttentionInputs, frame: Tensor, row: Tensor,
+                    allowed: Tensor) -> Tensor:
     """
-    Mean ``-log`` attention mass of query ``head`` at rows ``(frame, row)`` on ``target`` keys.
+    Attention weights ``[n, heads, T]`` of the queries at ``(frame, row)`` over their frame's keys.
 
-    ``allowed`` and ``target`` are bool ``[n, T]`` over the keys of each query's frame.
-    """
-    attn = inputs.attention
-    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-    head_dim = attn.head_dim
-    group = attn.config.num_attention_heads // attn.config.num_key_value_heads
-    hidden, (cos, sin) = inputs.hidden, inputs.rotary
-    lo, hi = head * head_dim, (head + 1) * head_dim
-    query = nn.functional.linear(hidden[frame, row], attn.q_proj.weight[lo:hi],
-                                 attn.q_proj.bias[lo:hi] if attn.q_proj.bias is not None else None)
-    kv = head // group
-    klo, khi = kv * head_dim, (kv + 1) * head_dim
-    keys = nn.functional.linear(hidden, attn.k_proj.weight[klo:khi],
-                                attn.k_proj.bias[klo:khi] if attn.k_proj.bias is not None
-                                else None)  # [B, T, d]
-    # apply_rotary_pos_emb takes [B, H, T, d] and cos/sin [B, T, d]; one head, one query each.
-    query = rotate(query[:, None, None], query[:, None, None], cos[frame, row][:, None],
-                   sin[frame, row][:, None])[0][:, 0, 0]
-    keys = rotate(keys[:, None], keys[:, None], cos, sin)[1][:, 0]
-    scores = torch.einsum('nd,ntd->nt', query, keys[frame]).float() * attn.scaling
-    scores = scores.masked_fill(~allowed, float('-inf'))
-    mass = (scores.softmax(-1) * target).sum(-1)
-    return -torch.log(mass.clamp_min(1e-6)).mean()
-
-
-def exclusion_loss(inputs: AttentionInputs, frame: Tensor, row: Tensor, allowed: Tensor,
-                   others: Tensor) -> Tensor:
-    """
-    Mean ``-log(1 - attention mass on the other views)`` over every head at rows ``(frame, row)``.
-
-    The rows of a turn that names a camera may read the text and the named view, not the other
-    five: without this a small model answers "is there a sign in the back left view?" with
-    whether any view shows a sign. ``allowed`` and ``others`` are bool ``[n, T]``.
+    Recomputed from the layer's own ``q_proj``/``k_proj`` and rotary function on the inputs the
+    hook kept; ``allowed`` (bool ``[n, T]``) is each query's row of the packed mask.
     """
     attn = inputs.attention
     rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
@@ -99,11 +68,28 @@ def exclusion_loss(inputs: AttentionInputs, frame: Tensor, row: Tensor, allowed:
     query = rotate(query, query, cos[frame, row][:, None], sin[frame, row][:, None])[0]
     query = query.view(len(frame), kv_heads, heads // kv_heads, head_dim)
     keys = rotate(keys, keys, cos, sin)[1]  # [B, kv_heads, T, d]
-    losses = []
+    probs = torch.empty(len(frame), heads, hidden.shape[1], device=hidden.device)
     for b in frame.unique():  # a few frames a step; rows x keys of one frame at a time
         mine = frame == b
         scores = torch.einsum('nkgd,ktd->nkgt', query[mine], keys[b]).float() * attn.scaling
         scores = scores.masked_fill(~allowed[mine][:, None, None], float('-inf'))
-        leak = (scores.softmax(-1) * others[mine][:, None, None]).sum(-1)
-        losses.append(-torch.log((1 - leak).clamp_min(1e-6)).flatten(1).mean(1))
-    return torch.cat(losses).mean()
+        probs[mine] = scores.softmax(-1).flatten(1, 2)
+    return probs
+
+
+def routing_loss(probs: Tensor, head: int, target: Tensor) -> Tensor:
+    """Mean ``-log`` attention mass of query ``head`` on ``target`` keys (bool ``[n, T]``)."""
+    mass = (probs[:, head] * target).sum(-1)
+    return -torch.log(mass.clamp_min(1e-6)).mean()
+
+
+def exclusion_loss(probs: Tensor, others: Tensor) -> Tensor:
+    """
+    Mean ``-log(1 - attention mass on the other views)`` over every head and query row.
+
+    The rows of a turn that names a camera may read the text and the named view, not the other
+    five: without this a small model answers "is there a sign in the back left view?" with
+    whether any view shows a sign. ``others`` is bool ``[n, T]``.
+    """
+    leak = (probs * others[:, None]).sum(-1)
+    return -torch.log((1 - leak).clamp_min(1e-6)).mean()

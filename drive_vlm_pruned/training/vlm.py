@@ -253,10 +253,10 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         images, turns = train.batch(index)
         text = pack_text(turns, pad).to(accelerator.device)
         patches = train.patch_labels(index).to(accelerator.device) if recipe.patch_loss else None
-        routing = recipe.route_loss if state.step >= recipe.route_from else 0.0
-        accelerator.unwrap_model(net).route_weight = routing
-        accelerator.unwrap_model(net).exclude_weight = (
-            recipe.exclude_loss if state.step >= recipe.route_from else 0.0)
+        attending = state.step >= recipe.route_from
+        module = accelerator.unwrap_model(net)
+        module.route_weight = recipe.route_loss if attending else 0.0
+        module.exclude_weight = recipe.exclude_loss if attending else 0.0
         with accelerator.autocast():
             output = net(images.to(accelerator.device), text, patches)
         accelerator.backward(output.loss)
