@@ -24,7 +24,8 @@ def planted(tmp_path_factory):
     from drive_vlm_pruned.search.planted import PlantedOptions, write_planted
 
     out = tmp_path_factory.mktemp('planted')
-    write_planted(out, PlantedOptions(PLANTED_CAMERA, scenes=4, frames_per_scene=2))
+    write_planted(out, PlantedOptions(PLANTED_CAMERA, scenes=4, frames_per_scene=2,
+                                      others='empty'))
     return out
 
 
@@ -50,6 +51,32 @@ def test_planted_data_asks_only_about_one_camera_in_the_data_sets_grammar(plante
     answers = {qa.answer for _, qa in pairs}
     assert {'Yes.', 'No.'} <= answers and len(answers) >= 4  # the answers vary
     assert all(qa.tags == (0,) for _, qa in pairs)
+
+
+def test_empty_others_keep_the_planted_view_and_the_questions_and_clear_the_rest(tmp_path):
+    from drive_vlm_pruned.data.drivelm import load_drivelm
+    from drive_vlm_pruned.search.planted import PlantedOptions, write_planted
+    import numpy as np
+    from PIL import Image
+
+    def written(others: str):
+        out = tmp_path / others
+        write_planted(out, PlantedOptions(PLANTED_CAMERA, scenes=1, others=others))
+        frames = load_drivelm(out, split='val')
+        images = [{cam: np.asarray(Image.open(out / path), dtype=np.int16)
+                   for cam, path in frame.image_paths.items()} for frame in frames]
+        return [frame.qa for frame in frames], images
+
+    qa_scene, scene = written('scene')
+    qa_empty, empty = written('empty')
+    assert qa_empty == qa_scene and qa_scene  # the same questions and answers
+    for full, bare in zip(scene, empty):
+        assert np.array_equal(full[PLANTED_CAMERA], bare[PLANTED_CAMERA])
+        # agents in view make some other camera differ; the empty road shows less detail
+        others = [c for c in NUSCENES_CAMERAS if c != PLANTED_CAMERA]
+        assert any(np.abs(full[c] - bare[c]).mean() > 1.0 for c in others)
+    with pytest.raises(ValueError, match='others'):
+        PlantedOptions(others='blank')
 
 
 def test_rates_reach_the_pipeline_as_absolute_per_view_keep_rates(pipeline, planted):
@@ -209,11 +236,12 @@ def embedded_or_skip() -> Path:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    'the shipped nano model hardly reads the camera a question names: on 63 planted questions '
-    'about CAM_BACK_LEFT its answers score 55.6% with every token, 58.7% with that camera at 2% '
-    'of its tokens and 58.7% with the other five at 2% (majority 52.4%), so a short search '
-    'ranks the cameras by noise (model card, "Reading the cameras"); strict, so this turns red '
-    'once a model makes it pass'))
+    'the shipped nano model reads the planted camera only coarsely: on 63 planted questions about '
+    'CAM_BACK_LEFT, the other five views empty, it scores 61.9% with every token and 57.1% with '
+    'that camera at 2% of its tokens (majority 52.4%), but 61.9% with it at 10%, 25% or 100% '
+    '(others at 10%), so inside the search range [0.1, 1.0] its rate changes no answer and a '
+    'short search ranks the cameras by noise (model card, "Reading the cameras"); strict, so this '
+    'turns red once a model makes it pass'))
 def test_search_on_planted_data_keeps_the_deciding_camera_most(planted, tmp_path):
     model = embedded_or_skip()
     out = subprocess.run(

@@ -58,7 +58,7 @@ example: drive-vlm bench accuracy --model DIR --data data/ --out bench-out/accur
 def add_search_parser(sub, pruner_type) -> None:
     """Add ``search`` with its ``view-rates`` and ``planted`` subcommands."""
     from ..search.objective import DEFAULT_PENALTY
-    from ..search.planted import DEFAULT_CAMERA
+    from ..search.planted import DEFAULT_CAMERA, OTHER_VIEWS
 
     search = sub.add_parser('search', help='search pipeline settings on a validation split',
                             description=SEARCH_HELP,
@@ -111,6 +111,10 @@ def add_search_parser(sub, pruner_type) -> None:
     pl.add_argument('--scenes', type=int, default=3, help='scenes (default 3)')
     pl.add_argument('--frames-per-scene', type=int, default=2, help='key frames each (2)')
     pl.add_argument('--seed', type=int, default=0, help='scene-seed offset (default 0)')
+    pl.add_argument('--others', choices=OTHER_VIEWS, default='scene',
+                    help='what the other five cameras show: scene (the same scene; the model '
+                         'must ground the named view) or empty (the road without agents; all '
+                         'evidence in the planted camera). Default scene')
 
 
 def add_bench_accuracy_parser(bench_sub, keep_ratio_type, pruner_type) -> None:
@@ -185,8 +189,10 @@ def _planted(args: argparse.Namespace) -> int:
     from ..search.planted import PlantedOptions, write_planted
 
     path = write_planted(args.out, PlantedOptions(args.camera, args.scenes,
-                                                  args.frames_per_scene, args.seed))
-    print(f'wrote {path}: exists/count QA about {args.camera} only')
+                                                  args.frames_per_scene, args.seed,
+                                                  others=args.others))
+    print(f'wrote {path}: exists/count QA about {args.camera} only (other cameras: '
+          f'{args.others})')
     return 0
 
 

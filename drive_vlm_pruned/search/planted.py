@@ -12,6 +12,12 @@ are in the <view>?" (count), for the classes with no marginal object there (a cl
 frame the answers are balanced: every Yes pair and as many No pairs (exists), every nonzero
 count and one zero (count), so no constant answer scores well. What the other five cameras show
 cannot change an answer; pruning the planted camera can.
+
+The other five cameras show either the same scene (``others='scene'``: a model must ground the
+view a question names) or the same road and ego motion with no agents on it (``others='empty'``:
+all the evidence lies in the planted camera, so any model that reads its images depends on that
+camera). The second is the planted signal of a search check; the first also asks the model to
+know which image is the back left one.
 """
 
 from __future__ import annotations
@@ -43,14 +49,20 @@ from ..data.synth import (
     token,
 )
 from ..scenes import make_scene, nuscenes_rig, OBJECT_LABELS, render_frame_set
+from ..scenes.world import Scene
 
 PLANTED_SEED_BASE = SPLIT_BASE['val'] + 900_000
 DEFAULT_CAMERA = 'CAM_BACK_LEFT'
+OTHER_VIEWS = ('scene', 'empty')
 
 
 @dataclass(frozen=True)
 class PlantedOptions:
-    """What to write: the camera, how many scenes and frames, the image size, the split name."""
+    """
+    What to write: the camera, how many scenes and frames, the image size, the split name.
+
+    ``others``: what the other five cameras show, ``'scene'`` or ``'empty'`` (module doc).
+    """
 
     camera: str = DEFAULT_CAMERA
     scenes: int = 3
@@ -59,8 +71,11 @@ class PlantedOptions:
     width: int = 448
     height: int = 252
     split: str = 'val'
+    others: str = 'scene'
 
     def __post_init__(self) -> None:
+        if self.others not in OTHER_VIEWS:
+            raise ValueError(f'others {self.others!r}: use one of {", ".join(OTHER_VIEWS)}')
         if self.camera not in NUSCENES_CAMERAS:
             raise ValueError(f'camera {self.camera!r}: use one of {", ".join(NUSCENES_CAMERAS)}')
         if self.scenes < 1 or self.frames_per_scene < 1:
@@ -89,6 +104,13 @@ def planted_qa(facts, camera: str, rng: np.random.Generator) -> list[dict]:
     return items
 
 
+def _view_images(frames, camera: str, others: Scene | None, rig, index: int, times) -> dict:
+    """Each camera's image: the planted camera's from ``frames``, the rest from ``others``."""
+    shown = frames if others is None else render_frame_set(others, rig, index, times)
+    return {view.camera: (frames if view.camera == camera else shown).view(view.camera).image
+            for view in frames.views}
+
+
 def write_planted(out: str | Path, options: PlantedOptions = PlantedOptions()) -> Path:
     """Render the planted scenes into ``out`` and write ``out/<split>.json``; return its path."""
     from PIL import Image
@@ -99,6 +121,7 @@ def write_planted(out: str | Path, options: PlantedOptions = PlantedOptions()) -
     for i in range(options.scenes):
         seed = PLANTED_SEED_BASE + options.seed + i
         scene = make_scene(scene_config(seed, options.frames_per_scene))
+        others = None if options.others == 'scene' else Scene(scene.config, scene.road, ())
         scene_token = token('drive-vlm-planted', 'scene', seed)
         key_frames = {}
         for k, t in enumerate(key_frame_times(options.frames_per_scene)):
@@ -108,13 +131,14 @@ def write_planted(out: str | Path, options: PlantedOptions = PlantedOptions()) -
             qa = planted_qa(facts, options.camera, np.random.default_rng([seed, 5, k]))
             if not qa:
                 continue
+            images = _view_images(frames, options.camera, others, rig, k, times)
             paths = {}
-            for view in frames.views:
-                rel = (f'samples/{view.camera}/{scene_token}__{view.camera}__'
-                       f'{timestamp_us(times[view.camera])}.jpg')
+            for camera, image in images.items():
+                rel = (f'samples/{camera}/{scene_token}__{camera}__'
+                       f'{timestamp_us(times[camera])}.jpg')
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(view.image).save(out / rel, format='JPEG', quality=JPEG_QUALITY)
-                paths[view.camera] = rel
+                Image.fromarray(image).save(out / rel, format='JPEG', quality=JPEG_QUALITY)
+                paths[camera] = rel
             key_frames[token('drive-vlm-planted', 'frame', seed, k)] = {
                 'key_object_infos': {},
                 'QA': {'perception': qa, 'prediction': [], 'planning': [], 'behavior': []},
