@@ -403,3 +403,71 @@ def test_route_and_exclusion_losses_train_with_the_answer_loss(data_dir, tmp_pat
     with pytest.raises(ValueError, match='route layer 5'):
         train_vlm(config(data_dir, tmp_path / 'bad', preset='test-routed', steps=None),
                   log=said.append)
+
+
+def test_asked_class_finds_the_one_object_class_a_question_names():
+    from drive_vlm_pruned.training.patch_labels import PATCH_CLASSES
+    from drive_vlm_pruned.training.view_routing import asked_class
+
+    assert PATCH_CLASSES[asked_class('Is there a sign in the back view?')] == 'sign'
+    assert PATCH_CLASSES[asked_class('How many pedestrians are in the back left view?')] == \
+        'pedestrian'
+    assert PATCH_CLASSES[asked_class('Is there a barrier in the front view?')] == 'barrier'
+    assert asked_class('What is the nearest object in the front view?') == -1
+    assert asked_class('What are the important objects in the current scene?') == -1
+
+
+def test_object_routing_targets_the_named_views_tokens_of_the_asked_class(data_dir):
+    """The object loss's keys, rebuilt by hand from the patch labels and the prefix layout."""
+    from drive_vlm_pruned.training.samples import _named_view_keys, _object_keys, answer_rows
+
+    frames = load_frames(data_dir, 'train')
+    adapter = make_adapter(frames, 'eager', 'named-views')
+    turns = tokenise_frames(adapter, frames)
+    text = pack_text(turns, adapter.pad_token_id)
+    assert any(c >= 0 for c in text.classes) and any(c < 0 for c in text.classes)
+    net = PackedVLM(adapter, NUSCENES_CAMERAS)
+    images = torch.randint(0, 256, (2, 6, *adapter.image_shape), dtype=torch.uint8)
+    with torch.no_grad():
+        feats = adapter.encode(net.pixels(images), 2)
+        prefix = adapter.build_inputs(feats, keep_all(feats.tokens.valid_counts(), 'cpu'),
+                                      [net.prefix] * 2)
+    start = prefix.full_length[0]
+    segment = torch.cat([torch.zeros_like(prefix.position_ids), text.segment], dim=1)
+    grid = int(round(len(prefix.visual_rows[0][0]) ** 0.5))
+    labels = torch.rand(2, 6, 5, grid, grid, generator=torch.Generator().manual_seed(0)) < 0.3
+    keys = _object_keys(prefix, labels, segment)
+    expected = torch.zeros_like(keys)
+    for b in range(2):
+        for v in range(6):
+            for n, key in enumerate(prefix.visual_rows[v][b].tolist()):
+                expected[b, :, key] = labels[b, v, :, n // grid, n % grid]
+    assert torch.equal(keys, expected) and keys.any()
+    frame, row, turn = answer_rows(text)
+    _, named, _ = _named_view_keys(frame, start + row, turn, text, prefix, segment)
+    for i, (f, t) in enumerate(zip(frame.tolist(), turn.tolist())):
+        cls, view = text.classes[t], text.views[t]
+        if cls < 0 or view < 0:
+            continue
+        target = named[i] & keys[f, cls]
+        rows = prefix.visual_rows[view][f]
+        hand = labels[f, view, cls].flatten()
+        assert torch.equal(target[rows], hand) and target.sum() == hand.sum()
+
+
+def test_object_routing_loss_trains_on_the_label_masks(data_dir, tmp_path, monkeypatch):
+    grounded = replace(PRESETS['test'], name='test-grounded', recipe=replace(
+        PRESETS['test'].recipe, object_loss=1.0, object_at=(1, 1), steps=4, lr=1e-2))
+    monkeypatch.setitem(PRESETS, 'test-grounded', grounded)
+    said = []
+    run = train_vlm(config(data_dir, tmp_path / 'run', preset='test-grounded', steps=None),
+                    log=said.append)
+    assert any('object routing: LLM layer 1, query head 1' in line for line in said), said
+    assert not any('grounding probes' in line for line in said)  # patch_loss 0: no probe
+    aux = [loss for _, loss in run.history['aux']]
+    assert len(aux) == 4 and aux[-1] < aux[0]
+    monkeypatch.setitem(PRESETS, 'test-grounded',
+                        replace(grounded, recipe=replace(grounded.recipe, object_at=(7, 1))))
+    with pytest.raises(ValueError, match='object-routing layer 7'):
+        train_vlm(config(data_dir, tmp_path / 'bad', preset='test-grounded', steps=None),
+                  log=said.append)

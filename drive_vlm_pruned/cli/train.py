@@ -108,6 +108,10 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
     vlm.add_argument('--exclude-loss', type=float, metavar='W',
                      help='weight of the view-exclusion loss: a question that names a camera '
                           'reads no other camera (default: the preset; nano-exclusive 1.0)')
+    vlm.add_argument('--object-loss', type=float, metavar='W',
+                     help='weight of the object-routing loss: a question that names a class and '
+                          'a camera attends to the tokens of that class there (default: the '
+                          'preset; nano-grounded 1.0)')
     vlm.add_argument('--storage', default='float16', choices=['float16', 'bfloat16', 'float32'],
                      help='dtype of the final safetensors (default float16)')
     return vlm
@@ -174,7 +178,7 @@ def _run_vlm(args) -> int:
         precision=args.precision, cpu=args.cpu,
         storage=args.storage, threads=args.threads,
         init_from=Path(args.init_from) if args.init_from else None, patch_loss=args.patch_loss,
-        route_loss=args.route_loss, exclude_loss=args.exclude_loss,
+        route_loss=args.route_loss, exclude_loss=args.exclude_loss, object_loss=args.object_loss,
     )
     try:
         result = train_vlm(config)

@@ -63,7 +63,11 @@ class Recipe:
     route_at: tuple[int, int] = (2, 0)
     # ... and its rows read no other camera: loss weight, every LLM layer and head (0: off)
     exclude_loss: float = 0.0
-    route_from: int = 0  # the routing and exclusion losses count from this step on
+    # a question naming a class and a camera attends to that class's tokens in that camera:
+    # loss weight (0: off; needs the label masks), (LLM layer, query head)
+    object_loss: float = 0.0
+    object_at: tuple[int, int] = (2, 1)
+    route_from: int = 0  # the routing, exclusion and object losses count from this step on
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,13 @@ PRESETS = {
                              Recipe(steps=400, lr=1e-3, warmup_steps=20, eval_every=100,
                                     save_every=50, patch_loss=1.0, visual_norm_ratio=2.0,
                                     route_loss=1.0, exclude_loss=1.0), needs_init=True),
+    # Stage 2 of nano-exclusive: a question that names a class and a camera finds the class's
+    # tokens in that camera (object routing, view_routing.py), so its answer needs them.
+    'nano-grounded': Preset('nano-grounded', ModelPreset(prompt_format='named-views'),
+                            Recipe(steps=500, lr=1e-3, warmup_steps=20, eval_every=100,
+                                   save_every=50, patch_loss=1.0, visual_norm_ratio=2.0,
+                                   route_loss=1.0, exclude_loss=1.0, object_loss=1.0),
+                            needs_init=True),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,

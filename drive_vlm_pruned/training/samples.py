@@ -30,6 +30,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 
 from .view_routing import (
+    asked_class,
     asked_view,
     attention_probs,
     AttentionInputs,
@@ -51,6 +52,7 @@ class Turn:
     answer: tuple[int, ...]  # answer tokens + <|im_end|>
     family: str
     view: int = -1  # the camera the question names (view_routing.py), -1: none
+    object_class: int = -1  # the PATCH_CLASSES entry it names (view_routing.py), -1: none
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def tokenise_turn(adapter: VLMAdapter, names: Sequence[str], question: str, answ
                          'last prompt piece may depend on the question')
     ids = adapter.tokenizer(answer, add_special_tokens=False).input_ids
     return Turn(tuple(pieces[-1]), (*ids, adapter.eos_token_ids[0]), family,
-                asked_view(question, names))
+                asked_view(question, names), asked_class(question))
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class PackedText:
     turn_of_row: Tensor  # [B, T] index into ``families`` of the row's turn, -1 elsewhere
     families: tuple[str, ...]  # family per turn of the batch (flattened over frames)
     views: tuple[int, ...] = ()  # named camera per turn (-1: none), like ``families``
+    classes: tuple[int, ...] = ()  # named object class per turn (-1: none), like ``families``
 
     @property
     def turns(self) -> int:
@@ -98,7 +101,7 @@ class PackedText:
     def to(self, device: torch.device) -> PackedText:
         return PackedText(self.ids.to(device), self.offsets.to(device), self.segment.to(device),
                           self.labels.to(device), self.weight.to(device),
-                          self.turn_of_row.to(device), self.families, self.views)
+                          self.turn_of_row.to(device), self.families, self.views, self.classes)
 
 
 def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
@@ -106,6 +109,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
     rows = []
     families: list[str] = []
     views: list[int] = []
+    classes: list[int] = []
     for frame in frames:
         ids, offsets, segment, labels, weight, owner = [], [], [], [], [], []
         for number, turn in enumerate(frame.turns, start=1):
@@ -119,6 +123,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
             owner += [len(families)] * len(text)
             families.append(turn.family)
             views.append(turn.view)
+            classes.append(turn.object_class)
         rows.append((ids, offsets, segment, labels, weight, owner))
     width = max(len(r[0]) for r in rows)
     pads = (pad_id, 0, -1, IGNORE, 0.0, -1)
@@ -128,7 +133,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
 
     return PackedText(column(0, torch.long), column(1, torch.long), column(2, torch.long),
                       column(3, torch.long), column(4, torch.float32), column(5, torch.long),
-                      tuple(families), tuple(views))
+                      tuple(families), tuple(views), tuple(classes))
 
 
 def packed_mask(segment: Tensor, attn_implementation: str, dtype: torch.dtype) -> Tensor:
@@ -177,7 +182,8 @@ class PackedVLM(nn.Module):
                  probe: nn.Module | None = None, probe_weight: float = 0.0,
                  probe_layers: tuple[int, int] = (2, 3), norm_ratio: float = 0.0,
                  route_weight: float = 0.0, route_at: tuple[int, int] = (2, 0),
-                 exclude_weight: float = 0.0) -> None:
+                 exclude_weight: float = 0.0, object_weight: float = 0.0,
+                 object_at: tuple[int, int] = (2, 1)) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
@@ -192,6 +198,9 @@ class PackedVLM(nn.Module):
         self.route_at = route_at
         # weight of the view-exclusion loss (view_routing.py), every layer and head
         self.exclude_weight = exclude_weight
+        # weight of the object-routing loss (view_routing.py; needs patch labels), where it acts
+        self.object_weight = object_weight
+        self.object_at = object_at
         self.prefix = prefix_prompt(adapter, names)
         proc = adapter.image_processor
         self.register_buffer('mean', torch.tensor(proc.image_mean).view(1, 1, 3, 1, 1),
@@ -206,7 +215,12 @@ class PackedVLM(nn.Module):
 
     def forward(self, images: Tensor, text: PackedText,
                 patch_labels: Tensor | None = None) -> PackedOutput:
-        """``patch_labels`` bool ``[B, V, C, g, g]`` adds the probe's loss (needs a probe)."""
+        """
+        Return the answer loss plus the auxiliary losses that are on.
+
+        ``patch_labels`` bool ``[B, V, C, g, g]`` adds the probe's loss (needs a probe) and the
+        object-routing loss (needs ``object_weight``).
+        """
         adapter, batch = self.adapter, images.shape[0]
         feats = adapter.encode(self.pixels(images), batch)
         probing = patch_labels is not None and self.probe is not None
@@ -225,9 +239,13 @@ class PackedVLM(nn.Module):
         named = any(v >= 0 for v in text.views)
         routing = self.route_weight > 0 and named
         excluding = self.exclude_weight > 0 and named
+        finding = self.object_weight > 0 and patch_labels is not None and \
+            any(c >= 0 for c in text.classes)
         layers = adapter.decoder_layers
-        watched = range(len(layers)) if excluding else [self.route_at[0]] if routing else []
-        seen = {k: AttentionInputs(layers[k].self_attn) for k in watched}
+        watched = set(range(len(layers))) if excluding else set()
+        watched |= {self.route_at[0]} if routing else set()
+        watched |= {self.object_at[0]} if finding else set()
+        seen = {k: AttentionInputs(layers[k].self_attn) for k in sorted(watched)}
         try:
             out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                              logits_to_keep=start + rows, use_cache=False,
@@ -242,6 +260,10 @@ class PackedVLM(nn.Module):
         if excluding:
             aux.append(self.exclude_weight * self._exclusion_loss(seen, prefix, text, segment,
                                                                   start))
+        if finding:
+            aux.append(self.object_weight * self._object_loss(seen[self.object_at[0]], prefix,
+                                                              text, segment, start,
+                                                              patch_labels))
         if probing:
             aux.append(self.probe_weight * self._probe_loss(out.hidden_states, prefix, text,
                                                             start, patch_labels))
@@ -263,6 +285,19 @@ class PackedVLM(nn.Module):
         named = allowed.any(-1)
         probs = attention_probs(seen, frame[named], (start + row)[named], allowed[named])
         return routing_loss(probs, self.route_at[1], target[named])
+
+    def _object_loss(self, seen: AttentionInputs, prefix, text: PackedText, segment: Tensor,
+                     start: int, labels: Tensor) -> Tensor:
+        frame, row, turn = answer_rows(text)
+        allowed, named, _ = _named_view_keys(frame, start + row, turn, text, prefix, segment)
+        asked = torch.tensor(text.classes, device=turn.device)[turn]
+        target = named & _object_keys(prefix, labels, segment)[frame, asked.clamp_min(0)]
+        target &= (asked >= 0)[:, None]
+        found = target.any(-1)  # the class is in the named view: there is something to find
+        if not found.any():
+            return labels.new_zeros((), dtype=torch.float32)
+        probs = attention_probs(seen, frame[found], (start + row)[found], allowed[found])
+        return routing_loss(probs, self.object_at[1], target[found])
 
     def _exclusion_loss(self, seen: dict[int, AttentionInputs], prefix, text: PackedText,
                         segment: Tensor, start: int) -> Tensor:
@@ -309,6 +344,22 @@ def _named_view_keys(frame: Tensor, row: Tensor, turn: Tensor, text: PackedText,
         torch.arange(views, device=segment.device)[None, :, None]
     seen = view_of_key[frame]
     return allowed, seen == view[:, None], (seen >= 0) & (seen != view[:, None])
+
+
+def _object_keys(prefix, labels: Tensor, segment: Tensor) -> Tensor:
+    """
+    Bool ``[B, C, T]``: the keys that are visual tokens whose patch shows class ``c``.
+
+    ``labels`` is ``[B, V, C, g, g]`` (patch_labels.py); token ``r * g + c`` of a view is patch
+    ``(r, c)``, and every token is kept in training.
+    """
+    rows_of = torch.stack(prefix.visual_rows, dim=1)  # [B, V, N]
+    batch, views, classes = labels.shape[:3]
+    per_token = labels.flatten(3).permute(0, 2, 1, 3).flatten(2)  # [B, C, V * N]
+    keys = torch.zeros(batch, classes, segment.shape[1], dtype=torch.bool,
+                       device=segment.device)
+    index = rows_of.flatten(1)[:, None].expand(-1, classes, -1)
+    return keys.scatter(2, index, per_token.to(segment.device))
 
 
 def answer_rows(text: PackedText) -> tuple[Tensor, Tensor, Tensor]:

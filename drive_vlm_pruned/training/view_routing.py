@@ -13,6 +13,12 @@ is asked to put its attention mass on the visual tokens of the camera the questi
 The scores are recomputed from the layer's own ``q_proj``/``k_proj`` and rotary embedding, read
 by a forward pre-hook on its attention module, over exactly the keys the packed mask lets the
 row see (the prefix and its own turn), so they are the attention the model computes.
+
+Object routing goes one step further for the questions that also name a class ("Is there a
+sign in the back left view?", "How many signs are in ..."): a second head is asked to put its
+mass on the named view's tokens whose patch shows that class (the label masks of
+patch_labels.py), when there are any. A model that answers from those tokens needs them: prune
+them away and the answer changes, which is what a per-camera keep rate can then trade.
 """
 
 from __future__ import annotations
@@ -23,13 +29,25 @@ import sys
 import torch
 from torch import nn, Tensor
 
+from .patch_labels import PATCH_CLASSES
 from ..models.prompts import VIEW_WORDS
+
+# how the data set's questions name a class (data/qa_rules.py): "a sign" and "many signs"
+_CLASS_WORDS = {c: (f' a {c} ', f' many {c}s ') for c in PATCH_CLASSES if c != 'road'}
 
 
 def asked_view(question: str, names: Sequence[str]) -> int:
     """Return the index in ``names`` of the one camera ``question`` names, or -1."""
     lower = question.lower()
     named = [i for i, n in enumerate(names) if f'the {VIEW_WORDS.get(n, n.lower())}' in lower]
+    return named[0] if len(named) == 1 else -1
+
+
+def asked_class(question: str) -> int:
+    """Return the index in ``PATCH_CLASSES`` of the one object class ``question`` names, or -1."""
+    lower = f' {question.lower()} '
+    named = [PATCH_CLASSES.index(c) for c, words in _CLASS_WORDS.items()
+             if any(w in lower for w in words)]
     return named[0] if len(named) == 1 else -1
 
 

@@ -74,13 +74,14 @@ class TrainConfig:
     patch_loss: float | None = None  # weight of the grounding probes' loss (patch_labels.py)
     route_loss: float | None = None  # weight of the view-routing loss (view_routing.py)
     exclude_loss: float | None = None  # weight of the view-exclusion loss (view_routing.py)
+    object_loss: float | None = None  # weight of the object-routing loss (view_routing.py)
 
     def preset_values(self) -> Preset:
         return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
                           lr=self.lr, eval_every=self.eval_every, eval_frames=self.eval_frames,
                           save_every=self.save_every, seed=self.seed,
                           patch_loss=self.patch_loss, route_loss=self.route_loss,
-                          exclude_loss=self.exclude_loss)
+                          exclude_loss=self.exclude_loss, object_loss=self.object_loss)
 
 
 @dataclass
@@ -166,7 +167,7 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
     model.train()
     adapter = LlavaOnevisionAdapter(model, tokenizer, processor, accelerator.device,
                                     torch.float32)
-    labels = recipe.patch_loss > 0
+    labels = recipe.patch_loss > 0 or recipe.object_loss > 0  # both read the label masks
     with accelerator.main_process_first():
         train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say, labels)
         val = prepare_split(adapter, data, 'val', out / 'cache', log=say, with_labels=labels)
@@ -180,7 +181,7 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
                          f'{recipe.frames_per_step} frames x {accelerator.num_processes} '
                          'processes: write more frames or lower --frames-per-step')
     probe = None
-    if labels:
+    if recipe.patch_loss > 0:
         layers = model.config.text_config.num_hidden_layers
         if not all(1 <= k < layers for k in recipe.probe_layers):
             raise ValueError(f'probe layers {recipe.probe_layers}: the probes read inner LLM '
@@ -194,15 +195,22 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
     if recipe.route_loss and not 0 <= recipe.route_at[0] < depth:
         raise ValueError(f'route layer {recipe.route_at[0]} is not a layer of this {depth}-layer '
                          'LLM')
+    if recipe.object_loss and not 0 <= recipe.object_at[0] < depth:
+        raise ValueError(f'object-routing layer {recipe.object_at[0]} is not a layer of this '
+                         f'{depth}-layer LLM')
     if recipe.exclude_loss:
         say(f'view exclusion: every LLM layer and head, loss weight {recipe.exclude_loss} '
             f'from step {recipe.route_from}')
     if recipe.route_loss:
         say(f'view routing: LLM layer {recipe.route_at[0]}, query head {recipe.route_at[1]}, '
             f'loss weight {recipe.route_loss} from step {recipe.route_from}')
+    if recipe.object_loss:
+        say(f'object routing: LLM layer {recipe.object_at[0]}, query head '
+            f'{recipe.object_at[1]}, loss weight {recipe.object_loss} from step '
+            f'{recipe.route_from}')
     net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers,
                     recipe.visual_norm_ratio, recipe.route_loss, recipe.route_at,
-                    recipe.exclude_loss)
+                    recipe.exclude_loss, recipe.object_loss, recipe.object_at)
     if recipe.match_visual_scale and not config.resume:
         _match_visual_scale(net, train, say)
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
@@ -252,11 +260,13 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         index = index[rank * per_step:(rank + 1) * per_step].tolist()
         images, turns = train.batch(index)
         text = pack_text(turns, pad).to(accelerator.device)
-        patches = train.patch_labels(index).to(accelerator.device) if recipe.patch_loss else None
+        labelled = recipe.patch_loss or recipe.object_loss
+        patches = train.patch_labels(index).to(accelerator.device) if labelled else None
         attending = state.step >= recipe.route_from
         module = accelerator.unwrap_model(net)
         module.route_weight = recipe.route_loss if attending else 0.0
         module.exclude_weight = recipe.exclude_loss if attending else 0.0
+        module.object_weight = recipe.object_loss if attending else 0.0
         with accelerator.autocast():
             output = net(images.to(accelerator.device), text, patches)
         accelerator.backward(output.loss)
