@@ -419,7 +419,12 @@ def test_asked_class_finds_the_one_object_class_a_question_names():
 
 def test_object_routing_targets_the_named_views_tokens_of_the_asked_class(data_dir):
     """The object loss's keys, rebuilt by hand from the patch labels and the prefix layout."""
-    from drive_vlm_pruned.training.samples import _named_view_keys, _object_keys, answer_rows
+    from drive_vlm_pruned.training.samples import (
+        _named_view_keys,
+        _object_keys,
+        answer_rows,
+        object_targets,
+    )
 
     frames = load_frames(data_dir, 'train')
     adapter = make_adapter(frames, 'eager', 'named-views')
@@ -435,7 +440,7 @@ def test_object_routing_targets_the_named_views_tokens_of_the_asked_class(data_d
     start = prefix.full_length[0]
     segment = torch.cat([torch.zeros_like(prefix.position_ids), text.segment], dim=1)
     grid = int(round(len(prefix.visual_rows[0][0]) ** 0.5))
-    labels = torch.rand(2, 6, 5, grid, grid, generator=torch.Generator().manual_seed(0)) < 0.3
+    labels = torch.rand(2, 6, 5, grid, grid, generator=torch.Generator().manual_seed(0)) < 0.05
     keys = _object_keys(prefix, labels, segment)
     expected = torch.zeros_like(keys)
     for b in range(2):
@@ -445,14 +450,22 @@ def test_object_routing_targets_the_named_views_tokens_of_the_asked_class(data_d
     assert torch.equal(keys, expected) and keys.any()
     frame, row, turn = answer_rows(text)
     _, named, _ = _named_view_keys(frame, start + row, turn, text, prefix, segment)
+    targets = object_targets(named, torch.tensor(text.classes)[turn], keys[frame])
+    found = absent = 0
     for i, (f, t) in enumerate(zip(frame.tolist(), turn.tolist())):
         cls, view = text.classes[t], text.views[t]
         if cls < 0 or view < 0:
+            assert not targets[i].any()  # nothing to find: the turn is left alone
             continue
-        target = named[i] & keys[f, cls]
-        rows = prefix.visual_rows[view][f]
-        hand = labels[f, view, cls].flatten()
-        assert torch.equal(target[rows], hand) and target.sum() == hand.sum()
+        hand = torch.zeros(segment.shape[1], dtype=torch.bool)
+        hand[prefix.visual_rows[view][f]] = labels[f, view, cls].flatten()
+        if not hand.any():
+            hand[0] = True  # the class is not in that view: rest on the first prefix token
+            absent += 1
+        else:
+            found += 1
+        assert torch.equal(targets[i], hand)
+    assert found and absent
 
 
 def test_object_routing_loss_trains_on_the_label_masks(data_dir, tmp_path, monkeypatch):

@@ -290,14 +290,13 @@ class PackedVLM(nn.Module):
                      start: int, labels: Tensor) -> Tensor:
         frame, row, turn = answer_rows(text)
         allowed, named, _ = _named_view_keys(frame, start + row, turn, text, prefix, segment)
-        asked = torch.tensor(text.classes, device=turn.device)[turn]
-        target = named & _object_keys(prefix, labels, segment)[frame, asked.clamp_min(0)]
-        target &= (asked >= 0)[:, None]
-        found = target.any(-1)  # the class is in the named view: there is something to find
-        if not found.any():
+        target = object_targets(named, torch.tensor(text.classes, device=turn.device)[turn],
+                                _object_keys(prefix, labels, segment)[frame])
+        asks = target.any(-1)
+        if not asks.any():
             return labels.new_zeros((), dtype=torch.float32)
-        probs = attention_probs(seen, frame[found], (start + row)[found], allowed[found])
-        return routing_loss(probs, self.object_at[1], target[found])
+        probs = attention_probs(seen, frame[asks], (start + row)[asks], allowed[asks])
+        return routing_loss(probs, self.object_at[1], target[asks])
 
     def _exclusion_loss(self, seen: dict[int, AttentionInputs], prefix, text: PackedText,
                         segment: Tensor, start: int) -> Tensor:
@@ -344,6 +343,24 @@ def _named_view_keys(frame: Tensor, row: Tensor, turn: Tensor, text: PackedText,
         torch.arange(views, device=segment.device)[None, :, None]
     seen = view_of_key[frame]
     return allowed, seen == view[:, None], (seen >= 0) & (seen != view[:, None])
+
+
+def object_targets(named: Tensor, asked: Tensor, class_keys: Tensor) -> Tensor:
+    """
+    Bool ``[n, T]`` keys the object head should attend to, per answer row (view_routing.py).
+
+    ``named`` ``[n, T]``: the named view's tokens (none for a turn that names no camera);
+    ``asked`` ``[n]``: the class the turn names (-1: none); ``class_keys`` ``[n, C, T]``. The
+    tokens of that class in that view when there are any; else key 0, the first prefix token
+    (where attention rests when it has nothing to read), so that the head's output says
+    "found" or "not found". All False for a turn that names no class or no camera.
+    """
+    present = named & class_keys[torch.arange(len(asked), device=asked.device),
+                                 asked.clamp_min(0)]
+    sink = torch.zeros_like(present)
+    sink[:, 0] = True
+    target = torch.where(present.any(-1, keepdim=True), present, sink)
+    return target & ((asked >= 0) & named.any(-1))[:, None]
 
 
 def _object_keys(prefix, labels: Tensor, segment: Tensor) -> Tensor:
