@@ -17,8 +17,10 @@ row see (the prefix and its own turn), so they are the attention the model compu
 Object routing goes one step further for the questions that also name a class ("Is there a
 sign in the back left view?", "How many signs are in ..."): a second head is asked to put its
 mass on the named view's tokens whose patch shows that class (the label masks of
-patch_labels.py), when there are any. A model that answers from those tokens needs them: prune
-them away and the answer changes, which is what a per-camera keep rate can then trade.
+patch_labels.py), or on the first prefix token when the view shows none, so that its output
+says "found" or "not found" (samples.object_targets). A model that answers from those tokens
+needs them: prune them away and the answer changes, which is what a per-camera keep rate can
+then trade.
 """
 
 from __future__ import annotations
