@@ -10,12 +10,14 @@ from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
 import pytest
 
-# A fixed rendered frame: test-split scene seed 2,000,000 + 2, its first key frame, and one of
-# its counting questions (answer '2', neither the train split's majority count '0' nor the test
+# A fixed rendered frame: test-split scene seed 2,000,000 + 1, its first key frame, and one of
+# its counting questions (answer '5', neither the train split's majority count '0' nor the test
 # split's '1'). The shipped nano model's counting is weak overall (its model card has the table):
-# this pins one frame it gets right, so a broken load, prompt or decode path shows here.
-SCENE_SEED = 2
-QUESTION = 'How many pedestrians are in the back view?'
+# this pins one frame it gets right, so a broken load, prompt or decode path shows here. A
+# retrained model may get another frame right instead: re-pin it then (the card's eval is the
+# accuracy figure, not this).
+SCENE_SEED = 1
+QUESTION = 'How many vehicles are in the front view?'
 
 
 @pytest.fixture(scope='module')
@@ -58,7 +60,7 @@ def test_it_counts_the_objects_of_a_fixed_rendered_frame(adapter, tmp_path):
                                         split='test'))
     frame = load_drivelm(tmp_path, split='test')[0]
     count = [qa for qa in frame.qa if qa.question == QUESTION][0]
-    assert count.family == 'count' and count.answer == '2'
+    assert count.family == 'count' and count.answer == '5'
     camera_set = load_camera_set(frame)
     result = Pipeline(adapter).run(camera_set, RuntimeSettings(
         keep_ratio=1.0, question=count.question, max_new_tokens=8))
