@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import importlib
 from pathlib import Path
+import signal
 import threading
 import time
 
@@ -176,6 +177,7 @@ def play_bag(path: str | Path, options: PlayOptions = PlayOptions(), node=None,
                                 'metadata.yaml), e.g. one from `drive-vlm bag synth`')
     stop = stop or threading.Event()
     stats = PlayStats()
+    previous = _stop_on_ctrl_c(stop, stats) if node is None else None
     context = None
     if node is None:
         context = rclpy.Context()
@@ -222,6 +224,8 @@ def play_bag(path: str | Path, options: PlayOptions = PlayOptions(), node=None,
     except KeyboardInterrupt:
         stats.interrupted = True
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if wall0 is not None:
             stats.wall_s = time.perf_counter() - wall0
         for pub in publishers.values():
@@ -232,12 +236,33 @@ def play_bag(path: str | Path, options: PlayOptions = PlayOptions(), node=None,
     return stats
 
 
+def _stop_on_ctrl_c(stop: threading.Event, stats: PlayStats):
+    """
+    Make Ctrl-C set ``stop`` (and mark the stats interrupted); return the handler it replaces.
+
+    Why not the KeyboardInterrupt: it can land inside an rclpy/DDS call, and a publisher torn
+    down from there sometimes kept the process from exiting. With the event the loop ends at the
+    next message and shuts down as after a normal pass. Only the main thread may set a handler;
+    elsewhere this returns None and the KeyboardInterrupt path stays.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigint(_signum, _frame) -> None:
+        stats.interrupted = True
+        stop.set()
+
+    return signal.signal(signal.SIGINT, on_sigint)
+
+
 def _play_once(reader, connections, by_connection: dict, start_ns: int, rate: float,
                stop: threading.Event, stats: PlayStats) -> None:
     """Publish one pass of the bag from ``start_ns``, pacing each message by its timestamp."""
     first = last = None
     wall0 = time.perf_counter()
     for conn, stamp_ns, raw in reader.messages(connections=connections, start=start_ns):
+        if stop.is_set():
+            break
         target = by_connection.get(conn.id)
         if target is None:
             stats.skipped_messages += 1
