@@ -177,15 +177,16 @@ def play_bag(path: str | Path, options: PlayOptions = PlayOptions(), node=None,
                                 'metadata.yaml), e.g. one from `drive-vlm bag synth`')
     stop = stop or threading.Event()
     stats = PlayStats()
-    previous = _stop_on_ctrl_c(stop, stats) if node is None else None
     context = None
     if node is None:
         context = rclpy.Context()
-        # No rclpy signal handlers: Ctrl-C stays a KeyboardInterrupt that this loop catches.
+        # No rclpy signal handlers: Ctrl-C is _stop_on_ctrl_c's (below).
         rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
         node = rclpy.create_node(options.node_name, context=context)
     publishers: dict[str, object] = {}
     wall0 = None
+    # Installed here, so the finally below always puts the old handler back.
+    previous = _stop_on_ctrl_c(stop, stats) if context is not None else None
     try:
         with open_any_reader(path) as reader:
             recorded = {c.topic for c in reader.connections}

@@ -106,7 +106,7 @@ PRESETS = {
                              Recipe(steps=400, lr=1e-3, warmup_steps=20, eval_every=100,
                                     save_every=50, patch_loss=1.0, visual_norm_ratio=2.0,
                                     route_loss=1.0, exclude_loss=1.0), needs_init=True),
-    # Stage 2 of nano-exclusive: a question that names a class and a camera finds the class's
+    # Stage 3, after nano-exclusive: a question that names a class and a camera finds the class's
     # tokens in that camera (object routing, view_routing.py), so its answer needs them.
     'nano-grounded': Preset('nano-grounded', ModelPreset(prompt_format='named-views'),
                             Recipe(steps=500, lr=1e-3, warmup_steps=20, eval_every=100,

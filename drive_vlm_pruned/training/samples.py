@@ -254,16 +254,12 @@ class PackedVLM(nn.Module):
             for hook in seen.values():
                 hook.close()
         aux = []
-        if routing:
-            aux.append(self.route_weight * self._routing_loss(seen[self.route_at[0]], prefix,
-                                                              text, segment, start))
+        if routing or finding:
+            aux += self._answer_routing_losses(seen, prefix, text, segment, start, patch_labels,
+                                               routing, finding)
         if excluding:
             aux.append(self.exclude_weight * self._exclusion_loss(seen, prefix, text, segment,
                                                                   start))
-        if finding:
-            aux.append(self.object_weight * self._object_loss(seen[self.object_at[0]], prefix,
-                                                              text, segment, start,
-                                                              patch_labels))
         if probing:
             aux.append(self.probe_weight * self._probe_loss(out.hidden_states, prefix, text,
                                                             start, patch_labels))
@@ -278,25 +274,41 @@ class PackedVLM(nn.Module):
         return PackedOutput(loss, out.logits, labels, text.turn_of_row[:, rows], answer_loss,
                             aux_loss)
 
-    def _routing_loss(self, seen: AttentionInputs, prefix, text: PackedText, segment: Tensor,
-                      start: int) -> Tensor:
-        frame, row, turn = answer_rows(text)
-        allowed, target, _ = _named_view_keys(frame, start + row, turn, text, prefix, segment)
-        named = allowed.any(-1)
-        probs = attention_probs(seen, frame[named], (start + row)[named], allowed[named])
-        return routing_loss(probs, self.route_at[1], target[named])
+    def _answer_routing_losses(self, seen: dict[int, AttentionInputs], prefix,
+                               text: PackedText, segment: Tensor, start: int,
+                               labels: Tensor | None, routing: bool,
+                               finding: bool) -> list[Tensor]:
+        """
+        Return the weighted view- and object-routing losses at the answer rows (view_routing.py).
 
-    def _object_loss(self, seen: AttentionInputs, prefix, text: PackedText, segment: Tensor,
-                     start: int, labels: Tensor) -> Tensor:
+        Both read the same rows: their keys, and the attention of a layer both watch, are
+        computed once.
+        """
         frame, row, turn = answer_rows(text)
         allowed, named, _ = _named_view_keys(frame, start + row, turn, text, prefix, segment)
-        target = object_targets(named, torch.tensor(text.classes, device=turn.device)[turn],
-                                _object_keys(prefix, labels, segment)[frame])
-        asks = target.any(-1)
-        if not asks.any():
-            return labels.new_zeros((), dtype=torch.float32)
-        probs = attention_probs(seen, frame[asks], (start + row)[asks], allowed[asks])
-        return routing_loss(probs, self.object_at[1], target[asks])
+        asks_view = allowed.any(-1)
+        frame, row, turn = frame[asks_view], (start + row)[asks_view], turn[asks_view]
+        allowed, named = allowed[asks_view], named[asks_view]
+        probs: dict[int, Tensor] = {}
+
+        def attention(layer: int) -> Tensor:
+            if layer not in probs:
+                probs[layer] = attention_probs(seen[layer], frame, row, allowed)
+            return probs[layer]
+
+        losses = []
+        if routing:
+            layer, head = self.route_at
+            losses.append(self.route_weight * routing_loss(attention(layer), head, named))
+        if finding:
+            classes = torch.tensor(text.classes, device=turn.device)[turn]
+            target = object_targets(named, classes, _object_keys(prefix, labels, segment)[frame])
+            asks = target.any(-1)
+            if asks.any():
+                layer, head = self.object_at
+                losses.append(self.object_weight * routing_loss(attention(layer)[asks], head,
+                                                                target[asks]))
+        return losses
 
     def _exclusion_loss(self, seen: dict[int, AttentionInputs], prefix, text: PackedText,
                         segment: Tensor, start: int) -> Tensor:
