@@ -37,6 +37,7 @@ from .messages import (
     static_camera_tf,
     transform_msg,
 )
+from .rig_calibration import write_bag_calibration
 from .topics import (
     BASE_FRAME,
     camera_frame,
@@ -367,7 +368,9 @@ def convert_scene(db, scene: dict, out: Path, storage: str = 'mcap', progress: b
               'future_objects': 'agents annotated at the keyframe within '
                                 f'{FUTURE_RADIUS_M:g} m; boxes at later keyframes'},
     )
-    return SceneBag(scene['name'], out, write_ground_truth(out, truth), len(records), counts)
+    sidecar = write_ground_truth(out, truth)
+    write_bag_calibration(out)  # calibrated_sensor's extrinsics and K, for tf-less readers
+    return SceneBag(scene['name'], out, sidecar, len(records), counts)
 
 
 def convert_nuscenes(dataroot: str | Path, version: str, out_dir: str | Path,

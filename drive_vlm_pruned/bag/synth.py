@@ -31,6 +31,7 @@ from .messages import (
     transform_msg,
     yaw_quaternion,
 )
+from .rig_calibration import write_bag_calibration
 from .topics import (
     BASE_FRAME,
     camera_frame,
@@ -291,4 +292,5 @@ def synth_bag(out: str | Path, options: SynthOptions = SynthOptions(),
               'image_topics': {c: image_topic(c, options.compressed) for c in NUSCENES_CAMERAS}},
     )
     sidecar = write_ground_truth(out, truth)
+    write_bag_calibration(out)  # calibration.json: /tf_static and CameraInfo, for tf-less readers
     return SynthResult(Path(out), sidecar, options.frames, dropped_total, counts)

@@ -13,6 +13,8 @@ to write). Bags written here also play with `ros2 bag play` on a real ROS 2 inst
   synth          a procedurally rendered six-camera drive with ground truth
   from-nuscenes  one bag per nuScenes scene (original JPEGs, calibration, poses, GT trajectory)
   play           publish a bag over rclpy with its recorded timing (raw CDR bytes)
+  repair         rewrite a killed recording (an mcap with no footer) as a complete one
+  snapshot       render a recording's Foxglove panels (config/foxglove_layout.json) to a PNG
 """
 
 SYNTH_HELP = """\
@@ -121,6 +123,21 @@ def add_bag_parser(subparsers) -> None:
                       help='wait up to S seconds for a subscriber on every camera image topic '
                            'before the first message (0: start at once)')
     play.add_argument('--depth', type=int, default=10, help='publisher queue depth (10)')
+    repair = sub.add_parser('repair', help='rewrite a killed recording as a complete mcap',
+                            description='Copy every record of a truncated mcap (a recording '
+                                        'killed before it closed) up to the break into a new, '
+                                        'complete file that rosbags and ros2 bag open.')
+    repair.add_argument('src', metavar='BROKEN.mcap')
+    repair.add_argument('dst', metavar='OUT.mcap', help='the complete file to write (new)')
+    snap = sub.add_parser('snapshot', help="render a recording's panels to a PNG",
+                          description='Draw one set of a recording (drive-vlm run --record, the '
+                                      "node's record_path) as the shipped Foxglove layout shows "
+                                      'it: six cameras, the plan overlay, prefill ms and kept '
+                                      'tokens over time, the answer log and the top-down path.')
+    snap.add_argument('recording', metavar='REC.mcap')
+    snap.add_argument('--out', required=True, metavar='PNG')
+    snap.add_argument('--index', type=int, default=-1,
+                      help='which answered set to show (default -1: the last)')
 
 
 def run_bag(args: argparse.Namespace) -> int:
@@ -133,6 +150,10 @@ def run_bag(args: argparse.Namespace) -> int:
             return _from_nuscenes(args)
         if args.bag_command == 'play':
             return _play(args)
+        if args.bag_command == 'repair':
+            return _repair(args)
+        if args.bag_command == 'snapshot':
+            return _snapshot(args)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f'{name}: {err}', file=sys.stderr)
         return 2
@@ -179,4 +200,19 @@ def _play(args: argparse.Namespace) -> int:
                           wait_for_subscribers_s=args.wait_for_subscribers, depth=args.depth)
     stats = play_bag(args.bag, options)
     print(stats.summary())
+    return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from ..bag.repair import repair_mcap
+
+    report = repair_mcap(args.src, args.dst)
+    print(report.describe(Path(args.src), Path(args.dst)))
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from ..bag.snapshot import render_snapshot
+
+    print(f'wrote {render_snapshot(args.recording, args.out, args.index)}')
     return 0

@@ -33,8 +33,26 @@ def add_run_parser(sub, keep_ratio_type, pruner_type) -> None:
     run.add_argument('--camera-namespace', default='',
                      help="prefix of the camera topics in the bag, e.g. '/car1' (default none)")
     run.add_argument('--limit', type=int, default=0, help='stop after N sets (default: all)')
+    run.add_argument('--record', default='', metavar='OUT.mcap',
+                     help='also record the inputs and outputs into this ROS 2 mcap file (images, '
+                          'CameraInfo, answer, result, trajectory, plan overlays, diagnostics, '
+                          'ground-truth future; Foxglove layout: config/foxglove_layout.json)')
+    run.add_argument('--views', nargs='+', default=['CAM_FRONT'], type=camera_name,
+                     metavar='CAM', help='views whose plan overlay --record draws (default '
+                                         'CAM_FRONT)')
     add_load_arguments(run)
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def camera_name(text: str) -> str:
+    """Parse a camera name (``CAM_FRONT`` or ``cam_front``), naming the six on a typo."""
+    from ..cameras import NUSCENES_CAMERAS
+
+    name = text.upper()
+    if name not in NUSCENES_CAMERAS:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a camera: use one of '
+                                         f'{", ".join(NUSCENES_CAMERAS)}')
+    return name
 
 
 def add_settings_arguments(parser, keep_ratio_type, pruner_type) -> None:
@@ -103,10 +121,11 @@ def run_command(args: argparse.Namespace) -> int:
         print(f'drive-vlm run: {err}', file=sys.stderr)
         return 2
     options = RunOptions(args.model, args.bag, args.out, settings, load, args.slop, args.limit,
-                         args.camera_namespace, not args.no_progress)
+                         args.camera_namespace, not args.no_progress, args.record,
+                         tuple(args.views))
     try:
         summary = run_bag(options, log=lambda text: print(text, file=sys.stderr))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # RecordingError (an OSError) included
         print(f'drive-vlm run: {err}', file=sys.stderr)
         return 2
     print(summary.table())
