@@ -3,6 +3,7 @@ Start the drive_vlm node with config/vlm.yaml plus command-line overrides.
 
     ros2 launch drive_vlm_pruned vlm.launch.py model:=/models/drivemm keep_ratio:=0.1
     ros2 launch drive_vlm_pruned vlm.launch.py params_file:=my_car.yaml camera_namespace:=/car1
+    ros2 launch drive_vlm_pruned vlm.launch.py record_path:=/data/drive.mcap
 
 Launch arguments left empty keep the value from the parameter file, so a params_file of your own
 is never silently overridden by a launch default.
@@ -26,6 +27,8 @@ OVERRIDES = {
     'device': (str, "'auto', 'cpu' or 'cuda[:N]'"),
     'vision_backend': (str, 'torch | compile | onnxruntime | tensorrt'),
     'decode_backend': (str, 'auto | eager | compiled (static KV cache + torch.compile)'),
+    'record_path': (str, 'FILE.mcap to record inputs and outputs to (Foxglove, rosbags)'),
+    'calibration_file': (str, "the rig's calibration.json, for the plan overlays"),
 }
 
 

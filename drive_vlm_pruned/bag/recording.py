@@ -115,7 +115,7 @@ class CameraInput:
     stamp_ns: int
     frame_id: str
     data: bytes
-    format: str
+    format: str  # noqa: A003 - CompressedImage's field name
     info_cdr: bytes | None = None  # its CameraInfo, serialized (CDR), if one was received
 
 
@@ -250,8 +250,8 @@ class Recorder:
         self.write(ANSWER_TOPIC, STRING_TYPE, stamp, make(ts, STRING_TYPE, data=frame.answer))
         self.write(RESULT_TOPIC, STRING_TYPE, stamp,
                    make(ts, STRING_TYPE, data=frame.result_json))
-        self.write(TRAJECTORY_TOPIC, PATH_TYPE, stamp, self._path(frame.trajectory_xy, stamp,
-                                                                   frame.frame_id))
+        path = self._path(frame.trajectory_xy, stamp, frame.frame_id)
+        self.write(TRAJECTORY_TOPIC, PATH_TYPE, stamp, path)
         self.write(PREFILL_TOPIC, FLOAT_TYPE, stamp,
                    make(ts, FLOAT_TYPE, data=float(frame.prefill_ms)))
         self.write(TOKENS_TOPIC, INT_TYPE, stamp, make(ts, INT_TYPE, data=int(frame.tokens_kept)))
@@ -298,11 +298,15 @@ class Recorder:
             return
         self._closed = True
         try:
-            self._writer.finish()
+            if not self.error:  # after a failed write, what is on disk is all there will be
+                self._writer.finish()
         except OSError as err:
-            self.error = self.error or f'recording {self.path}: closing failed: {err.strerror}'
+            self.error = f'recording {self.path}: closing failed: {err.strerror or err}'
         finally:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as err:  # its buffer could not be flushed: the disk is still full
+                self.error = self.error or f'recording {self.path}: closing failed: {err}'
 
     def summary(self) -> str:
         state = f'; {self.error}; {self.sets_lost} sets not recorded' if self.error else ''

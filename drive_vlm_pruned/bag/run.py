@@ -127,7 +127,7 @@ def run_bag(options: RunOptions, log: Callable[[str], None] = print) -> RunSumma
     reader = BagReader(options.bag, list(streams) + list(_info_topics(options)))
     reader.check_topics()
     truth = _ground_truth(options.bag, log)
-    recording = _Recording.open(options) if options.record else None  # fails before the load
+    recording = _Recording.start(options) if options.record else None  # fails before the load
     spec = options.load or LoadSpec(options.model)
     pipeline = Pipeline(load_adapter(spec, log))
     options.settings.validate(pipeline.shape.layers)
@@ -189,7 +189,7 @@ class _Recording:
     infos: dict[str, bytes]
 
     @classmethod
-    def open(cls, options: RunOptions) -> _Recording:
+    def start(cls, options: RunOptions) -> _Recording:
         calibration = bag_calibration(options.bag)
         recorder = Recorder(options.record, calibration)
         # A set completes on its last image, before that camera's CameraInfo of the same

@@ -43,7 +43,8 @@ def tiny_model_dir() -> Path:
 
 def run_demo(frames: int = 12, keep_ratio: float = 0.1, pruner: str = 'tfps',
              prune_layer: int = 0, model: str | None = None, max_new_tokens: int = 80,
-             device: str = 'cpu', dtype: str = 'auto', attn: str = 'auto') -> int:
+             device: str = 'cpu', dtype: str = 'auto', attn: str = 'auto',
+             record_dir: str = '') -> int:
     """Play a synthetic bag into the node and print its outputs (see module doc)."""
     from ..models.loading import resolve_checkpoint
 
@@ -63,10 +64,23 @@ def run_demo(frames: int = 12, keep_ratio: float = 0.1, pruner: str = 'tfps',
         except ImportError as err:
             print(f'rclpy is not importable ({err}); running the offline runner instead')
             return _offline(bag, directory, keep_ratio, pruner, prune_layer, max_new_tokens)
-        return _through_the_node(bag, params, DemoTruth(bag, options))
+        recordings = _recording_paths(record_dir, keep_ratio)
+        params['calibration_file'] = str(bag / 'calibration.json')
+        return _through_the_node(bag, params, DemoTruth(bag, options), recordings)
 
 
-def _through_the_node(bag: Path, params: dict, truth: DemoTruth) -> int:
+def _recording_paths(record_dir: str, keep_ratio: float) -> tuple[str, str]:
+    """Return the two passes' recording files (new, under DIR/<time>/), or '' for none."""
+    if not record_dir:
+        return '', ''
+    root = Path(record_dir) / time.strftime('%Y%m%d-%H%M%S')
+    while root.exists():
+        root = root.with_name(root.name + '-1')
+    return str(root / f'keep{keep_ratio:g}.mcap'), str(root / 'keep1.0.mcap')
+
+
+def _through_the_node(bag: Path, params: dict, truth: DemoTruth,
+                      recordings: tuple[str, str] = ('', '')) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -74,10 +88,11 @@ def _through_the_node(bag: Path, params: dict, truth: DemoTruth) -> int:
     from std_msgs.msg import String
 
     from ..bag.play import play_bag, PlayOptions
-    from ..cameras import camera_topics
+    from ..bag.topics import camera_info_topic, GT_TRAJECTORY_TOPIC
+    from ..cameras import camera_topics, NUSCENES_CAMERAS
     from ..node.vlm_node import VlmNode
 
-    params = {**params, 'question': truth.questions[0]}
+    params = {**params, 'question': truth.questions[0], 'record_path': recordings[0]}
     context = rclpy.Context()
     rclpy.init(context=context)
     node = VlmNode(context=context,
@@ -102,7 +117,10 @@ def _through_the_node(bag: Path, params: dict, truth: DemoTruth) -> int:
         # Only the cameras the node reads: the bag's /tf needs tf2_msgs, which pip-only ROS lacks.
         # A quarter of the recorded 12 Hz: on a CPU most sets get answered, and each answer's
         # next question reaches the node before the next set does.
-        play = PlayOptions(rate=0.25, wait_for_subscribers_s=30.0, topics=camera_topics())
+        # CameraInfo and the true future go along for the recording (all core ROS types).
+        topics = (*camera_topics(), *(camera_info_topic(c) for c in NUSCENES_CAMERAS),
+                  GT_TRAJECTORY_TOPIC)
+        play = PlayOptions(rate=0.25, wait_for_subscribers_s=30.0, topics=topics)
         with _asking(asker, truth.questions, results):
             stats = play_bag(bag, play)
         _settle(node, results, 0)
@@ -111,7 +129,8 @@ def _through_the_node(bag: Path, params: dict, truth: DemoTruth) -> int:
         pruned = list(results)
         client = AsyncParameterClient(listener, 'drive_vlm')
         client.wait_for_services(timeout_sec=10.0)
-        future = client.set_parameters([Parameter('keep_ratio', value=1.0)])
+        future = client.set_parameters([Parameter('keep_ratio', value=1.0),
+                                        Parameter('record_path', value=recordings[1])])
         while not future.done():
             time.sleep(0.02)
         print(f'\nros2 param set /drive_vlm keep_ratio 1.0 -> '
@@ -125,6 +144,8 @@ def _through_the_node(bag: Path, params: dict, truth: DemoTruth) -> int:
         full = [r for r in results if r['keep_ratio'] == 1.0]
         _print_results(full, node, truth)
         _compare(pruned, full, truth)
+        node.recording.close()
+        _print_recordings(recordings, node)
     finally:
         executor.shutdown()
         spinner.join(5.0)
@@ -132,6 +153,22 @@ def _through_the_node(bag: Path, params: dict, truth: DemoTruth) -> int:
         listener.destroy_node()
         rclpy.try_shutdown(context=context)
     return 0
+
+
+def _print_recordings(recordings: tuple[str, str], node) -> None:
+    """Say where both passes were recorded and how to look at them."""
+    files = [p for p in recordings if p and Path(p).is_file()]
+    if not files:
+        if any(recordings):
+            print(f'\nrecording failed: {node.recording.error}')
+        return
+    print('\nRecorded both passes (ROS 2 mcap: cameras, answers, trajectories, plan overlays, '
+          'diagnostics):')
+    for path in files:
+        print(f'  {path}')
+    print('Open one in Foxglove (File > Open local file) with the layout '
+          'config/foxglove_layout.json (Layout > Import), or render its panels to a PNG: '
+          f'drive-vlm bag snapshot {files[0]} --out snapshot.png')
 
 
 def _settle(node, results: list, processed_before: int) -> None:

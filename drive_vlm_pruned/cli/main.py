@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                            choices=['auto', 'sdpa', 'eager', 'flash_attention_2'],
                            help='attention implementation (default auto: flash_attention_2 '
                                 'when flash-attn is installed on CUDA, else sdpa)')
+    main_demo.add_argument('--record-dir', default='demo-recordings', metavar='DIR',
+                           help='record both passes into DIR/<time>/keep<R>.mcap (default '
+                                "demo-recordings; '' records nothing)")
 
     demo = sub.add_parser(
         'demo-pruners', help='show which tokens each pruner keeps (synthetic tokens, no model)',
@@ -451,7 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(args.frames, args.keep_ratio, args.pruner, args.prune_layer, args.model,
-                        args.max_new_tokens, args.device, args.dtype, args.attn)
+                        args.max_new_tokens, args.device, args.dtype, args.attn,
+                        args.record_dir)
     if args.command == 'demo-pruners':
         from .demo_pruners import run_demo as run_pruner_demo
 

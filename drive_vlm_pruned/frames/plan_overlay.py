@@ -45,9 +45,11 @@ def plan_overlay(image: np.ndarray, kept: Sequence[int], tokens: int,
     if camera is not None:
         if camera.width != w or camera.height != h:
             camera = camera.scaled(w, h)
-        for path, colour in ((truth_xy, TRUTH_COLOUR), (plan_xy, PLAN_COLOUR)):
+        # The truth goes under the plan, wider, so a plan on the true path leaves it visible.
+        for path, colour, width in ((truth_xy, TRUTH_COLOUR, line_px + 4),
+                                    (plan_xy, PLAN_COLOUR, line_px)):
             for line in ground_polyline(camera, path or []):
-                draw.line([tuple(p) for p in line.tolist()], fill=colour, width=line_px)
+                draw.line([tuple(p) for p in line.tolist()], fill=colour, width=width)
     return np.asarray(canvas)
 
 

@@ -80,6 +80,11 @@ PARAMETERS: dict[str, Spec] = {
                          'result is marked degraded', int_range=(1, 6)),
     'view_timeout': Spec(1.0, 'seconds without a message before a camera counts as silent',
                          float_range=(0.05, 60.0)),
+    'record_path': Spec('', "FILE.mcap to record the node's inputs and outputs to (bag/"
+                            'recording.py; the layout config/foxglove_layout.json); setting a new '
+                            "path closes the current file and starts the new one; '' stops"),
+    'record_views': Spec(['CAM_FRONT'], 'cameras whose plan overlay (kept tokens, planned and '
+                                        'true path) the recording draws'),
     # fixed at start
     'model': Spec('', "checkpoint directory or cached model id; '' = the embedded trained "
                   'model shipped in the package', live=False),
@@ -107,7 +112,19 @@ PARAMETERS: dict[str, Spec] = {
     'frame_id': Spec('base_link', 'frame of the ~/trajectory Path (the ego frame)', live=False),
     'diagnostics_period': Spec(1.0, 'seconds between /diagnostics messages', live=False,
                                float_range=(0.1, 60.0)),
+    'calibration_file': Spec('', "the rig's calibration.json (bag synth / bag from-nuscenes "
+                                 "write one beside each bag) for the plan overlays; '' = none: "
+                                 'overlays show the kept tokens only', live=False),
 }
+
+
+def check_record_views(views) -> list[str]:
+    """Return ``views`` if every one is a camera name; else ValueError naming the six."""
+    bad = [v for v in views if v not in NUSCENES_CAMERAS]
+    if bad:
+        raise ValueError(f'record_views has {", ".join(bad)}: use camera names '
+                         f'({", ".join(NUSCENES_CAMERAS)})')
+    return list(views)
 
 
 def view_weights_from(values: Mapping[str, Any]) -> dict[str, float] | None:

@@ -19,7 +19,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from .health import NodeHealth
@@ -31,10 +31,14 @@ from .messages import (
     string_msg,
     trajectory_path,
 )
-from .parameters import llm_hidden_size, PARAMETERS, settings_from
+from .parameters import check_record_views, llm_hidden_size, PARAMETERS, settings_from
+from .recording import camera_info_topic_of, NodeRecording
+from ..bag.recording import Diagnostics
+from ..bag.topics import GT_TRAJECTORY_TOPIC
 from ..cameras import NUSCENES_CAMERAS
 from ..frames.approximate_sync import ApproximateTimeSynchronizer, SyncedSet
 from ..frames.assembly import assemble, FrameError
+from ..frames.calibration import read_calibration
 from ..frames.mosaic import render_mosaic
 from ..models.loading import check_spec, LoadSpec
 from ..pipeline.pipeline import Pipeline
@@ -63,7 +67,11 @@ class VlmNode(Node):
         directory, self.family, self.llm_layers = check_spec(self.spec)  # fail fast
         self.model_dir, self.hidden_size = str(directory), llm_hidden_size(directory)
         self.settings = self._settings(self.values)
+        check_record_views(self.values['record_views'])
         self.topics = self._camera_topics()
+        calibration_file = self.values['calibration_file']
+        self.recording = NodeRecording(read_calibration(calibration_file)
+                                       if calibration_file else {})
         self.health = NodeHealth(NUSCENES_CAMERAS)
         self.pipeline: Pipeline | None = None
         self.fatal: str | None = None
@@ -77,6 +85,7 @@ class VlmNode(Node):
         self.worker: LatestWinsWorker[Job] = LatestWinsWorker(self._run_job)
         self._loader = threading.Thread(target=self._load_model, name='vlm-loader', daemon=True)
         self._loader.start()
+        self._start_recording()
         self.create_timer(self.values['diagnostics_period'], self._publish_diagnostics)
         self.create_timer(0.1, self._watch_cameras)
         self.get_logger().info(
@@ -108,6 +117,16 @@ class VlmNode(Node):
         topics = [prefix + (t if t.startswith('/') else '/' + t) if prefix else t for t in topics]
         return [t + suffix if suffix and not t.endswith(suffix) else t for t in topics]
 
+    def _start_recording(self) -> None:
+        """Start ``record_path``; a path that fails is logged and counted, never fatal."""
+        if self.values['record_path']:
+            error = self.recording.switch(self.values['record_path'])
+            if error:
+                self.get_logger().error(f'{error}; answering without recording (counted in '
+                                        '/diagnostics)')
+            else:
+                self.get_logger().info(f'recording to {self.values["record_path"]}')
+
     def _make_publishers(self) -> None:
         self.answer_pub = self.create_publisher(String, '~/answer', 10)
         self.result_pub = self.create_publisher(String, '~/result', 10)
@@ -123,6 +142,15 @@ class VlmNode(Node):
             for i, topic in enumerate(self.topics)
         ]
         self.question_sub = self.create_subscription(String, '~/question', self._on_question, 10)
+        # For the recording: each camera's calibration and, on replayed bags, the true future.
+        self.info_subs = [
+            self.create_subscription(CameraInfo, camera_info_topic_of(topic),
+                                     lambda msg, i=i: self.recording.on_camera_info(i, msg),
+                                     qos_profile_sensor_data)
+            for i, topic in enumerate(self.topics)
+        ]
+        self.truth_sub = self.create_subscription(Path, GT_TRAJECTORY_TOPIC,
+                                                  self.recording.on_truth, 10)
 
     def _load_model(self) -> None:
         from ..models.load import load_adapter
@@ -152,8 +180,15 @@ class VlmNode(Node):
         values.update({p.name: p.value for p in params})
         try:
             settings = self._settings(values)
+            check_record_views(values['record_views'])
         except Exception as err:  # noqa: B902 - e.g. an unreadable weights file: say why
             return SetParametersResult(successful=False, reason=str(err))
+        if values['record_path'] != self.values['record_path']:
+            error = self.recording.switch(values['record_path'])
+            if error:  # the previous file is closed either way; the reason reaches the caller
+                values['record_path'] = ''
+                self.values = values
+                return SetParametersResult(successful=False, reason=error)
         self.values, self.settings = values, settings
         return SetParametersResult(successful=True)
 
@@ -241,6 +276,19 @@ class VlmNode(Node):
             return
         self.health.count_result(latency_ms, dict(zip(result.view_names, result.tokens_after)),
                                  bool(result.missing_views))
+        self._record(job, frame, result, latency_ms)
+
+    def _record(self, job: Job, frame, result, latency_ms: float) -> None:
+        if self.recording.recorder is None:
+            return
+        try:
+            self.recording.record(
+                job.synced, frame, result,
+                result_json(result, latency_ms, job.synced.stamps_ns),
+                list(self.values['record_views']),
+                [_plain(s) for s in self._statuses()], self.values['frame_id'])
+        except Exception as err:  # noqa: B902 - a recording never stops the answers
+            self._fault('record_error', None, f'{type(err).__name__}: {err}')
 
     def _publish(self, frame, result, latency_ms: float, stamps_ns) -> None:
         self.answer_pub.publish(string_msg(result.answer))
@@ -267,8 +315,19 @@ class VlmNode(Node):
     def _publish_diagnostics(self) -> None:
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [self._model_status(), self._camera_status(), self._inference_status()]
+        msg.status = self._statuses()
         self.diag_pub.publish(msg)
+
+    def _statuses(self) -> list[DiagnosticStatus]:
+        return [self._model_status(), self._camera_status(), self._inference_status(),
+                self._recording_status()]
+
+    def _recording_status(self) -> DiagnosticStatus:
+        values = self.recording.values()
+        level = DiagnosticStatus.WARN if values['error'] else DiagnosticStatus.OK
+        message = values['error'] or (f'recording to {values["path"]}' if values['path']
+                                      else 'not recording')
+        return diagnostic_status(f'{self.get_name()}: recording', level, message, values)
 
     def _model_status(self) -> DiagnosticStatus:
         h = self.health
@@ -331,6 +390,8 @@ class VlmNode(Node):
         # getattr: a constructor that failed its checks never made them, yet rclpy destroys it.
         if getattr(self, 'worker', None) is not None:
             self.worker.stop()
+        if getattr(self, 'recording', None) is not None:
+            self.recording.close()  # after the worker: its last set is in the file
         if getattr(self, '_loader', None) is not None:
             # A load cannot be interrupted; the loader is a daemon thread, so Ctrl-C during a
             # long load leaves it behind rather than hanging the shutdown.
@@ -338,3 +399,10 @@ class VlmNode(Node):
             if self._loader.is_alive():
                 self.get_logger().warning('model still loading at shutdown; abandoned')
         super().destroy_node()
+
+
+def _plain(status: DiagnosticStatus) -> Diagnostics:
+    """Return an rclpy DiagnosticStatus as the recorder's plain record."""
+    level = status.level if isinstance(status.level, int) else ord(status.level)
+    return Diagnostics(status.name, level, status.message,
+                       {kv.key: kv.value for kv in status.values})
