@@ -333,3 +333,21 @@ def test_reader_choice(dataroot):
     sample = db.get('sample', 'scene-0001-s0')
     assert set(sample['data']) == {*NUSCENES_CAMERAS, 'LIDAR_TOP'}
     assert sample['anns'] == ['inst-near-a0', 'inst-far-a0']
+
+
+def test_calibration_sidecar_carries_calibrated_sensor_and_projects_the_horizon(converted):
+    """calibration.json holds calibrated_sensor's K and pose; a far point ahead hits (cx, cy)."""
+    from drive_vlm_pruned.frames.calibration import read_calibration
+
+    out, _ = converted
+    cameras = read_calibration(out / 'scene-0001')
+    assert set(cameras) == set(NUSCENES_CAMERAS)
+    front = cameras['CAM_FRONT']
+    assert (front.width, front.height) == (1600, 900)
+    np.testing.assert_allclose(front.k.reshape(-1), [1266.4, 0, 816.3, 0, 1266.4, 491.5, 0, 0, 1])
+    np.testing.assert_allclose(front.translation, [1.0, 0.0, 1.5])
+    yaw = math.radians(YAW_DEG['CAM_FRONT'])
+    far = [1.0 + 1e6 * math.cos(yaw), 1e6 * math.sin(yaw), 1.5]  # at camera height, far ahead
+    uv, ahead = front.project(np.array([far]))
+    assert ahead[0]
+    np.testing.assert_allclose(uv[0], [816.3, 491.5], atol=1e-3)
