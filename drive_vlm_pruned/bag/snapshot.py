@@ -67,8 +67,8 @@ def render_snapshot(recording: str | Path, out: str | Path, index: int = -1) -> 
     topics = read_recording(recording)
     answers = topics[ANSWER_TOPIC]
     stamp = answers[index][0]
-    fig = plt.figure(figsize=(18, 9.5))
-    grid = fig.add_gridspec(4, 6, height_ratios=[1, 1, 1.3, 1.1])
+    fig = plt.figure(figsize=(18, 8.5))
+    grid = fig.add_gridspec(4, 6, height_ratios=[1, 1, 1.3, 0.55])
     for name, (row, col) in MOSAIC_LAYOUT.items():
         ax = fig.add_subplot(grid[row, 2 * col:2 * col + 2])
         msg = _at(topics.get(camera_topic(name, compressed=True), []), stamp)
