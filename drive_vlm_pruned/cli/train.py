@@ -43,6 +43,9 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 
     add_reconpruner_parser(jobs)
     add_scale_report_parser(jobs)
+    from .train_vision import add_vision_parser
+
+    add_vision_parser(jobs)
     return train
 
 
@@ -112,6 +115,11 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                      help='weight of the object-routing loss: a question that names a class and '
                           'a camera attends to the tokens of that class there (default: the '
                           'preset; nano-grounded 1.0)')
+    vlm.add_argument('--vision-init', metavar='DIR',
+                     help='start the vision tower from a vision-stage tower (drive-vlm train '
+                          'vision: OUT/vision_tower)')
+    vlm.add_argument('--freeze-vision', action='store_true',
+                     help='keep the vision tower fixed (train the projector and the LLM only)')
     vlm.add_argument('--storage', default='float16', choices=['float16', 'bfloat16', 'float32'],
                      help='dtype of the final safetensors (default float16)')
     return vlm
@@ -133,6 +141,10 @@ def run_train(args) -> int:
         return run_train_reconpruner(args)
     if args.train_job == 'scale-report':
         return _run_scale_report(args)
+    if args.train_job == 'vision':
+        from .train_vision import run_train_vision
+
+        return run_train_vision(args)
     return 2
 
 
@@ -179,6 +191,8 @@ def _run_vlm(args) -> int:
         storage=args.storage, threads=args.threads,
         init_from=Path(args.init_from) if args.init_from else None, patch_loss=args.patch_loss,
         route_loss=args.route_loss, exclude_loss=args.exclude_loss, object_loss=args.object_loss,
+        vision_init=Path(args.vision_init) if args.vision_init else None,
+        freeze_vision=args.freeze_vision,
     )
     try:
         result = train_vlm(config)

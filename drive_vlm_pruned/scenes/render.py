@@ -63,7 +63,12 @@ class ViewObject:
 
 @dataclass(frozen=True)
 class ViewRender:
-    """One camera's image (H x W x 3 RGB uint8), label mask (H x W uint8) and objects."""
+    """
+    One camera's image (H x W x 3 RGB uint8), label mask (H x W uint8) and objects.
+
+    ``object_depth`` is each pixel's optical-axis depth (m) where an object covers it, inf
+    elsewhere (the renderer's z-buffer; the ground's depth follows from the camera's rays).
+    """
 
     camera: str
     time_s: float
@@ -71,6 +76,7 @@ class ViewRender:
     image: np.ndarray
     mask: np.ndarray
     objects: tuple[ViewObject, ...]
+    object_depth: np.ndarray | None = None
 
 
 @lru_cache(maxsize=64)
@@ -293,4 +299,5 @@ def render_view(scene: Scene, camera: Camera, time_s: float) -> ViewRender:
                 _fill_polygon(camera, canvas, poly, normals_cam[f], shades[f], label, i)
     counts = np.bincount(canvas.ids[canvas.ids >= 0].ravel(), minlength=len(scene.agents))
     objects = tuple(ViewObject(obj, box, int(counts[i])) for i, obj, box in found)
-    return ViewRender(camera.name, time_s, pose, canvas.image, canvas.mask, objects)
+    return ViewRender(camera.name, time_s, pose, canvas.image, canvas.mask, objects,
+                      canvas.zbuf)

@@ -18,14 +18,19 @@ from ..models.prompts import PROMPT_FORMAT_KEY
 from ..models.tiny import build_llava_onevision
 
 
+def vision_config(shape: ModelPreset) -> dict:
+    """Return the SigLIP tower's config of ``shape`` (the VLM's, and the vision stage's)."""
+    return {'model_type': 'siglip_vision_model', 'hidden_size': shape.vision_hidden,
+            'intermediate_size': shape.vision_mlp, 'num_hidden_layers': shape.vision_layers,
+            'num_attention_heads': shape.vision_heads, 'image_size': shape.image_size,
+            'patch_size': shape.patch_size,
+            # LLaVA reads a hidden state, never SigLIP's pooling head: leave it out.
+            'vision_use_head': False}
+
+
 def build_vlm(shape: ModelPreset, tokenizer):
     """Return ``(model, image_processor)`` of ``shape`` with fresh (seeded by caller) weights."""
-    vision = {'model_type': 'siglip_vision_model', 'hidden_size': shape.vision_hidden,
-              'intermediate_size': shape.vision_mlp, 'num_hidden_layers': shape.vision_layers,
-              'num_attention_heads': shape.vision_heads, 'image_size': shape.image_size,
-              'patch_size': shape.patch_size,
-              # LLaVA reads a hidden state, never SigLIP's pooling head: leave it out.
-              'vision_use_head': False}
+    vision = vision_config(shape)
     text = {'model_type': 'qwen2', 'hidden_size': shape.text_hidden,
             'intermediate_size': shape.text_mlp, 'num_hidden_layers': shape.text_layers,
             'num_attention_heads': shape.text_heads, 'num_key_value_heads': shape.text_kv_heads,

@@ -75,6 +75,8 @@ class TrainConfig:
     route_loss: float | None = None  # weight of the view-routing loss (view_routing.py)
     exclude_loss: float | None = None  # weight of the view-exclusion loss (view_routing.py)
     object_loss: float | None = None  # weight of the object-routing loss (view_routing.py)
+    vision_init: Path | None = None  # a vision-stage tower (vision_stage.py) to start from
+    freeze_vision: bool = False  # keep the tower fixed: train the projector and the LLM
 
     def preset_values(self) -> Preset:
         return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
@@ -164,7 +166,13 @@ def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainR
         tokenizer = _tokenizer(accelerator, out / 'tokenizer', train_frames, preset,
                                config.resume)
         model, processor = build_vlm(preset.model, tokenizer)
+    if config.vision_init is not None and not config.resume:
+        load_vision_tower(model, config.vision_init)
+        say(f'vision tower from the vision stage {config.vision_init}')
     model.train()
+    if config.freeze_vision:
+        model.model.vision_tower.requires_grad_(False)
+        say('vision tower frozen: training the projector and the LLM')
     adapter = LlavaOnevisionAdapter(model, tokenizer, processor, accelerator.device,
                                     torch.float32)
     labels = recipe.patch_loss > 0 or recipe.object_loss > 0  # both read the label masks
@@ -385,10 +393,29 @@ def _tokenizer(accelerator, directory: Path, frames, preset: Preset, resume: boo
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)
 
 
+def load_vision_tower(model, directory: Path) -> None:
+    """Copy a vision-stage tower (SiglipVisionModel directory) into the VLM's tower."""
+    from transformers import SiglipVisionModel
+
+    directory = Path(directory)
+    if not (directory / 'config.json').is_file():
+        raise FileNotFoundError(f'{directory} holds no vision tower: pass OUT/vision_tower of a '
+                                'finished `drive-vlm train vision` run')
+    tower = SiglipVisionModel.from_pretrained(directory, local_files_only=True)
+    target = model.model.vision_tower
+    missing, unexpected = target.load_state_dict(tower.state_dict(), strict=False)
+    # the VLM's tower has no pooling head (vision_use_head False); anything else must match
+    if missing or [k for k in unexpected if '.head.' not in k]:
+        raise ValueError(f"{directory} does not fit this preset's tower (missing {missing[:3]}, "
+                         f'unexpected {unexpected[:3]}): train vision with the same --preset')
+
+
 def _param_groups(model, weight_decay: float) -> list[dict]:
     """Decay the matrices; leave norms, biases, embeddings and the image newline alone."""
     decay, plain = [], []
     for name, param in model.named_parameters():
+        if not param.requires_grad:  # a frozen tower: no update, no decay
+            continue
         matrix = param.ndim >= 2 and 'embed' not in name
         (decay if matrix else plain).append(param)
     return [{'params': decay, 'weight_decay': weight_decay},
