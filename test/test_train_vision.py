@@ -88,8 +88,8 @@ def test_a_short_run_lowers_its_loss_saves_and_resumes_to_the_same_weights(data_
         train_vision(_config(data_dir, tmp_path / 'cut'), **QUIET)
 
 
-def test_the_vision_tower_loads_into_the_vlm_stage_and_stays_frozen_bit_for_bit(data_dir,
-                                                                               tmp_path):
+def test_the_vision_tower_loads_into_the_vlm_stage_and_stays_frozen_bit_for_bit(
+        data_dir, tmp_path):
     tower = train_vision(_config(data_dir, tmp_path / 'vision', steps=2), **QUIET).tower_dir
     pretrained = load_file(tower / 'model.safetensors')
     config = TrainConfig(data=data_dir, out=tmp_path / 'vlm', preset='test', steps=1,

@@ -86,8 +86,8 @@ class VisionHeads(nn.Module):
         self.centre = nn.Linear(hidden, len(OBJECT_LABELS))
 
     def forward(self, tokens: Tensor) -> dict[str, Tensor]:
-        return {name: getattr(self, name)(tokens) for name in ('semantic', 'present', 'band',
-                                                                'centre')}
+        heads = ('semantic', 'present', 'band', 'centre')
+        return {name: getattr(self, name)(tokens) for name in heads}
 
 
 def dense_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
