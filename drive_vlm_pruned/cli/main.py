@@ -11,6 +11,7 @@ from .convert import add_convert_parser, run_convert
 from .data import add_data_parser, run_data
 from .eval import add_eval_parser
 from .node import add_node_parser
+from .probes import add_probes_parser, run_probes
 from .run import add_run_parser
 from .search import add_bench_accuracy_parser, add_search_parser, run_search
 from .train import add_train_parser, run_train
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_accuracy_parser(bench_sub, _keep_ratio, _pruner)
     bench_latency_parser(bench_sub)
     bench_soak_parser(bench_sub)
+    add_probes_parser(bench_sub)
     bv = bench_sub.add_parser(
         'vision', help='vision-encoder latency for six views per backend',
         description='Time the vision encoder (+ projector) on six views with every backend '
@@ -505,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..bench.latency import main as bench_latency_main
 
         return bench_latency_main(args)
+    if args.command == 'bench' and args.bench == 'probes':
+        return run_probes(args)
     if args.command == 'bench' and args.bench == 'soak':
         from ..bench.soak import main as bench_soak_main
 

@@ -113,6 +113,11 @@ PRESETS = {
                                    save_every=50, patch_loss=1.0, visual_norm_ratio=2.0,
                                    route_loss=1.0, exclude_loss=1.0, object_loss=1.0),
                             needs_init=True),
+    # The two-stage recipe (issue 28): the tower pretrained by `drive-vlm train vision` and
+    # frozen (--vision-init DIR --freeze-vision), then the projector and the LLM learn the QA
+    # with the answer loss and the visual norm cap only: none of the attention-steering terms.
+    'nano-sees': Preset('nano-sees', ModelPreset(prompt_format='named-views'),
+                        Recipe(steps=1500, match_visual_scale=True, visual_norm_ratio=2.0)),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,

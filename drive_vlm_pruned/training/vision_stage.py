@@ -35,6 +35,7 @@ from tqdm import tqdm
 from .model import vision_config
 from .presets import get_preset
 from .vision_targets import DISTANCE_BANDS_M, SEMANTIC_CLASSES, view_targets
+from ..eval.linear_probe import linear_probe_accuracy
 from ..scenes.world import OBJECT_LABELS
 
 SHARD_FRAMES = 10  # key frames (60 views) per cache shard
@@ -328,7 +329,7 @@ def report(tower, heads, train: dict[str, Tensor], val: dict[str, Tensor]) -> di
         y_train, y_val = target(train), target(val)
         accs, majority = [], []
         for c, label in enumerate(OBJECT_LABELS):
-            acc = _linear_probe(train_x, y_train[:, c], val_x, y_val[:, c])
+            acc = linear_probe_accuracy(train_x, y_train[:, c], val_x, y_val[:, c])
             common = torch.bincount(y_train[:, c]).argmax()
             accs.append(acc)
             majority.append((y_val[:, c] == common).float().mean().item())
@@ -337,19 +338,3 @@ def report(tower, heads, train: dict[str, Tensor], val: dict[str, Tensor]) -> di
         out[f'{name}_accuracy'] = float(np.mean(accs))
         out[f'{name}_majority'] = float(np.mean(majority))
     return out
-
-
-def _linear_probe(x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor, steps: int = 300) -> float:
-    """Fit a softmax regression on standardised features; return held-out accuracy."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    x, x_val = (x - mean) / std, (x_val - mean) / std
-    classes = int(max(y.max(), y_val.max())) + 1
-    probe = nn.Linear(x.shape[1], classes)
-    opt = torch.optim.Adam(probe.parameters(), lr=0.05, weight_decay=1e-3)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(probe(x), y).backward()
-            opt.step()
-    with torch.no_grad():
-        return (probe(x_val).argmax(-1) == y_val).float().mean().item()
