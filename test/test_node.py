@@ -2,7 +2,7 @@
 The drive_vlm node over real DDS on loopback: outputs, live parameters, drops, bad input.
 
 One node (tiny LLaVA-OneVision) serves this module; each test resets the live parameters it
-touches. Compressed input and degraded views are in test_node_views.py.
+touches. Compressed input and node start-up are in test_node_start.py.
 """
 
 import math

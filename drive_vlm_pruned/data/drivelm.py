@@ -1,7 +1,7 @@
 """
 Read and write DriveLM-nuScenes files: real ones and the synthetic ones of ``data synth``.
 
-The shape (docs/eval.md, DATA_SCHEMA.md): scene token -> ``key_frames`` -> frame token ->
+The shape (DriveLM-nuScenes; our additions in docs/qa_rules.md): scene token -> ``key_frames`` -> frame token ->
 ``key_object_infos`` (c-tag -> info), ``QA`` (perception / prediction / planning / behavior lists
 of ``{"Q", "A", "tag", ...}``), ``image_paths`` (camera -> path) and, in our synthetic files only,
 ``gt`` (ego history, future trajectory, future agent boxes, masks). A QA's id is
@@ -81,7 +81,7 @@ class AgentBox:
 
 @dataclass(frozen=True)
 class FrameGT:
-    """The ground truth that synthetic files carry and DriveLM lacks (DATA_SCHEMA.md, ``gt``)."""
+    """The ground truth that synthetic files carry and DriveLM lacks (docs/qa_rules.md, ``gt``)."""
 
     timestamp_us: int
     ego_history: tuple[tuple[float, float], ...]  # t-1.5 .. t, 0.5 s apart (ego frame at t)
@@ -289,8 +289,8 @@ def _frame_gt(base: Path, gt, where: str) -> FrameGT:
             image_size=(int(size[0]), int(size[1])) if size else None,
         )
     except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise DriveLMError(f'{where}: malformed "gt" ({type(err).__name__}: {err}); see '
-                           'DATA_SCHEMA.md for its fields') from None
+        raise DriveLMError(f'{where}: malformed "gt" ({type(err).__name__}: {err}); its fields '
+                           'are in docs/qa_rules.md, "Ground truth per key frame"') from None
 
 
 def _points(values) -> tuple[tuple[float, float], ...]:

@@ -1,7 +1,7 @@
 """
 ``drive-vlm data synth``: render scenes and write them as a DriveLM-nuScenes data set.
 
-Layout (DATA_SCHEMA.md): ``OUT/samples/<CAM>/<scene>__<CAM>__<timestamp_us>.jpg`` (JPEG quality
+Layout (docs/qa_rules.md): ``OUT/samples/<CAM>/<scene>__<CAM>__<timestamp_us>.jpg`` (JPEG quality
 95, PIL), ``OUT/masks/<CAM>/<same stem>.png`` (uint8 label masks, values ``scenes.Label``),
 ``OUT/<split>.json`` (scene token -> key frames with ``key_object_infos``, ``QA``,
 ``image_paths`` and ``gt``) and ``OUT/<split>.meta.json`` (options, seeds, QA counts).

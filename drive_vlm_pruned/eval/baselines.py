@@ -1,5 +1,5 @@
 """
-Baselines that every score is reported beside (docs/eval.md).
+Baselines that every score is reported beside (shared docs/eval.md).
 
 - Blind: the same model and pipeline with every camera image blanked to black (all zeros, the
   real size; data/drivelm.load_camera_set(blank=True) never reads a pixel). It runs through
@@ -78,3 +78,19 @@ def constant_velocity_answer(frame: KeyFrame) -> str | None:
         return None
     points = constant_velocity(frame.gt.ego_history)
     return None if points is None else format_trajectory(points)
+
+
+def fit_question_prior(frames: Iterable[KeyFrame]) -> dict[str, str]:
+    """
+    Return the majority answer of every question text (the question prior of issue 28).
+
+    It is the best a model that reads only the question can do, given the answers of
+    ``frames``. A per-camera question names its class and camera, so this is the majority
+    answer of that class in that camera; fit it on other frames than those it is scored on.
+    """
+    counts: dict[str, Counter] = {}
+    for frame in frames:
+        for qa in frame.qa:
+            if qa.answer:
+                counts.setdefault(qa.question, Counter())[qa.answer] += 1
+    return {q: c.most_common(1)[0][0] for q, c in counts.items()}

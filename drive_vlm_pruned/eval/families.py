@@ -1,5 +1,5 @@
 """
-Our per-family exact-match rule for closed-form answers (docs/eval.md, "Exact-match accuracy").
+Our per-family exact-match rule for closed-form answers (shared docs/eval.md, "Exact-match").
 
 Yes/no, counts, distance bands, option letters and fixed action phrases are compared after
 normalising both answers: lower case, number words zero..twenty read as numbers, every number

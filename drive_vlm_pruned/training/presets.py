@@ -3,7 +3,8 @@ Model sizes and training recipes, by preset name (``drive-vlm train vlm --preset
 
 ``nano`` is the shipped embedded model: a LLaVA-OneVision (SigLIP tower + projector + Qwen2 LM)
 small enough to train from scratch on a 2-core CPU, with 224 px views at patch 16, so every view
-gives 14 x 14 = 196 prunable tokens (docs/training.md). ``test`` is a toy size for fast tests.
+gives 14 x 14 = 196 prunable tokens (the model card, checkpoints/drive-vlm-nano/README.md).
+``test`` is a toy size for fast tests.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ ReconPruner training views: image + foreground-mask pairs, encoded once by the f
 Two layouts are read (docs/reconpruner.md):
 
 - a data set written by ``drive-vlm data synth`` (``DIR/<split>.json`` in DriveLM shape): every
-  key frame gives six views, each with its label mask ``gt.masks[camera]`` (DATA_SCHEMA.md;
+  key frame gives six views, each with its label mask ``gt.masks[camera]`` (docs/qa_rules.md;
   every nonzero label, road included, is foreground, as nuScenes-FG defines it);
 - user pairs in a nuScenes-FG-like layout::
 

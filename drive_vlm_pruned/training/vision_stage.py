@@ -32,6 +32,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .cpu_info import bf16_support
 from .model import vision_config
 from .presets import get_preset
 from .vision_targets import DISTANCE_BANDS_M, SEMANTIC_CLASSES, view_targets
@@ -218,7 +219,8 @@ def train_vision(config: VisionConfig, log: Callable[[str], None] = print) -> Vi
     (out / 'config.json').write_text(json.dumps(asdict(config), default=str, indent=1) + '\n')
     log(f'vision stage: {len(train["image"])} train views, {len(val["image"])} held-out views, '
         f'tower {sum(p.numel() for p in tower.parameters()) / 1e6:.2f}M params, batch '
-        f'{config.batch}, {config.steps} steps, {"bf16 autocast" if config.bf16 else "fp32"}')
+        f'{config.batch}, {config.steps} steps, {"bf16 autocast" if config.bf16 else "fp32"} '
+        f'(CPU bf16 support: {bf16_support()}, {torch.get_num_threads()} threads)')
     start, spent, first_step = time.monotonic(), 0.0, step
     bar = tqdm(total=config.steps, initial=step, desc='train vision', unit='step')
     while step < config.steps:
@@ -252,6 +254,8 @@ def train_vision(config: VisionConfig, log: Callable[[str], None] = print) -> Vi
         result.report = report(tower, heads, train, val)
         result.report['seconds_per_step'] = spent / max(1, step - first_step)
         result.report['bf16'] = config.bf16
+        result.report['cpu_bf16_support'] = bf16_support()
+        result.report['threads'] = torch.get_num_threads()
         (out / 'report.json').write_text(json.dumps(result.report, indent=1) + '\n')
         result.tower_dir = out / 'vision_tower'
         tower.save_pretrained(result.tower_dir, safe_serialization=True)
