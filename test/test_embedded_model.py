@@ -4,20 +4,21 @@ import json
 
 from drive_vlm_pruned.data.drivelm import load_camera_set, load_drivelm
 from drive_vlm_pruned.data.synth import DataOptions, write_dataset
+from drive_vlm_pruned.eval.baselines import fit_question_prior
+from drive_vlm_pruned.eval.families import answers_match
 from drive_vlm_pruned.models.embedded import check_embedded, embedded_model_dir
 from drive_vlm_pruned.models.load import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
 import pytest
 
-# A fixed rendered frame: test-split scene seed 2,000,000 + 1, its first key frame, and one of
-# its counting questions (answer '5', neither the train split's majority count '0' nor the test
-# split's '1'). The shipped nano model's counting is weak overall (its model card has the table):
-# this pins one frame it gets right, so a broken load, prompt or decode path shows here. A
-# retrained model may get another frame right instead: re-pin it then (the card's eval is the
-# accuracy figure, not this).
-SCENE_SEED = 1
-QUESTION = 'How many vehicles are in the front view?'
+# A small fixed set: 4 test-range scenes x 5 key frames (60 exists, 40 count questions), and
+# the question prior fit on a separate 20-scene sample of the train range. A model that reads
+# only the question scores the prior's accuracy on these items; the shipped model must beat it
+# on both camera families by MARGIN, more than the binomial noise of 40-60 items (about 8 points
+# at 2 standard errors) allows a prior-only answerer. The model card has the full test split.
+EVAL_SCENES, PRIOR_SCENES, FRAMES_PER_SCENE = 4, 20, 5
+MARGIN = 0.15
 
 
 @pytest.fixture(scope='module')
@@ -54,18 +55,44 @@ def test_it_loads_offline_in_float32_and_has_196_tokens_per_view(adapter):
     assert len(ids.input_ids) <= 10  # QA words are whole tokens
 
 
-def test_it_counts_the_objects_of_a_fixed_rendered_frame(adapter, tmp_path):
-    # Key frames spread over the scene, so frames_per_scene decides the frame: as the test split.
-    write_dataset(tmp_path, DataOptions(scenes=1, frames_per_scene=5, seed=SCENE_SEED,
-                                        split='test'))
-    frame = load_drivelm(tmp_path, split='test')[0]
-    count = [qa for qa in frame.qa if qa.question == QUESTION][0]
-    assert count.family == 'count' and count.answer == '5'
-    camera_set = load_camera_set(frame)
-    result = Pipeline(adapter).run(camera_set, RuntimeSettings(
-        keep_ratio=1.0, question=count.question, max_new_tokens=8))
-    assert result.tokens_before == [196] * 6
-    assert result.answer == count.answer, (count.question, result.answer)
+@pytest.fixture(scope='module')
+def camera_scores(adapter, tmp_path_factory) -> dict[str, tuple[int, float, float]]:
+    """Per family: items, the model's accuracy and the question prior's, on the fixed set."""
+    out = tmp_path_factory.mktemp('camera-set')
+    write_dataset(out, DataOptions(scenes=EVAL_SCENES, frames_per_scene=FRAMES_PER_SCENE,
+                                   split='test'))
+    write_dataset(out, DataOptions(scenes=PRIOR_SCENES, frames_per_scene=FRAMES_PER_SCENE,
+                                   split='train'))
+    prior = fit_question_prior(load_drivelm(out, split='train'))
+    pipeline = Pipeline(adapter)
+    hits = {'exists': [], 'count': []}
+    for frame in load_drivelm(out, split='test'):
+        items = [qa for qa in frame.qa if qa.family in hits]
+        camera_set = load_camera_set(frame)
+        results = pipeline.run_batch([camera_set] * len(items), [RuntimeSettings(
+            keep_ratio=1.0, question=qa.question, max_new_tokens=8) for qa in items])
+        for qa, result in zip(items, results):
+            assert result.tokens_before == [196] * 6
+            hits[qa.family].append((answers_match(result.answer, qa.answer),
+                                    prior.get(qa.question) == qa.answer))
+    return {family: (len(pairs), sum(m for m, _ in pairs) / len(pairs),
+                     sum(p for _, p in pairs) / len(pairs)) for family, pairs in hits.items()}
+
+
+def test_it_answers_camera_questions_at_least_as_well_as_the_question_alone(camera_scores):
+    # A broken load, prompt, image or decode path answers far below the prior (a model that
+    # returns malformed or constant answers scores near zero on count): this is that guard.
+    for family, (items, model, alone) in camera_scores.items():
+        assert items >= 40 and model >= alone, (family, items, model, alone)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'quality bar of issue 28, missed by the shipped model: on this set it scores 76.7% on 60 '
+    'exists questions against 71.7% for the question prior (needs +15 points); strict: red '
+    'once a model that reads its cameras ships; then drop this mark'))
+def test_it_answers_camera_questions_better_than_the_question_alone_can(camera_scores):
+    for family, (items, model, alone) in camera_scores.items():
+        assert model >= alone + MARGIN, (family, items, model, alone)
 
 
 def test_a_missing_checkpoint_gets_an_error_that_says_how_to_get_one(tmp_path):

@@ -6,7 +6,8 @@ CompressedImage (format 'jpeg', never re-encoded), CameraInfo from calibrated_se
 ego pose of that sample_data as Odometry on /odom and map -> base_link on /tf; /tf_static holds
 base_link -> each camera's optical frame. Stamps are the sample_data timestamps (us -> ns).
 At each keyframe (sample), /gt/future_trajectory (nav_msgs/Path) and /gt/frame carry the GT
-future trajectory by the rule in the shared docs/models.md (../shared/docs): follow ``sample['next']`` for 6 keyframes,
+future trajectory by the rule in the shared docs/models.md: follow ``sample['next']`` for 6
+keyframes,
 take each one's ego pose from its LIDAR_TOP sample_data, rotate into the current ego frame
 (x forward, y left), and mask steps past the scene's end. A keyframe's reference stamp is its
 CAM_FRONT timestamp. The sidecar (topics.py) also lists, for the collision metric, the future

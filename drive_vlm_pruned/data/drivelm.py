@@ -1,7 +1,8 @@
 """
 Read and write DriveLM-nuScenes files: real ones and the synthetic ones of ``data synth``.
 
-The shape (DriveLM-nuScenes; our additions in docs/qa_rules.md): scene token -> ``key_frames`` -> frame token ->
+The shape (DriveLM-nuScenes; our additions: docs/qa_rules.md): scene token -> ``key_frames``
+-> frame token ->
 ``key_object_infos`` (c-tag -> info), ``QA`` (perception / prediction / planning / behavior lists
 of ``{"Q", "A", "tag", ...}``), ``image_paths`` (camera -> path) and, in our synthetic files only,
 ``gt`` (ego history, future trajectory, future agent boxes, masks). A QA's id is

@@ -1,8 +1,8 @@
 """
 Six-view frame sets with ground truth: images, masks, objects, ego pose, future trajectory.
 
-The GT future trajectory follows the nuScenes planning rule (shared docs/models.md, Scoring): the ego
-positions 0.5, 1.0, ... 3.0 s after the set's reference time (its CAM_FRONT exposure), in the
+The GT future trajectory follows the nuScenes planning rule (shared docs/models.md, Scoring): the
+ego positions 0.5, 1.0, ... 3.0 s after the set's reference time (its CAM_FRONT exposure), in the
 ego frame at that time (x forward, y left). The generator knows the motion in closed form, so
 every step is valid; nuScenes masks steps past a scene's end instead. Future agent boxes, for
 the collision metric, are those of agents within ``FUTURE_RADIUS_M`` at the reference time,

@@ -119,6 +119,10 @@ PRESETS = {
     # with the answer loss and the visual norm cap only: none of the attention-steering terms.
     'nano-sees': Preset('nano-sees', ModelPreset(prompt_format='named-views'),
                         Recipe(steps=1500, match_visual_scale=True, visual_norm_ratio=2.0)),
+    # nano-sees plus the view and object routing terms from the first step (one stage).
+    'nano-sees-routed': Preset('nano-sees-routed', ModelPreset(prompt_format='named-views'),
+                               Recipe(steps=1000, match_visual_scale=True, visual_norm_ratio=2.0,
+                                      route_loss=1.0, object_loss=1.0)),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,
