@@ -11,6 +11,12 @@ NUSCENES_CAMERAS: tuple[str, ...] = (
     'CAM_BACK_RIGHT',
 )
 
+# nuScenes' cameras run at 12 Hz; synthetic bags, the node's ground-truth matching and the
+# benchmarks' publishers all use this one period.
+CAMERA_RATE_HZ = 12.0
+FRAME_PERIOD_NS = 83_333_333
+HALF_FRAME_NS = FRAME_PERIOD_NS // 2  # a stamp matches a set within half a period
+
 
 def camera_topic(name: str, compressed: bool = False) -> str:
     """

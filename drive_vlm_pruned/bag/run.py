@@ -22,7 +22,7 @@ from .reading import BagReader
 from .recording import camera_inputs, Diagnostics, RecordedSet, Recorder, view_overlays
 from .rig_calibration import bag_calibration, first_camera_infos
 from .topics import camera_info_topic, FrameTruth, GroundTruth, read_ground_truth, TF_STATIC_TOPIC
-from ..cameras import camera_topic, NUSCENES_CAMERAS
+from ..cameras import camera_topic, HALF_FRAME_NS, NUSCENES_CAMERAS
 from ..eval.planning import HORIZONS_S, score_trajectory
 from ..frames.approximate_sync import ApproximateTimeSynchronizer, DEFAULT_SLOP_S, SyncedSet
 from ..frames.assembly import assemble, FrameError
@@ -30,8 +30,6 @@ from ..models.load import load_adapter
 from ..models.loading import LoadSpec
 from ..models.prompts import PLANNING
 from ..pipeline.pipeline import Pipeline, Result, RuntimeSettings
-
-HALF_FRAME_NS = 41_666_666  # a set's stamp matches a GT record within half a 12 Hz period
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ from .topics import (
     ViewObjectTruth,
     write_ground_truth,
 )
-from ..cameras import NUSCENES_CAMERAS
+from ..cameras import CAMERA_RATE_HZ, FRAME_PERIOD_NS, NUSCENES_CAMERAS
 from ..scenes import (
     FrameSet,
     Label,
@@ -75,7 +75,6 @@ from ..scenes import (
 from ..scenes.frames import FUTURE_DT_S, FUTURE_RADIUS_M, FUTURE_STEPS
 
 BASE_STAMP_NS = 1_700_000_000_000_000_000   # 2023-11-14: a fixed start keeps bags reproducible
-FRAME_PERIOD_NS = 83_333_333                  # 12 Hz, as nuScenes' cameras
 MAX_SPREAD_NS = 50_000_000                    # a set's six exposures lie within 50 ms
 MARKER_COLORS = {'vehicle': (0.2, 0.4, 1.0), 'pedestrian': (1.0, 0.2, 0.2),
                  'sign': (1.0, 1.0, 0.2), 'barrier': (1.0, 0.5, 0.0)}
@@ -130,7 +129,7 @@ class SynthResult:
 
 def scene_config(options: SynthOptions) -> SceneConfig:
     """Return the scene behind a bag: long enough for every frame's 3 s of future."""
-    duration = options.frames / 12.0 + FUTURE_STEPS * FUTURE_DT_S + 1.0
+    duration = options.frames / CAMERA_RATE_HZ + FUTURE_STEPS * FUTURE_DT_S + 1.0
     return SceneConfig(seed=options.seed, curvature=options.curve, ego_speed=options.speed,
                        duration_s=duration)
 

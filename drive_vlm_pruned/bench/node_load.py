@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from ..cameras import NUSCENES_CAMERAS
+from ..cameras import CAMERA_RATE_HZ, NUSCENES_CAMERAS
 
-FRAME_PERIOD_S = 1.0 / 12.0
+FRAME_PERIOD_S = 1.0 / CAMERA_RATE_HZ
 
 
 @dataclass

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bag.run import HALF_FRAME_NS
 from ..bag.synth import scene_config, SynthOptions
 from ..bag.topics import read_ground_truth
+from ..cameras import HALF_FRAME_NS
 from ..data import qa_rules
 from ..eval.families import answers_match
 from ..eval.planning import score_trajectory

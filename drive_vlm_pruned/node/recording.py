@@ -23,10 +23,9 @@ from ..bag.recording import (
     RecordingError,
     view_overlays,
 )
-from ..cameras import NUSCENES_CAMERAS
+from ..cameras import HALF_FRAME_NS, NUSCENES_CAMERAS
 from ..frames.calibration import CameraCalibration
 
-HALF_FRAME_NS = 41_666_666
 TRUTH_KEPT = 64
 
 

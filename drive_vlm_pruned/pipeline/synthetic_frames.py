@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .camera_set import CameraSet
-from ..cameras import NUSCENES_CAMERAS
+from ..cameras import FRAME_PERIOD_NS, NUSCENES_CAMERAS
 from ..models.prompts import PLANNING
-
-FRAME_PERIOD_NS = 83_333_333  # 12 Hz, as nuScenes cameras
 
 
 def synthetic_frame(index: int, size: tuple[int, int] = (225, 400), seed: int = 0) -> CameraSet:

@@ -20,11 +20,12 @@ import numpy as np
 from .render import render_view, ViewRender
 from .rig import Camera, NUSCENES_CAPTURE_OFFSETS_S, REFERENCE_CAMERA
 from .world import EgoPose, Scene
+from ..cameras import CAMERA_RATE_HZ
 
 FUTURE_STEPS = 6
 FUTURE_DT_S = 0.5
 FUTURE_RADIUS_M = 50.0
-FRAME_RATE_HZ = 12.0
+FRAME_RATE_HZ = CAMERA_RATE_HZ
 
 
 @dataclass(frozen=True)
