@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import sys
 
 from .bag import add_bag_parser, run_bag
+from .bench_pruners import add_bench_pruners_parser
 from .convert import add_convert_parser, run_convert
 from .data import add_data_parser, run_data
 from .eval import add_eval_parser
@@ -15,7 +16,7 @@ from .probes import add_probes_parser, run_probes
 from .run import add_run_parser
 from .search import add_bench_accuracy_parser, add_search_parser, run_search
 from .train import add_train_parser, run_train
-from ..pruning import check_keep_ratio, check_pruner_name, pruner_names
+from ..pruning import check_keep_ratio, check_pruner_name
 
 TINY_FAMILIES = ('llava-onevision', 'internvl', 'qwen2.5-vl')
 
@@ -40,14 +41,6 @@ DEMO_PRUNERS_HELP = """\
 Show what each pruner keeps on a synthetic six-view scene (6 x 729 tokens): tokens kept per
 camera, how many planted objects still have a token, the share spent on sky/road, the time per
 call, and ASCII maps of the front camera. Needs no model and no ROS.
-"""
-
-BENCH_PRUNERS_HELP = """\
-Time token selection for each pruner on synthetic six-view tokens (default 6 x 729) at several
-feature widths and keep ratios, on the CPU and on CUDA when available. Prints a markdown table of
-median and interquartile spread in milliseconds; --json-out writes one record per cell.
-
-example: drive-vlm bench pruners --dims 3584 --keep-ratios 0.1 --pruners tfps
 """
 
 
@@ -169,32 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser('bench', help='benchmarks that print figures',
                            description='Benchmarks. Each prints a table; none is a test.')
     bench_sub = bench.add_subparsers(dest='bench', metavar='BENCH', required=True)
-    bp = bench_sub.add_parser(
-        'pruners', help='selection time of every pruner', description=BENCH_PRUNERS_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bp.add_argument('--pruners', nargs='+', type=_pruner, metavar='NAME',
-                    help=f'pruners to time (default: all single-stage ones of {pruner_names()})')
-    bp.add_argument('--dims', nargs='+', type=int, default=[1152, 3584],
-                    help='token widths D (default 1152 3584: SigLIP and a 7B LLM)')
-    bp.add_argument('--keep-ratios', nargs='+', type=_keep_ratio, default=[0.5, 0.25, 0.1],
-                    help='fractions KEPT (default 0.5 0.25 0.1)')
-    bp.add_argument('--views', type=int, default=6, help='camera views (default 6)')
-    bp.add_argument('--tokens', type=int, default=729,
-                    help='tokens per view, a square number (default 729 = 27 x 27)')
-    bp.add_argument('--device', default='all',
-                    help="'cpu', 'cuda', 'cuda:1' or 'all' (CPU plus CUDA if present; default)")
-    bp.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
-                    help='token dtype (default float32)')
-    bp.add_argument('--similarity-dtype', default='auto', choices=['auto', 'float32', 'bfloat16'],
-                    help="Gram-matrix precision of tfps/divprune/mvpruner-s1: 'auto' (bf16 on "
-                         "CPUs with BF16, else the token dtype; default) or exact 'float32'")
-    bp.add_argument('--warmup', type=int, default=2, help='untimed runs per cell (default 2)')
-    bp.add_argument('--repeats', type=int, default=10, help='timed runs per cell (default 10)')
-    bp.add_argument('--threads', type=int, default=0,
-                    help='torch CPU threads (default: torch default, usually the core count)')
-    bp.add_argument('--json-out', metavar='PATH', help='write one JSON record per cell here')
-    bp.add_argument('--markdown-out', metavar='PATH', help='write the markdown table here')
+    add_bench_pruners_parser(bench_sub, _keep_ratio, _pruner)
     bench_prefill_parser(bench_sub)
     add_bench_accuracy_parser(bench_sub, _keep_ratio, _pruner)
     bench_latency_parser(bench_sub)

@@ -16,7 +16,7 @@ Baselines that every score is reported beside (shared docs/eval.md).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 import re
 
@@ -48,18 +48,20 @@ class MajorityAnswers:
 
 def fit_majority(frames: Iterable[KeyFrame], source: str) -> MajorityAnswers | None:
     """Count answers per type in ``frames``; None when it has no answers (a q-only file)."""
-    by_type: dict[str, Counter] = {}
-    by_category: dict[str, Counter] = {}
-    for frame in frames:
-        for qa in frame.qa:
-            if qa.answer:
-                by_type.setdefault(question_type(qa), Counter())[qa.answer] += 1
-                by_category.setdefault(qa.category, Counter())[qa.answer] += 1
-    if not by_type:
+    answered = [qa for frame in frames for qa in frame.qa if qa.answer]
+    if not answered:
         return None
+    return MajorityAnswers(_majority_by(answered, question_type),
+                           _majority_by(answered, lambda qa: qa.category), source)
+
+
+def _majority_by(items: Iterable[QA], key: Callable[[QA], str]) -> dict[str, str]:
+    """Return the most common answer per ``key`` of the answered ``items``."""
+    counts: dict[str, Counter] = {}
+    for qa in items:
+        counts.setdefault(key(qa), Counter())[qa.answer] += 1
     # most_common keeps first-seen order among ties: deterministic for a given file
-    return MajorityAnswers({k: c.most_common(1)[0][0] for k, c in by_type.items()},
-                           {k: c.most_common(1)[0][0] for k, c in by_category.items()}, source)
+    return {k: c.most_common(1)[0][0] for k, c in counts.items()}
 
 
 def constant_velocity(history: Sequence[Sequence[float]], steps: int = WAYPOINTS
@@ -88,9 +90,5 @@ def fit_question_prior(frames: Iterable[KeyFrame]) -> dict[str, str]:
     ``frames``. A per-camera question names its class and camera, so this is the majority
     answer of that class in that camera; fit it on other frames than those it is scored on.
     """
-    counts: dict[str, Counter] = {}
-    for frame in frames:
-        for qa in frame.qa:
-            if qa.answer:
-                counts.setdefault(qa.question, Counter())[qa.answer] += 1
-    return {q: c.most_common(1)[0][0] for q, c in counts.items()}
+    return _majority_by((qa for frame in frames for qa in frame.qa if qa.answer),
+                        lambda qa: qa.question)

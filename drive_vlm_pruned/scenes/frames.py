@@ -25,7 +25,6 @@ from ..cameras import CAMERA_RATE_HZ
 FUTURE_STEPS = 6
 FUTURE_DT_S = 0.5
 FUTURE_RADIUS_M = 50.0
-FRAME_RATE_HZ = CAMERA_RATE_HZ
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def future_objects(scene: Scene, time_s: float, steps: int = FUTURE_STEPS,
     return tuple(out)
 
 
-def nominal_capture_times(index: int, rate_hz: float = FRAME_RATE_HZ,
+def nominal_capture_times(index: int, rate_hz: float = CAMERA_RATE_HZ,
                           offsets_s: Mapping[str, float] = NUSCENES_CAPTURE_OFFSETS_S
                           ) -> dict[str, float]:
     """Return each camera's exposure time of frame set ``index`` (nuScenes firing order)."""
