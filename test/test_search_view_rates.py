@@ -150,10 +150,17 @@ def test_two_processes_share_one_sqlite_study_and_lose_no_trial(small_model, pla
 
     trials = trials_in(db)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    printed = sum(line.startswith('trial ') for out in outs for line in out.splitlines())
-    assert len(complete) == printed  # every trial a process ran is in the study
+    printed = [{int(line.split(':')[0].split()[1]) for line in out.splitlines()
+                if line.startswith('trial ')} for out in outs]
+    assert all("study 'view-rates'" in out for out in outs)  # both joined the one study
+    assert not printed[0] & printed[1]  # no trial number handed to both processes
+    assert {t.number for t in complete} == printed[0] | printed[1]  # and none lost
     assert 8 <= len(complete) <= 9  # --trials counts both; at most one overshoot per extra worker
-    assert {t.user_attrs['worker'] for t in complete} == {0, 1}  # both recorded trials
+    # Which process ran a trial is recorded with it. Whether the second process gets
+    # one at all depends on start-up order (a trial takes 0.1 s here), so that is
+    # not asserted; the attribution is.
+    for t in complete:
+        assert t.number in printed[t.user_attrs['worker']]
     assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete)
     assert {'accuracy', 'rate_sum', 'objective'} <= set(complete[0].user_attrs)
     assert 'parameter importances' in outs[0] + outs[1]
