@@ -6,6 +6,8 @@ None. These tests fail with the transformers version and the missing keyword whe
 stops handing the hooks what they read, so whoever upgrades learns what broke.
 """
 
+import warnings
+
 from conftest import random_frame
 from drive_vlm_pruned.models.call_contract import (
     cache_keyword,
@@ -57,12 +59,68 @@ def test_decoder_layers_are_called_with_what_the_hooks_read(pipeline):
                               f'{name!r} keyword; got keywords {sorted(seen)}')
 
 
-def test_the_model_takes_its_cache_under_the_newest_spelling_it_knows(pipeline):
+def _prefill_with_cache_as(model, inputs, keyword):
+    """Prefill with a fresh cache passed as ``keyword``: (positions it holds, warnings raised)."""
+    cache = DynamicCache(config=model.config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try:
+            model(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                  position_ids=inputs.position_ids, use_cache=True, logits_to_keep=1,
+                  **{keyword: cache})
+        except TypeError:  # a forward without **kwargs refuses an unknown keyword outright
+            return 0, []
+    deprecations = [str(w.message) for w in caught
+                    if issubclass(w.category, (FutureWarning, DeprecationWarning))
+                    and keyword in str(w.message)]
+    return cache.get_seq_length(), deprecations
+
+
+@torch.inference_mode()
+def test_the_cache_keyword_is_the_one_the_installed_model_fills(pipeline):
     import inspect
 
-    params = inspect.signature(pipeline.adapter.model.forward).parameters
-    want = 'cache' if 'cache' in params else 'past_key_values'
-    assert cache_keyword(pipeline.adapter.model) == want
+    model = pipeline.adapter.model
+    keyword = cache_keyword(model)
+    version = transformers.__version__
+    assert keyword in inspect.signature(type(model).forward).parameters, (
+        f'transformers {version}: {type(model).__name__}.forward has no {keyword!r} parameter')
+    inputs, _ = _inputs(pipeline, RuntimeSettings(keep_ratio=1.0))
+    length = inputs.inputs_embeds.shape[1]
+    filled, deprecated = _prefill_with_cache_as(model, inputs, keyword)
+    assert filled == length, (
+        f'transformers {version}: the cache passed as {keyword!r} stayed empty')
+    assert not deprecated, f'transformers {version}: {keyword!r} is deprecated: {deprecated}'
+    # The forwards take **kwargs: a keyword the model does not know is swallowed silently, so
+    # only the filled cache shows that the keyword was the right one.
+    assert _prefill_with_cache_as(model, inputs, 'kv_cache')[0] == 0
+    for other in set(CACHE_KEYWORDS) - {keyword}:
+        # The other spelling is either gone (the cache stays empty) or kept as a deprecated
+        # alias; a release that took both without a warning would need no cache_keyword.
+        filled, deprecated = _prefill_with_cache_as(model, inputs, other)
+        assert filled == 0 or deprecated, (
+            f'transformers {version}: {other!r} fills the cache without a deprecation warning; '
+            f'is {keyword!r} still the newest spelling?')
+
+
+def test_cache_keyword_prefers_the_newest_spelling_and_names_a_forward_without_one():
+    class Both:
+        def forward(self, inputs_embeds=None, past_key_values=None, cache=None):
+            pass
+
+    class Old:
+        def forward(self, inputs_embeds=None, past_key_values=None, **kwargs):
+            pass
+
+    class Neither:
+        def forward(self, inputs_embeds=None, **kwargs):
+            pass
+
+    assert cache_keyword(Both()) == 'cache'
+    assert cache_keyword(Old()) == 'past_key_values'
+    with pytest.raises(LayerCallError, match=f'transformers {transformers.__version__}: '
+                                             r'.*Neither\.forward takes none of'):
+        cache_keyword(Neither())
 
 
 @torch.inference_mode()
