@@ -1,5 +1,6 @@
 """Vision backends: ONNX export and parity, the onnxruntime pipeline, fallbacks, engine keys."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 from conftest import random_frame
@@ -92,6 +93,8 @@ def test_pipeline_with_onnxruntime_gives_the_same_greedy_answer(exported, family
 def test_missing_or_corrupt_onnx_falls_back_with_one_logged_reason(tiny_llava, tmp_path):
     corrupt = tmp_path / 'corrupt.onnx'
     corrupt.write_bytes(b'not an onnx graph')
+    settings, frame = RuntimeSettings(max_new_tokens=2), random_frame(32)
+    want = Pipeline(load_adapter(LoadSpec(str(tiny_llava)))).run(frame, settings)
     for path, says in [(tmp_path / 'nope.onnx', 'not found'), (corrupt, 'could not be loaded')]:
         logs = []
         spec = LoadSpec(str(tiny_llava), vision_backend='onnxruntime', vision_onnx=str(path))
@@ -99,7 +102,10 @@ def test_missing_or_corrupt_onnx_falls_back_with_one_logged_reason(tiny_llava, t
         assert pipe.adapter.vision_backend == 'torch'
         assert says in logs[0] and 'onnxruntime' in logs[0]
         assert any('compile' in line for line in logs)  # CPU: compile is skipped, then torch
-        assert pipe.run(random_frame(32), RuntimeSettings(max_new_tokens=2)).answer is not None
+        # The fallback is the plain torch encoder: the same answer, token for token.
+        got = pipe.run(frame, settings)
+        assert got.answer == want.answer and got.kept_indices == want.kept_indices
+        assert got.generated_tokens == want.generated_tokens
 
 
 def test_tensorrt_without_tensorrt_falls_back_to_onnxruntime(exported):
@@ -118,6 +124,21 @@ def test_onnx_backend_rejects_a_wrong_image_size_with_the_fix(exported):
                              adapter.vision_module(), torch.device('cpu'), torch.float32)
     with pytest.raises(ValueError, match='re-export'):
         backend(torch.randn(1, 3, 224, 224))
+
+
+def test_backend_unavailable_is_one_class_and_tensorrt_engine_does_not_import_backends():
+    """tensorrt_engine.py and backends.py both raise it; errors.py breaks their import circle."""
+    import ast
+
+    import drive_vlm_pruned.vision.backends as backends
+    import drive_vlm_pruned.vision.errors as errors
+    import drive_vlm_pruned.vision.tensorrt_engine as tensorrt_engine
+
+    assert backends.BackendUnavailable is errors.BackendUnavailable
+    assert tensorrt_engine.BackendUnavailable is errors.BackendUnavailable
+    tree = ast.parse(Path(tensorrt_engine.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert 'backends' not in imported and 'vision.backends' not in imported
 
 
 def test_unknown_backend_is_rejected():

@@ -16,14 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn, Tensor
 
+# BackendUnavailable lives in errors.py so tensorrt_engine.py can raise it without importing
+# this module back; it is re-exported here, where callers have always imported it.
+from .errors import BackendUnavailable
 from .onnx_export import onnx_input_dtype
 
 BACKENDS = ('tensorrt', 'onnxruntime', 'compile', 'torch')
 FALLBACK = {'tensorrt': 'onnxruntime', 'onnxruntime': 'compile', 'compile': 'torch'}
-
-
-class BackendUnavailable(RuntimeError):
-    """This backend cannot run here; the message says why and what would fix it."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .backends import BackendUnavailable
+from .errors import BackendUnavailable
 
 
 @dataclass(frozen=True)
