@@ -6,6 +6,7 @@ from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.camera_set import CameraSet
 from drive_vlm_pruned.pipeline.generate import prefill
 from drive_vlm_pruned.pipeline.pipeline import RuntimeSettings
+from drive_vlm_pruned.pipeline.trajectory import parse_trajectory
 from drive_vlm_pruned.pruning import keep_all, make_pruner, prune
 import numpy as np
 import pytest
@@ -134,7 +135,13 @@ def test_result_reports_tokens_stamp_timings_and_flops(pipeline):
     assert result.prompt_tokens - result.prompt_tokens_kept == 6 * n - sum(result.tokens_after)
     assert set(result.timings_ms) == {'preprocess', 'vision', 'prune', 'prefill', 'decode'}
     assert 0 < result.prefill_flops < 0.5 * result.prefill_flops_unpruned
-    assert result.trajectory.ok or result.trajectory.reason
+    # Four tokens cannot spell six [x, y] waypoints: no trajectory, and the parse of the
+    # answer itself says why (the parser never invents one).
+    assert not result.trajectory.ok and result.trajectory.points is None
+    assert result.trajectory == parse_trajectory(result.answer)
+    assert result.trajectory.reason.endswith('waypoints in the answer')
+    assert result.summary()['trajectory'] is None
+    assert result.summary()['trajectory_reason'] == result.trajectory.reason
     assert result.summary()['tokens_kept_per_view']['CAM_FRONT'] == result.tokens_after[0]
 
 
