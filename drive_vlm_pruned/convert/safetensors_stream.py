@@ -17,7 +17,7 @@ when the tensor is freed), which is how the tests check the memory bound.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 import json
 import os
@@ -257,7 +257,3 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def element_bytes(dtype: str) -> int:
     return DTYPE_BYTES.get(dtype, 4)
-
-
-def total_bytes(infos: Iterable[TensorInfo]) -> int:
-    return sum(i.nbytes for i in infos)
