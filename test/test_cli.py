@@ -1,9 +1,11 @@
 """The drive-vlm front door: help texts, the pruner demo, and the pruner benchmark."""
 
+import importlib.util
 import json
 import re
 import subprocess
 import sys
+import types
 
 from drive_vlm_pruned.bench.pruners import PrunerCell, single_stage_pruners
 import pytest
@@ -77,19 +79,58 @@ def test_main_demo_answers_with_the_embedded_model_and_checks_every_answer():
     assert 'Traceback' not in out.stderr and 'Warning' not in out.stderr
 
 
-def test_export_vision_prints_the_parity_error_and_build_engine_explains_missing_tensorrt(
-        tiny_llava, tmp_path):
+def test_export_vision_prints_the_parity_error(tiny_llava, tmp_path):
     onnx = tmp_path / 'v.onnx'
     out = drive_vlm('export-vision', '--model', str(tiny_llava), '--onnx', str(onnx))
     assert out.returncode == 0, out.stderr
     error = float(out.stdout.split('max abs error ')[1].split()[0])
     assert onnx.is_file() and error < 1e-4
-    out = drive_vlm('build-engine', '--onnx', str(onnx), '--engine', str(tmp_path / 'v.plan'))
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        assert out.returncode == 2
-        assert 'tensorrt is not installed' in out.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec('tensorrt') is not None,
+                    reason='tensorrt is installed: the missing-TensorRT message cannot show')
+def test_build_engine_without_tensorrt_says_how_to_install_it(tmp_path):
+    onnx, engine = tmp_path / 'v.onnx', tmp_path / 'v.plan'
+    onnx.write_bytes(b'never read: TensorRT is looked for first')
+    out = drive_vlm('build-engine', '--onnx', str(onnx), '--engine', str(engine))
+    assert out.returncode == 2 and out.stdout == ''
+    assert out.stderr == ('drive-vlm build-engine: tensorrt is not installed (on Jetson it '
+                          'comes with JetPack; on x86 pip install tensorrt)\n')
+    assert not engine.exists()
+
+
+def test_build_engine_with_tensorrt_but_no_gpu_says_it_needs_one(monkeypatch, tmp_path, capsys):
+    """TensorRT present, CUDA absent: a stand-in module, since TensorRT installs on GPUs only."""
+    from drive_vlm_pruned.cli.main import main as cli_main
+    import torch
+
+    monkeypatch.setitem(sys.modules, 'tensorrt', types.ModuleType('tensorrt'))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    engine = tmp_path / 'v.plan'
+    assert cli_main(['build-engine', '--onnx', str(tmp_path / 'v.onnx'),
+                     '--engine', str(engine)]) == 2
+    out = capsys.readouterr()
+    assert out.out == '' and out.err == 'drive-vlm build-engine: TensorRT needs a CUDA GPU\n'
+    assert not engine.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec('tensorrt') is None,
+                    reason='needs TensorRT, which installs only beside a CUDA GPU (JetPack, '
+                           'pip install tensorrt)')
+def test_build_engine_builds_once_then_reuses_the_engine(tiny_llava, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip('tensorrt is installed but there is no CUDA GPU to build on')
+    onnx, engine = tmp_path / 'v.onnx', tmp_path / 'v.plan'
+    assert drive_vlm('export-vision', '--model', str(tiny_llava),
+                     '--onnx', str(onnx)).returncode == 0
+    args = ('build-engine', '--onnx', str(onnx), '--engine', str(engine))
+    first, again = drive_vlm(*args), drive_vlm(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f'{engine}: built (no engine at {engine})\n'
+    assert engine.stat().st_size > 0 and engine.with_name('v.plan.json').is_file()
+    assert again.stdout == f'{engine}: reused the cached engine (key matches)\n'
 
 
 def test_bench_vision_times_torch_and_onnxruntime(tmp_path):
