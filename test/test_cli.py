@@ -100,7 +100,7 @@ def test_build_engine_without_tensorrt_says_how_to_install_it(tmp_path):
 
 
 def test_build_engine_with_tensorrt_but_no_gpu_says_it_needs_one(monkeypatch, tmp_path, capsys):
-    """TensorRT present, CUDA absent: a stand-in module, since TensorRT installs on GPUs only."""
+    """With TensorRT but no CUDA: a stand-in module, as TensorRT installs beside GPUs only."""
     from drive_vlm_pruned.cli.main import main as cli_main
     import torch
 

@@ -105,14 +105,17 @@ def test_the_cache_keyword_is_the_one_the_installed_model_fills(pipeline):
 
 def test_cache_keyword_prefers_the_newest_spelling_and_names_a_forward_without_one():
     class Both:
+
         def forward(self, inputs_embeds=None, past_key_values=None, cache=None):
             pass
 
     class Old:
+
         def forward(self, inputs_embeds=None, past_key_values=None, **kwargs):
             pass
 
     class Neither:
+
         def forward(self, inputs_embeds=None, **kwargs):
             pass
 
