@@ -72,6 +72,8 @@ setup(
         'lint': ROS_LINT,
         # ONNX export (torch's dynamo exporter needs onnxscript) and the onnxruntime backend.
         'onnx': ['onnx<1.24', 'onnxscript<0.8', 'onnxruntime<1.33'],
+        # llm_weights int8 / int4 (models/llm_weights.py): torchao's weight-only layouts.
+        'quant': ['torchao>=0.18,<0.19'],
         # `drive-vlm bag from-nuscenes` reads the tables with nuscenes-devkit when it imports.
         # 1.2.0 pins numpy<2 (and pulls opencv, scikit-learn, shapely): install it only in an
         # environment that may go back to numpy 1; without it the converter reads the same JSON

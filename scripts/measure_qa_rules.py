@@ -7,11 +7,13 @@ asks their questions under format 2's thresholds (60/24 px, uniform count values
 3). The format-2 count figures of docs/qa_rules.md come from this script at commit 18d67eb,
 before count pairs were weighted by size; the first row here weights them too.
 """
-import sys, time
 from collections import Counter
-import numpy as np
+import sys
+import time
+
 from drive_vlm_pruned.data import qa_rules, synth
 from drive_vlm_pruned.scenes import make_scene, nuscenes_rig, render_frame_set
+import numpy as np
 
 opts = synth.DataOptions(scenes=int(sys.argv[1]), frames_per_scene=10, split='train')
 rig = nuscenes_rig(448, 252)
@@ -20,8 +22,9 @@ t = time.time()
 for seed in synth.scene_seeds(opts):
     scene = make_scene(synth.scene_config(seed, 10))
     for k, tt in enumerate(synth.key_frame_times(10)):
-        frames_cache.append((seed, k, scene, render_frame_set(scene, rig, k, synth.capture_times(tt))))
-print(f'rendered {len(frames_cache)} frames in {time.time()-t:.0f}s', flush=True)
+        views = render_frame_set(scene, rig, k, synth.capture_times(tt))
+        frames_cache.append((seed, k, scene, views))
+print(f'rendered {len(frames_cache)} frames in {time.time() - t:.0f}s', flush=True)
 for mn, mg, cp, sw in [(60, 24, 0, 3), (144, 58, 0, 3), (144, 58, 1, 3), (144, 58, 1.5, 5)]:
     qa_rules.MIN_VISIBLE_PX_REF, qa_rules.MARGINAL_PX_REF = mn, mg
     qa_rules.COUNT_VALUE_POWER, qa_rules.SMALL_WEIGHT = cp, sw

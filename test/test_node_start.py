@@ -66,7 +66,7 @@ def run_node(*ros_args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ)
 
 
-@pytest.mark.parametrize('case', ['missing', 'broken', 'bad_keep_ratio'])
+@pytest.mark.parametrize('case', ['missing', 'broken', 'bad_keep_ratio', 'int4_on_cpu'])
 def test_a_bad_model_or_parameter_fails_fast_with_the_reason(case, tmp_path, tiny_llava):
     broken = tmp_path / 'broken'
     broken.mkdir()
@@ -75,11 +75,14 @@ def test_a_bad_model_or_parameter_fails_fast_with_the_reason(case, tmp_path, tin
         'missing': ['-p', f'model:={tmp_path / "nowhere"}'],
         'broken': ['-p', f'model:={broken}'],
         'bad_keep_ratio': ['-p', f'model:={tiny_llava}', '-p', 'keep_ratio:=1'],
+        'int4_on_cpu': ['-p', f'model:={tiny_llava}', '-p', 'device:=cpu',
+                        '-p', 'llm_weights:=int4'],
     }[case]
     out = run_node(*args)
     assert out.returncode != 0
     expected = {'missing': 'nowhere', 'broken': 'not valid JSON',
-                'bad_keep_ratio': 'write 1.0 for a double'}[case]
+                'bad_keep_ratio': 'write 1.0 for a double',
+                'int4_on_cpu': "llm_weights int4 has no kernel on device 'cpu'"}[case]
     assert expected in out.stderr, out.stderr[-2000:]
     assert 'Traceback' not in out.stderr
 

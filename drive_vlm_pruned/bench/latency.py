@@ -46,6 +46,9 @@ GPU_PRESETS = ('llava-ov-0.5b', 'llava-ov-7b', 'drivemm-8b', 'qwen2.5-vl-3b-262k
                'qwen2.5-vl-3b-1596')
 COMPILED_GOAL = 0.6  # CPU goal: compiled decode ms/token <= 0.6 x eager
 ROOFLINE_GOAL = 1.3  # GPU goal: decode <= 1.3 x the bandwidth roofline
+BYTES_GOALS = {'int8': 0.55, 'int4': 0.32}  # issue 26: LLM weight bytes <= this x native
+INT8_DECODE_GOAL = 0.8  # issue 26, CPU: int8 decode ms/token <= 0.8 x native ...
+INT8_DECODE_KEEP = 0.1  # ... at this keep ratio
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,20 @@ def measure_bandwidth(device: torch.device, megabytes: int | None = None,
 
 def weight_bytes_per_step(model) -> int:
     """Return bytes of weights one decode step reads: decoder layers, final norm, LM head."""
+    from ..models.llm_weights import tensor_bytes, weight_bytes
+
     language = model.model.language_model
     embed = language.embed_tokens.weight
     head = model.lm_head.weight
-    total = sum(p.numel() * p.element_size() for p in language.parameters())
-    total -= embed.numel() * embed.element_size()  # one row per token
-    return total + head.numel() * head.element_size()
+    total = weight_bytes([language]) - tensor_bytes(embed)  # one embedding row per token
+    return total + tensor_bytes(head)
+
+
+def llm_weight_bytes(model) -> int:
+    """Return the bytes the LLM holds: embeddings, decoder layers, final norm and LM head."""
+    from ..models.llm_weights import weight_bytes
+
+    return weight_bytes([model.model.language_model, model.lm_head])
 
 
 def kv_bytes_per_position(model) -> int:
@@ -95,6 +106,8 @@ class LatencyCell:
     keep_ratio: float
     pruner: str
     prune_layer: int
+    llm_weights: str  # native | int8 | int4 (models/llm_weights.py)
+    llm_weight_bytes: int  # what the LLM holds in this setting
     decode_backend: str  # asked for
     decode_backend_used: str
     preprocess_ms: float
@@ -159,6 +172,8 @@ def run_cell(pipe, settings, frames, warmup: int, repeats: int, bandwidth: Bandw
     decode_per_token = statistics.median(per_token)
     return LatencyCell(
         keep_ratio=settings.keep_ratio, pruner=settings.pruner, prune_layer=settings.prune_layer,
+        llm_weights=pipe.adapter.llm_weights,
+        llm_weight_bytes=llm_weight_bytes(pipe.adapter.model),
         decode_backend=settings.decode_backend, decode_backend_used=last.decode_backend,
         preprocess_ms=median('preprocess'), vision_ms=median('vision'), prune_ms=median('prune'),
         prefill_ms=median('prefill'), ttft_ms=ttft, decode_ms=median('decode'),
@@ -193,21 +208,62 @@ def answer_tokens(tokenizer) -> dict[str, int]:
 
 
 def goal_lines(cells: list[LatencyCell], device: torch.device) -> list[str]:
-    """Return the issue's goals as printed lines, each with the measured figure."""
+    """Return the issues' goals as printed lines, each with the measured figure."""
     lines = []
-    for keep in sorted({c.keep_ratio for c in cells}, reverse=True):
-        by = {c.decode_backend_used: c for c in cells if c.keep_ratio == keep}
-        if 'eager' in by and 'compiled' in by and device.type == 'cpu':
-            ratio = by['compiled'].decode_ms_per_token / by['eager'].decode_ms_per_token
-            verdict = 'met' if ratio <= COMPILED_GOAL else 'NOT met'
-            lines.append(f'goal (CPU) compiled decode <= {COMPILED_GOAL} x eager at keep {keep}: '
-                         f'{ratio:.2f} x ({by["compiled"].decode_ms_per_token:.2f} vs '
-                         f'{by["eager"].decode_ms_per_token:.2f} ms/token) -> {verdict}')
-        if device.type == 'cuda':
-            for c in by.values():
-                verdict = 'met' if c.roofline_ratio <= ROOFLINE_GOAL else 'NOT met'
-                lines.append(f'goal (GPU) {c.decode_backend_used} decode <= {ROOFLINE_GOAL} x '
-                             f'roofline at keep {keep}: {c.roofline_ratio:.2f} x -> {verdict}')
+    settings = list(dict.fromkeys(c.llm_weights for c in cells))
+    for weights in settings:
+        for keep in sorted({c.keep_ratio for c in cells}, reverse=True):
+            by = {c.decode_backend_used: c for c in cells
+                  if c.keep_ratio == keep and c.llm_weights == weights}
+            lines += _backend_goals(by, keep, weights, device)
+    lines += _weight_goals(cells, device)
+    return lines
+
+
+def _backend_goals(by: dict[str, LatencyCell], keep: float, weights: str,
+                   device: torch.device) -> list[str]:
+    lines = []
+    if 'eager' in by and 'compiled' in by and device.type == 'cpu':
+        ratio = by['compiled'].decode_ms_per_token / by['eager'].decode_ms_per_token
+        verdict = 'met' if ratio <= COMPILED_GOAL else 'NOT met'
+        lines.append(f'goal (CPU) compiled decode <= {COMPILED_GOAL} x eager at keep {keep}, '
+                     f'{weights} weights: {ratio:.2f} x ({by["compiled"].decode_ms_per_token:.2f}'
+                     f' vs {by["eager"].decode_ms_per_token:.2f} ms/token) -> {verdict}')
+    if device.type == 'cuda':
+        for c in by.values():
+            verdict = 'met' if c.roofline_ratio <= ROOFLINE_GOAL else 'NOT met'
+            lines.append(f'goal (GPU) {c.decode_backend_used} decode <= {ROOFLINE_GOAL} x '
+                         f'roofline at keep {keep}, {weights} weights: {c.roofline_ratio:.2f} x '
+                         f'-> {verdict}')
+    return lines
+
+
+def _weight_goals(cells: list[LatencyCell], device: torch.device) -> list[str]:
+    """Issue 26: LLM bytes per setting against native, and int8 decode at keep 0.1 on a CPU."""
+    native = [c for c in cells if c.llm_weights == 'native']
+    if not native:
+        return []
+    lines = []
+    for weights, goal in BYTES_GOALS.items():
+        mine = [c for c in cells if c.llm_weights == weights]
+        if mine:
+            ratio = mine[0].llm_weight_bytes / native[0].llm_weight_bytes
+            verdict = 'met' if ratio <= goal else 'NOT met'
+            lines.append(f'goal {weights} LLM weight bytes <= {goal} x native: {ratio:.3f} x '
+                         f'({mine[0].llm_weight_bytes / 2**20:.2f} vs '
+                         f'{native[0].llm_weight_bytes / 2**20:.2f} MiB) -> {verdict}')
+    if device.type != 'cpu':
+        return lines
+    for backend in dict.fromkeys(c.decode_backend_used for c in cells):
+        pair = {c.llm_weights: c for c in cells if c.keep_ratio == INT8_DECODE_KEEP
+                and c.decode_backend_used == backend and c.llm_weights in ('native', 'int8')}
+        if len(pair) == 2:
+            ratio = pair['int8'].decode_ms_per_token / pair['native'].decode_ms_per_token
+            verdict = 'met' if ratio <= INT8_DECODE_GOAL else 'NOT met'
+            lines.append(f'goal (CPU) int8 decode <= {INT8_DECODE_GOAL} x native at keep '
+                         f'{INT8_DECODE_KEEP:g}, {backend}: {ratio:.2f} x '
+                         f'({pair["int8"].decode_ms_per_token:.2f} vs '
+                         f'{pair["native"].decode_ms_per_token:.2f} ms/token) -> {verdict}')
     return lines
 
 
@@ -215,15 +271,16 @@ def markdown(report: LatencyReport) -> str:
     out = [f'{report.title}', '',
            f'Memory bandwidth measured by a {report.bandwidth.megabytes} MiB copy: '
            f'{report.bandwidth.gb_s:.1f} GB/s.', '',
-           '| keep | decode | preprocess | vision | prune | prefill | TTFT | decode ms/token | '
-           'end to end | tokens | prompt kept | KV cache MB | peak MB | roofline ms/token | '
-           'roofline ratio |',
-           '|' + '---|' * 15]
+           '| LLM weights | LLM MB | keep | decode | preprocess | vision | prune | prefill | '
+           'TTFT | decode ms/token | end to end | tokens | prompt kept | KV cache MB | peak MB | '
+           'roofline ms/token | roofline ratio |',
+           '|' + '---|' * 17]
     for c in report.cells:
         backend = c.decode_backend_used + ('' if c.decode_backend_used == c.decode_backend
                                            else f' (asked {c.decode_backend})')
         out.append(
-            f'| {c.keep_ratio:g} | {backend} | {c.preprocess_ms:.1f} | {c.vision_ms:.1f} | '
+            f'| {c.llm_weights} | {c.llm_weight_bytes / 2**20:.2f} | {c.keep_ratio:g} | '
+            f'{backend} | {c.preprocess_ms:.1f} | {c.vision_ms:.1f} | '
             f'{c.prune_ms:.1f} | {c.prefill_ms:.1f} | {c.ttft_ms:.1f} | '
             f'{c.decode_ms_per_token:.2f} ± {c.decode_spread_ms_per_token:.2f} | '
             f'{c.end_to_end_ms:.1f} | {c.tokens_generated} | {c.prompt_tokens_kept}/'
@@ -304,17 +361,21 @@ def device_spec_main(args) -> int:
     return 0
 
 
-def _pipeline_and_model_dir(args):
+def _pipeline_and_model_dir(args, llm_weights: str = 'native'):
     """Return (adapter, checkpoint dir or None, title) for --model, --preset or the tiny model."""
     from .prefill import build_preset
+    from ..models.llm_weights import check_llm_weights, quantize_llm
     from ..models.load import load_adapter
     from ..models.loading import LoadSpec, model_dtype
 
     device = torch.device(args.device)
     if args.preset and not args.model:
         preset = PRESETS[args.preset]
-        adapter = build_preset(preset, str(device), model_dtype(device.type, args.dtype),
-                               args.layers, args.attn)
+        dtype = model_dtype(device.type, args.dtype)
+        check_llm_weights(llm_weights, str(device), dtype)
+        adapter = build_preset(preset, str(device), dtype, args.layers, args.attn)
+        quantize_llm(adapter.decoder_layers, llm_weights)
+        adapter.llm_weights = llm_weights
         depth = f', LLM shortened to {args.layers} layers' if args.layers else ''
         return adapter, None, f'{preset.name} ({preset.description}){depth}'
     if args.model:
@@ -324,47 +385,27 @@ def _pipeline_and_model_dir(args):
 
         directory = str(tiny_model_dir())
     adapter = load_adapter(LoadSpec(directory, device=str(device), dtype=args.dtype,
-                                    attn_implementation=args.attn))
+                                    attn_implementation=args.attn, llm_weights=llm_weights))
     name = 'tiny LLaVA-OneVision (random weights)' if not args.model else directory
     return adapter, directory, name
 
 
 def main(args) -> int:
     """Entry point of ``drive-vlm bench latency`` (arguments from ``cli.main``)."""
-    from ..pipeline.pipeline import Pipeline, RuntimeSettings
-    from ..pipeline.synthetic_frames import synthetic_frame
+    from ..models.llm_weights import check_llm_weights
+    from ..models.loading import model_dtype
 
     if args.device_spec:
         return device_spec_main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    adapter, directory, name = _pipeline_and_model_dir(args)
-    device = adapter.device
-    pipes = {b: Pipeline(adapter, log=lambda m: print(f'  [decode] {m}', file=sys.stderr))
-             for b in args.decode_backends}
-    frames = [synthetic_frame(i, size=_image_hw(args)) for i in range(4)]
-    bandwidth = measure_bandwidth(device)
-    title = f'{name} on {device_label(device)}, {args.new_tokens} tokens per answer'
-    print(f'bench latency: {title}')
-    print(f'memory bandwidth (copy of {bandwidth.megabytes} MiB): {bandwidth.gb_s:.1f} GB/s')
-    weights, per_position = weight_bytes_per_step(adapter.model), kv_bytes_per_position(
-        adapter.model)
-    cells = []
-    for keep in args.keep_ratios:
-        for backend in args.decode_backends:
-            settings = RuntimeSettings(keep_ratio=keep, pruner=args.pruner,
-                                       prune_layer=args.prune_layer,
-                                       max_new_tokens=args.new_tokens, stop_at_eos=False,
-                                       decode_backend=backend)
-            cell = run_cell(pipes[backend], settings, frames, args.warmup, args.repeats,
-                            bandwidth, per_position, weights)
-            cells.append(cell)
-            print(f'  keep {keep:<5g} {cell.decode_backend_used:<8} TTFT {cell.ttft_ms:8.1f} ms'
-                  f'  decode {cell.decode_ms_per_token:7.2f} ms/token  end to end '
-                  f'{cell.end_to_end_ms:8.1f} ms  roofline x{cell.roofline_ratio:.1f}')
-    report = LatencyReport(title, device_label(device), bandwidth, cells,
-                           answer_tokens=answer_tokens(adapter.tokenizer),
-                           goals=goal_lines(cells, device))
+    for weights in args.llm_weights:  # every setting fails here, before the first row runs
+        check_llm_weights(weights, args.device, model_dtype(args.device, args.dtype))
+    cells, report = [], None
+    for weights in args.llm_weights:
+        adapter, directory, name = _pipeline_and_model_dir(args, weights)
+        report = _setting_rows(args, adapter, name, cells)
+    report.goals = goal_lines(cells, adapter.device)
     if args.node_frames and directory is not None:
         report.node = _node_run(args, directory)
     elif args.node_frames:
@@ -379,6 +420,38 @@ def main(args) -> int:
         plot(report, out / 'latency.png')
         print(f'\nwrote {out}/latency.json, latency.md, latency.png')
     return 0
+
+
+def _setting_rows(args, adapter, name: str, cells: list[LatencyCell]) -> LatencyReport:
+    """Time every keep ratio x decode backend of one ``--llm-weights`` setting into ``cells``."""
+    from ..pipeline.pipeline import Pipeline, RuntimeSettings
+    from ..pipeline.synthetic_frames import synthetic_frame
+
+    device = adapter.device
+    pipes = {b: Pipeline(adapter, log=lambda m: print(f'  [decode] {m}', file=sys.stderr))
+             for b in args.decode_backends}
+    frames = [synthetic_frame(i, size=_image_hw(args)) for i in range(4)]
+    bandwidth = measure_bandwidth(device)
+    title = f'{name} on {device_label(device)}, {args.new_tokens} tokens per answer'
+    print(f'bench latency: {title}, LLM weights {adapter.llm_weights} '
+          f'({llm_weight_bytes(adapter.model) / 2**20:.2f} MiB)')
+    print(f'memory bandwidth (copy of {bandwidth.megabytes} MiB): {bandwidth.gb_s:.1f} GB/s')
+    weights, per_position = weight_bytes_per_step(adapter.model), kv_bytes_per_position(
+        adapter.model)
+    for keep in args.keep_ratios:
+        for backend in args.decode_backends:
+            settings = RuntimeSettings(keep_ratio=keep, pruner=args.pruner,
+                                       prune_layer=args.prune_layer,
+                                       max_new_tokens=args.new_tokens, stop_at_eos=False,
+                                       decode_backend=backend)
+            cell = run_cell(pipes[backend], settings, frames, args.warmup, args.repeats,
+                            bandwidth, per_position, weights)
+            cells.append(cell)
+            print(f'  {cell.llm_weights:<6} keep {keep:<5g} {cell.decode_backend_used:<8} TTFT '
+                  f'{cell.ttft_ms:8.1f} ms  decode {cell.decode_ms_per_token:7.2f} ms/token  end '
+                  f'to end {cell.end_to_end_ms:8.1f} ms  roofline x{cell.roofline_ratio:.1f}')
+    return LatencyReport(title, device_label(device), bandwidth, cells,
+                         answer_tokens=answer_tokens(adapter.tokenizer))
 
 
 def _image_hw(args) -> tuple[int, int]:

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 import sys
 
 from .bag import add_bag_parser, run_bag
+from .bench_llm_weights import add_bench_llm_weights_parser, run_bench_llm_weights
 from .bench_pruners import add_bench_pruners_parser
 from .convert import add_convert_parser, run_convert
 from .data import add_data_parser, run_data
 from .eval import add_eval_parser
 from .node import add_node_parser
 from .probes import add_probes_parser, run_probes
-from .run import add_run_parser
+from .run import add_llm_weights_argument, add_run_parser
 from .search import add_bench_accuracy_parser, add_search_parser, run_search
 from .train import add_train_parser, run_train
 from ..pruning import check_keep_ratio, check_pruner_name
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_prefill_parser(bench_sub)
     add_bench_accuracy_parser(bench_sub, _keep_ratio, _pruner)
     bench_latency_parser(bench_sub)
+    add_bench_llm_weights_parser(bench_sub, _keep_ratio)
     bench_soak_parser(bench_sub)
     add_probes_parser(bench_sub)
     bv = bench_sub.add_parser(
@@ -304,6 +306,7 @@ def bench_latency_parser(bench_sub) -> None:
                     help='cpu or cuda[:N] (default: cuda when available)')
     bl.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'])
     bl.add_argument('--attn', default='sdpa', choices=['sdpa', 'eager', 'flash_attention_2'])
+    add_llm_weights_argument(bl, several=True)
     bl.add_argument('--image-size', type=_camera_size, metavar='WxH',
                     help="camera frame size (default: the preset's, else 400x225)")
     bl.add_argument('--warmup', type=int, default=2,
@@ -475,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..bench.latency import main as bench_latency_main
 
         return bench_latency_main(args)
+    if args.command == 'bench' and args.bench == 'llm-weights':
+        return run_bench_llm_weights(args)
     if args.command == 'bench' and args.bench == 'probes':
         return run_probes(args)
     if args.command == 'bench' and args.bench == 'soak':

@@ -22,6 +22,8 @@ def add_node_parser(sub) -> None:
     node.add_argument('--pruner', help='token pruner')
     node.add_argument('--device', help="'auto', 'cpu' or 'cuda[:N]'")
     node.add_argument('--max-new-tokens', type=int, help='tokens generated per answer')
+    node.add_argument('--llm-weights', choices=['native', 'int8', 'int4'],
+                      help="the LLM's linear weights (read-only parameter llm_weights)")
     node.add_argument('ros_args', nargs=argparse.REMAINDER,
                       help='after --: more ROS arguments (--ros-args -p name:=value ...)')
 
@@ -33,7 +35,7 @@ def ros_arguments(args: argparse.Namespace) -> list[str]:
         out += ['--params-file', args.params_file]
     shorthands = {'model': args.model, 'pruner': args.pruner, 'device': args.device,
                   'keep_ratio': None if args.keep_ratio is None else repr(float(args.keep_ratio)),
-                  'max_new_tokens': args.max_new_tokens}
+                  'max_new_tokens': args.max_new_tokens, 'llm_weights': args.llm_weights}
     for name, value in shorthands.items():
         if value is not None:
             out += ['-p', f'{name}:={value}']

@@ -83,6 +83,22 @@ def add_load_arguments(parser) -> None:
                         help='vision encoder backend; unavailable ones fall back (default torch)')
     parser.add_argument('--vision-onnx', default='', help='ONNX file for onnxruntime')
     parser.add_argument('--vision-engine', default='', help='TensorRT engine file')
+    add_llm_weights_argument(parser)
+
+
+LLM_WEIGHTS_HELP = ("the LLM's linear weights: native, int8 (CUDA and CPU) or int4 (CUDA "
+                    'compute capability 8.0+, bfloat16); torchao, models/llm_weights.py')
+
+
+def add_llm_weights_argument(parser, several: bool = False) -> None:
+    """Add ``--llm-weights`` (one setting, or ``several`` for a benchmark's rows)."""
+    choices = ['native', 'int8', 'int4']  # models.llm_weights.LLM_WEIGHTS, without torch
+    if several:
+        parser.add_argument('--llm-weights', nargs='+', choices=choices, default=['native'],
+                            help=f'one row per setting (default native); {LLM_WEIGHTS_HELP}')
+    else:
+        parser.add_argument('--llm-weights', choices=choices, default='native',
+                            help=f'default native; {LLM_WEIGHTS_HELP}')
 
 
 def load_spec_from_args(args: argparse.Namespace, model: str):
@@ -91,7 +107,8 @@ def load_spec_from_args(args: argparse.Namespace, model: str):
 
     return LoadSpec(model, device=args.device, dtype=args.dtype,
                     attn_implementation=args.attn, vision_backend=args.vision_backend,
-                    vision_onnx=args.vision_onnx, vision_engine=args.vision_engine)
+                    vision_onnx=args.vision_onnx, vision_engine=args.vision_engine,
+                    llm_weights=args.llm_weights)
 
 
 def check_reconpruner_weights(pruner: str, weights: str, model: str) -> None:

@@ -553,7 +553,8 @@ def _count_questions(facts: FrameFacts, rng: np.random.Generator, out: FrameQA) 
         # becoming the majority once the visibility bar is at the model's patch scale.
         values = sorted(by_count)
         value_weights = np.array([(1.0 + v) ** COUNT_VALUE_POWER for v in values])
-        pool = by_count[values[int(rng.choice(len(values), p=value_weights / value_weights.sum()))]]
+        drawn = int(rng.choice(len(values), p=value_weights / value_weights.sum()))
+        pool = by_count[values[drawn]]
         weights = np.array([SMALL_WEIGHT if pair_is_small(facts, *p) else 1.0 for p in pool])
         camera, label = pool[int(rng.choice(len(pool), p=weights / weights.sum()))]
         cameras.remove(camera)

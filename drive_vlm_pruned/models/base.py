@@ -107,6 +107,7 @@ class VLMAdapter(ABC):
         # The vision backend (vision/backends.py); eager torch until load_adapter picks another.
         self.vision = self.vision_module()
         self.vision_backend = 'torch'
+        self.llm_weights = 'native'  # set by load_adapter (models/llm_weights.py)
 
     def vision_module(self) -> nn.Module | None:
         """Return the exportable ``[n, 3, H, W] -> [n, N, D]`` encoder, or None if not."""

@@ -10,6 +10,7 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTo
 from .base import VLMAdapter
 from .internvl import InternVLAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .llm_weights import check_llm_weights, quantize_llm
 from .loading import check_checkpoint, check_family, LoadSpec, resolve_checkpoint
 from .qwen2_5_vl import Qwen25VLAdapter
 from ..vision.backends import BackendRequest, choose_backend
@@ -26,6 +27,8 @@ def load_adapter(spec: LoadSpec, log: Callable[[str], None] = print) -> VLMAdapt
     Resolve, check and load ``spec.model``; ValueError names whatever is missing or wrong.
 
     The vision backend is chosen here; an unavailable one falls back (``log`` gets the reason).
+    ``spec.llm_weights`` quantizes the LLM's linear layers; a setting without a kernel on the
+    device raises before any weight is read.
     """
     directory = resolve_checkpoint(spec.model)
     family = check_family(spec.family, check_checkpoint(directory), directory)
@@ -33,6 +36,7 @@ def load_adapter(spec: LoadSpec, log: Callable[[str], None] = print) -> VLMAdapt
         raise ValueError(f'family {family!r} has no adapter yet; available: {sorted(ADAPTERS)}')
     device = torch.device(spec.device)
     dtype = spec.torch_dtype()
+    check_llm_weights(spec.llm_weights, spec.device, dtype)
     model = AutoModelForImageTextToText.from_pretrained(
         directory,
         dtype=dtype,
@@ -46,6 +50,11 @@ def load_adapter(spec: LoadSpec, log: Callable[[str], None] = print) -> VLMAdapt
     processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True,
                                                    trust_remote_code=False)
     adapter = ADAPTERS[family](model, tokenizer, processor, device, dtype)
+    quantized = quantize_llm(adapter.decoder_layers, spec.llm_weights)
+    adapter.llm_weights = spec.llm_weights
+    if quantized.skipped:
+        log(f'llm_weights {spec.llm_weights}: {len(quantized.skipped)} linear layers kept '
+            f'native (their shape does not fit the layout): {", ".join(quantized.skipped)}')
     if spec.vision_backend == 'torch':
         return adapter
     if adapter.vision is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .embedded import embedded_model_dir
+from .llm_weights import check_llm_weights
 
 FAMILIES = {
     'llava_onevision': 'llava-onevision',
@@ -36,6 +37,7 @@ class LoadSpec:
     vision_backend: str = 'torch'  # torch | compile | onnxruntime | tensorrt (vision/backends.py)
     vision_onnx: str = ''  # ONNX file for the onnxruntime backend
     vision_engine: str = ''  # TensorRT engine file for the tensorrt backend
+    llm_weights: str = 'native'  # native | int8 | int4: the LLM's linear weights (llm_weights.py)
 
     def torch_dtype(self) -> torch.dtype:
         return model_dtype(self.device, self.dtype)
@@ -133,7 +135,7 @@ def check_spec(spec: LoadSpec) -> tuple[Path, str, int]:
     """
     directory = resolve_checkpoint(spec.model)
     family = check_family(spec.family, check_checkpoint(directory), directory)
-    model_dtype(spec.device, spec.dtype)
+    check_llm_weights(spec.llm_weights, spec.device, spec.torch_dtype())
     config = json.loads((directory / 'config.json').read_text())
     text = config.get('text_config') or config.get('llm_config') or config
     layers = text.get('num_hidden_layers')

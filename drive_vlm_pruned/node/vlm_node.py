@@ -103,7 +103,8 @@ class VlmNode(Node):
 
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         return LoadSpec(v['model'], v['family'], device, v['dtype'], v['attn_implementation'],
-                        v['vision_backend'], v['vision_onnx'], v['vision_engine'])
+                        v['vision_backend'], v['vision_onnx'], v['vision_engine'],
+                        v['llm_weights'])
 
     def _camera_topics(self) -> list[str]:
         topics = list(self.values['camera_topics'])

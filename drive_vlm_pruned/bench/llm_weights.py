@@ -1,0 +1,196 @@
+"""
+``drive-vlm bench llm-weights``: the accuracy each ``llm_weights`` setting keeps (issue 26).
+
+For every keep ratio, the native weights and each quantized setting answer the same QA of one
+split; closed-form accuracy (DriveLM tag 0, our exact-match rule) and the trajectory L2 at 3 s
+are compared item by item, with key-frame bootstrap intervals (eval/paired.py). A setting that
+has no kernel on the device is reported with the reason and not run: it never falls back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data.drivelm import all_qa, data_file, KeyFrame, load_drivelm, QA
+from ..eval.families import answers_match
+from ..eval.paired import Paired, paired_bootstrap
+from ..eval.planning import score_trajectory
+from ..eval.runner import predict, PredictOptions
+from ..eval.scoring import is_trajectory_qa, planning_truth
+from ..models.llm_weights import check_llm_weights
+from ..models.load import load_adapter
+from ..models.loading import LoadSpec, model_dtype
+from ..pipeline.pipeline import Pipeline, RuntimeSettings
+from ..pipeline.trajectory import parse_trajectory
+
+ACCURACY_TAG = 0
+L2_HORIZON = '3s'
+GOALS = {'int8': 0.99, 'int4': 0.97}  # issue 26: closed-form accuracy kept vs native
+
+
+@dataclass(frozen=True)
+class WeightsBenchOptions:
+    """What ``bench llm-weights`` runs; every field has a flag of the same name."""
+
+    data: str
+    split: str = 'test'
+    model: str = ''
+    settings: tuple[str, ...] = ('int8',)
+    keep_ratios: tuple[float, ...] = (1.0, 0.1)
+    pruner: str = 'tfps'
+    device: str = 'cpu'
+    dtype: str = 'auto'
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    progress: bool = True
+
+
+@dataclass
+class SettingRow:
+    """One setting at one keep ratio, against native weights on the same items."""
+
+    setting: str
+    keep_ratio: float
+    accuracy: Paired | None = None
+    l2_3s: Paired | None = None  # on trajectories both runs parsed
+    parsed: dict[str, int] = field(default_factory=dict)  # setting -> trajectories parsed
+    trajectories: int = 0
+    unavailable: str = ''  # why the setting did not run here
+
+    def as_json(self) -> dict:
+        return {'setting': self.setting, 'keep_ratio': self.keep_ratio,
+                'accuracy': self.accuracy.as_json() if self.accuracy else None,
+                'l2_3s': self.l2_3s.as_json() if self.l2_3s else None,
+                'parsed': self.parsed, 'trajectories': self.trajectories,
+                'unavailable': self.unavailable}
+
+
+def closed_form_scores(pairs: Sequence[tuple[KeyFrame, QA]], answers: dict[str, str]
+                       ) -> tuple[np.ndarray, list[str]]:
+    """Return 1/0 per closed-form QA and the key frame of each."""
+    closed = [(f, qa) for f, qa in pairs if ACCURACY_TAG in qa.tags]
+    hits = np.array([answers_match(answers.get(qa.id, ''), qa.answer) for _, qa in closed],
+                    dtype=np.float64)
+    return hits, [f'{f.scene}/{f.frame}' for f, _ in closed]
+
+
+def trajectory_l2(pairs: Sequence[tuple[KeyFrame, QA]], answers: dict[str, str]
+                  ) -> dict[str, tuple[float, str]]:
+    """Return QA id -> (L2 at 3 s, key frame) for every parsed trajectory that has truth."""
+    out = {}
+    for frame, qa in pairs:
+        if frame.gt is None or not frame.gt.future_trajectory or not is_trajectory_qa(frame, qa):
+            continue
+        parsed = parse_trajectory(answers.get(qa.id, ''))
+        if parsed.ok:
+            l2 = score_trajectory(parsed.points, planning_truth(frame.gt)).l2[L2_HORIZON]
+            if l2 is not None:
+                out[qa.id] = (l2, f'{frame.scene}/{frame.frame}')
+    return out
+
+
+def compare(pairs, native: dict[str, str], quantized: dict[str, str], row: SettingRow) -> None:
+    """Fill ``row`` with the paired accuracy and L2 of ``quantized`` against ``native``."""
+    ref, frames = closed_form_scores(pairs, native)
+    other, _ = closed_form_scores(pairs, quantized)
+    row.accuracy = paired_bootstrap(ref, other, frames)
+    l2_ref, l2_other = trajectory_l2(pairs, native), trajectory_l2(pairs, quantized)
+    row.trajectories = sum(1 for f, qa in pairs if f.gt and f.gt.future_trajectory
+                           and is_trajectory_qa(f, qa))
+    row.parsed = {'native': len(l2_ref), row.setting: len(l2_other)}
+    both = sorted(l2_ref.keys() & l2_other.keys())
+    if both:
+        row.l2_3s = paired_bootstrap([l2_ref[i][0] for i in both], [l2_other[i][0] for i in both],
+                                     [l2_ref[i][1] for i in both])
+
+
+def run_bench(options: WeightsBenchOptions, log: Callable[[str], None] = print
+              ) -> list[SettingRow]:
+    """Answer the split with native weights and each setting, per keep ratio (module doc)."""
+    frames = load_drivelm(data_file(options.data, options.split))
+    pairs = all_qa(frames)
+    dtype = model_dtype(options.device, options.dtype)
+    answers: dict[str, dict[float, dict[str, str]]] = {}
+    rows = []
+    for setting in ('native', *options.settings):
+        try:
+            check_llm_weights(setting, options.device, dtype)
+        except ValueError as err:
+            log(f'{setting}: not run: {err}')
+            rows += [SettingRow(setting, k, unavailable=str(err)) for k in options.keep_ratios]
+            continue
+        spec = LoadSpec(options.model, device=options.device, dtype=options.dtype,
+                        llm_weights=setting)
+        pipeline = Pipeline(load_adapter(spec, log=log))
+        answers[setting] = {}
+        for keep in options.keep_ratios:
+            settings = RuntimeSettings(keep_ratio=keep, pruner=options.pruner,
+                                       max_new_tokens=options.max_new_tokens)
+            run = predict(pipeline, pairs, settings, PredictOptions(
+                batch_size=options.batch_size, progress=options.progress,
+                desc=f'{setting} keep {keep:g}'))
+            answers[setting][keep] = run.answers()
+            if setting != 'native':
+                row = SettingRow(setting, keep)
+                compare(pairs, answers['native'][keep], answers[setting][keep], row)
+                rows.append(row)
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return '—' if value is None else f'{100 * value:.1f}%'
+
+
+def _interval(ci: tuple[float, float] | None, pct: bool = True) -> str:
+    if ci is None:
+        return '—'
+    return f'[{_pct(ci[0])}, {_pct(ci[1])}]' if pct else f'[{ci[0]:+.3f}, {ci[1]:+.3f}]'
+
+
+def markdown(rows: Sequence[SettingRow]) -> str:
+    """Table: per setting and keep ratio, accuracy and L2 against native, with intervals."""
+    lines = ['| weights | keep | closed-form QA (frames) | native acc | acc | kept | '
+             'kept 95% CI | L2 3 s native (m) | L2 3 s | L2 ratio 95% CI | trajectories parsed |',
+             '|' + '---|' * 11]
+    for r in rows:
+        if r.unavailable:
+            lines.append(f'| {r.setting} | {r.keep_ratio:g} | not run here: {r.unavailable} |'
+                         + ' |' * 8)
+            continue
+        a, l2 = r.accuracy, r.l2_3s
+        parsed = ', '.join(f'{k} {v}/{r.trajectories}' for k, v in r.parsed.items())
+        lines.append(
+            f'| {r.setting} | {r.keep_ratio:g} | {a.items} ({a.frames}) | {_pct(a.reference)} | '
+            f'{_pct(a.other)} | {_pct(a.ratio)} | {_interval(a.ratio_ci)} | '
+            f'{"—" if l2 is None else f"{l2.reference:.2f}"} | '
+            f'{"—" if l2 is None else f"{l2.other:.2f}"} | '
+            f'{"—" if l2 is None else _interval(l2.ratio_ci)} | {parsed} |')
+    return '\n'.join(lines)
+
+
+def goal_lines(rows: Sequence[SettingRow]) -> list[str]:
+    """Issue 26's accuracy goals, met or not, judged on the lower end of the interval too."""
+    lines = []
+    for r in rows:
+        goal = GOALS.get(r.setting)
+        if goal is None or r.accuracy is None or r.accuracy.ratio is None:
+            continue
+        low = r.accuracy.ratio_ci[0] if r.accuracy.ratio_ci else float('nan')
+        verdict = 'met' if r.accuracy.ratio >= goal else 'NOT met'
+        lines.append(f'goal {r.setting} keeps >= {goal:.0%} of native closed-form accuracy at '
+                     f'keep {r.keep_ratio:g}: {_pct(r.accuracy.ratio)} (95% CI from '
+                     f'{_pct(low)}) -> {verdict}')
+    return lines
+
+
+def write_report(rows: Sequence[SettingRow], out: Path, header: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'llm_weights.json').write_text(json.dumps(
+        {'header': header, 'rows': [r.as_json() for r in rows]}, indent=1) + '\n')
+    (out / 'llm_weights.md').write_text(markdown(rows) + '\n\n'
+                                        + '\n'.join(f'- {g}' for g in goal_lines(rows)) + '\n')

@@ -1,0 +1,161 @@
+"""
+llm_weights int8 / int4 (models/llm_weights.py) on tiny real checkpoints of every family.
+
+int8 runs here (torchao's Int8Tensor has a CPU path); int4 has no x86 CPU kernel in torchao, so
+here it must fail at start with a message that names the setting, the device and the
+alternatives. Compiling uses dynamo's 'eager' backend (real graph capture, eager kernels), as in
+test_decode_backends.py.
+"""
+
+from dataclasses import replace
+import logging
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+from conftest import FAMILIES, random_frame
+from drive_vlm_pruned.models.llm_weights import check_llm_weights, tensor_bytes, weight_bytes
+from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.loading import LoadSpec
+from drive_vlm_pruned.pipeline.decoding import CompileOptions
+from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+NEW_TOKENS = 24
+FRAMES = [random_frame(i) for i in range(6)]
+# Random tiny weights give nearly flat logits, so an int8 rounding can flip one early argmax
+# and the rest of that answer with it. Measured (2.13 CPU, 6 frames x 24 tokens): LLaVA 5/6
+# answers identical (one flipped at its first token), InternVL and Qwen2.5-VL 6/6.
+MIN_PREFIX_AGREEMENT = 0.6  # share of the native tokens int8 reproduces before a first change
+MIN_KEPT_OVERLAP = 0.97  # share of the native kept tokens that int8 keeps at layer K
+logging.getLogger('torch.__trace').setLevel(logging.INFO)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module', params=FAMILIES)
+def both(request, tiny_checkpoints):
+    """(native, int8) pipelines of one family's tiny checkpoint."""
+    path = str(tiny_checkpoints(request.param))
+    return tuple(Pipeline(load_adapter(LoadSpec(path, llm_weights=w), log=lambda _m: None))
+                 for w in ('native', 'int8'))
+
+
+def decoder_linears(adapter) -> list[nn.Linear]:
+    return [m for layer in adapter.decoder_layers for m in layer.modules()
+            if isinstance(m, nn.Linear)]
+
+
+def kept_overlap(native: list[list[int]], other: list[list[int]]) -> float:
+    a = {(v, i) for v, rows in enumerate(native) for i in rows}
+    b = {(v, i) for v, rows in enumerate(other) for i in rows}
+    return len(a & b) / len(a)
+
+
+def prefix_agreement(native: str, other: str, tokenizer) -> tuple[int, int]:
+    a = tokenizer.encode(native, add_special_tokens=False)
+    b = tokenizer.encode(other, add_special_tokens=False)
+    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return same, max(len(a), len(b))
+
+
+def test_int8_shrinks_only_the_llm_linears_and_keeps_the_greedy_tokens(both):
+    native, int8 = both
+    before = sum(tensor_bytes(m.weight) for m in decoder_linears(native.adapter))
+    after = sum(tensor_bytes(m.weight) for m in decoder_linears(int8.adapter))
+    params = sum(m.weight.numel() for m in decoder_linears(int8.adapter))
+    # fp32 -> one int8 per weight, plus one fp32 scale and one int8 zero point per output row
+    rows = sum(m.out_features for m in decoder_linears(native.adapter))
+    assert before == 4 * params
+    assert after == params + 5 * rows
+    assert 0.25 < after / before < 0.28
+    for m in decoder_linears(int8.adapter):
+        assert type(m.weight).__name__ == 'Int8Tensor'
+    # embeddings, LM head, projector and vision tower keep plain float weights
+    plain = {id(m.weight) for m in decoder_linears(int8.adapter)}
+    others = [p for p in int8.adapter.model.parameters() if id(p) not in plain]
+    assert others and all(type(p) is nn.Parameter and p.dtype == torch.float32 for p in others)
+    assert int8.adapter.llm_weights == 'int8'
+    settings = RuntimeSettings(keep_ratio=1.0, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    same = total = 0
+    for frame in FRAMES:
+        s, t = prefix_agreement(native.run(frame, settings).answer,
+                                int8.run(frame, settings).answer, native.adapter.tokenizer)
+        same, total = same + s, total + t
+    assert same / total >= MIN_PREFIX_AGREEMENT, (same, total)
+
+
+def test_int8_batches_compiles_and_prunes_in_the_llm_like_eager(both):
+    native, int8 = both
+    compiled = Pipeline(int8.adapter, compile_options=CompileOptions(backend='eager'))
+    for layer, pruner in ((0, 'tfps'), (2, 'fastv')):
+        settings = [RuntimeSettings(keep_ratio=k, pruner=pruner, prune_layer=layer,
+                                    max_new_tokens=8, question=q, decode_backend=b)
+                    for q, k, b in (('Where?', 0.1, 'eager'),
+                                    ('What is ahead now?', 0.3, 'eager'))]
+        eager = int8.run_batch(FRAMES[:2], settings)
+        fast = compiled.run_batch(FRAMES[:2], [replace(s, decode_backend='compiled')
+                                               for s in settings])
+        assert [r.decode_backend for r in fast] == ['compiled', 'compiled']
+        assert [r.answer for r in fast] == [r.answer for r in eager]
+        if layer:
+            # Layer-K pruning ranks tokens by the attention of layer K-1 (a hook reads it).
+            # int8 weights move those scores a little, so tokens at the selection boundary can
+            # swap: the kept sets are not identical. Measured (fastv at layer 2, 4 frames,
+            # keep 0.1 and 0.3): 98.3-100% of the native kept tokens stay kept in every family,
+            # the embedded model included.
+            reference = native.run_batch(FRAMES[:2], settings)
+            for r, q in zip(reference, eager):
+                assert sum(map(len, q.kept_indices)) == sum(map(len, r.kept_indices))
+                assert kept_overlap(r.kept_indices, q.kept_indices) >= MIN_KEPT_OVERLAP
+
+
+def test_int4_without_a_kernel_fails_at_start_naming_setting_device_and_alternatives():
+    with pytest.raises(ValueError) as err:
+        check_llm_weights('int4', 'cpu', torch.float32)
+    text = str(err.value)
+    assert "llm_weights int4 has no kernel on device 'cpu'" in text
+    assert 'compute capability 8.0' in text and 'int8' in text and 'native' in text
+    with pytest.raises(ValueError, match='use one of native, int8, int4'):
+        check_llm_weights('int3', 'cpu', torch.float32)
+    check_llm_weights('int8', 'cpu', torch.float32)  # has a CPU kernel: no error
+
+
+def test_the_cli_refuses_int4_on_a_cpu_before_loading(tiny_llava, tmp_path):
+    data = tmp_path / 'data'
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    synth = [sys.executable, '-m', 'drive_vlm_pruned.cli.main', 'data', 'synth', str(data),
+             '--split', 'test', '--scenes', '1', '--frames-per-scene', '1']
+    subprocess.run(synth, check=True, capture_output=True, timeout=120, env=env)
+    cmd = [sys.executable, '-m', 'drive_vlm_pruned.cli.main', 'eval', '--model', str(tiny_llava),
+           '--data', str(data), '--out', str(tmp_path / 'preds.json'), '--device', 'cpu',
+           '--llm-weights', 'int4', '--no-progress']
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "llm_weights int4 has no kernel on device 'cpu'" in out.stderr
+    assert 'Traceback' not in out.stderr
+    assert not (tmp_path / 'preds.json').exists()
+
+
+def test_weight_bytes_reads_the_inner_tensors_of_a_quantized_weight():
+    from drive_vlm_pruned.models.llm_weights import quantize_llm
+
+    layer = nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32))
+    native = weight_bytes([layer])
+    assert native == 4 * (64 * 32 + 32 + 32 + 32)
+    done = quantize_llm([layer], 'int8')
+    assert done.quantized == 1 and done.skipped == ()
+    w = layer[0].weight
+    assert tensor_bytes(w) == w.qdata.numel() + 4 * w.scale.numel() + w.zero_point.numel()
+    assert w.qdata.dtype == torch.int8 and w.qdata.shape == (32, 64)
+    assert weight_bytes([layer]) == native - 4 * 64 * 32 + tensor_bytes(w)
