@@ -62,14 +62,14 @@ def test_decode_floor_scales_with_bandwidth_bytes_and_context():
     assert nx.ms_per_token == pytest.approx(2 * agx.ms_per_token)  # 102.4 vs 204.8 GB/s
     expected = (agx.weight_gb_per_token + agx.kv_gb_per_token) / 204.8 * 1e3
     assert agx.ms_per_token == pytest.approx(expected)
-    assert decode_floor(model, DEVICE_SPECS['orin-agx'], '4-bit', 0.1).ms_per_token < (
+    assert decode_floor(model, DEVICE_SPECS['orin-agx'], 'int4', 0.1).ms_per_token < (
         agx.ms_per_token / 3)
     assert decode_floor(model, DEVICE_SPECS['orin-agx'], 'bf16', 1.0).kv_gb_per_token > (
         5 * agx.kv_gb_per_token)
     h100 = decode_floor(model, DEVICE_SPECS['h100'], 'bf16', 0.1)
     assert 4.0 < h100.ms_per_token < 5.0  # the "at least 4.8 ms" counts all 16 GB
     assert not decode_floor(model, DEVICE_SPECS['orin-nx'], 'bf16', 1.0).fits  # 17 GB > 16 GB
-    with pytest.raises(ValueError, match='bf16, 4-bit'):
+    with pytest.raises(ValueError, match='bf16, int8, int4'):
         decode_floor(model, DEVICE_SPECS['h100'], 'int3', 0.1)
 
 
@@ -77,9 +77,9 @@ def test_device_spec_prints_the_floor_without_building_a_model(capsys, tmp_path)
     assert main(['bench', 'latency', '--device-spec', 'orin-nx', '--preset', 'drivemm-8b',
                  '--keep-ratios', '0.1', '--out-dir', str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert '102.4 GB/s' in out and '| drivemm-8b | 4-bit | 0.1 |' in out
+    assert '102.4 GB/s' in out and '| drivemm-8b | int4 | 0.1 |' in out
     floors = json.loads((tmp_path / 'floor-orin-nx.json').read_text())
-    assert {f['weights'] for f in floors} == {'bf16', '4-bit'}
+    assert {f['weights'] for f in floors} == {'bf16', 'int8', 'int4'}
 
 
 def test_bench_latency_reports_stages_roofline_and_the_node_under_load(tiny_llava, tmp_path,

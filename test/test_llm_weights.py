@@ -159,3 +159,18 @@ def test_weight_bytes_reads_the_inner_tensors_of_a_quantized_weight():
     assert tensor_bytes(w) == w.qdata.numel() + 4 * w.scale.numel() + w.zero_point.numel()
     assert w.qdata.dtype == torch.int8 and w.qdata.shape == (32, 64)
     assert weight_bytes([layer]) == native - 4 * 64 * 32 + tensor_bytes(w)
+
+
+def test_loading_a_model_with_torchao_installed_prints_no_expected_library_warnings(tiny_llava):
+    # transformers imports torchao when it is installed; torchao logs its CUDA-only libraries
+    # that cannot load on a CPU torch (drive_vlm_pruned/library_logs.py drops those lines).
+    code = ('from drive_vlm_pruned.models.load import load_adapter; '
+            'from drive_vlm_pruned.models.loading import LoadSpec; '
+            f'load_adapter(LoadSpec({str(tiny_llava)!r}, llm_weights="int8"))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'Failed to load' not in out.stderr and 'register_constant' not in out.stderr
+    import torchao  # the filters drop only the expected lines: the logger itself still works
+
+    assert not logging.getLogger('torchao').disabled and torchao.__version__

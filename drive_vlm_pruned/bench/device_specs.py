@@ -8,10 +8,14 @@ counts, no memory), with the embedding and LM head resized to the real checkpoin
 (the presets carry the tiny test tokenizer). ``drive-vlm bench latency --device-spec NAME``
 prints the floors; docs/orin.md is generated from them.
 
-Weight formats: ``bf16`` stores every parameter in 2 bytes. ``4-bit`` stores the decoder
-layers' linear weights in 4 bits with one bf16 scale per group of 128 (AWQ / GPTQ style, 4.125
-bits a weight) and keeps norms, biases, the embedding, the LM head and the vision tower in bf16,
-as those tools do. The KV cache stays bf16 in both.
+Weight formats, the ``llm_weights`` settings on a GPU (models/llm_weights.py): ``bf16``
+(native) stores every parameter in 2 bytes. ``int8`` and ``int4`` store the decoder layers'
+linear weights in torchao's layouts and keep norms, biases, the embedding, the LM head and the
+vision tower in bf16, as llm_weights does. Their bytes are not assumed: ``int8`` is measured
+from torchao's Int8Tensor built on the meta device for each linear's shape (int8 weights plus a
+bf16 scale and an int8 zero point per row); ``int4`` is computed from the shapes of torchao's
+tinygemm layout (``tile_packed_to_4d``: two weights a byte, plus a bf16 scale and zero per group
+of 128), which torchao builds only on a CUDA device. The KV cache stays bf16 in all three.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ from functools import cache
 import math
 
 from .shapes import Preset, PRESETS
+from ..models.llm_weights import INT4_GROUPS
 
 BF16 = 2.0
-INT4_GROUP128 = (4 + 16 / 128) / 8  # bytes per 4-bit weight, with one bf16 scale per 128
 TEXT_TOKENS = 200  # system + six-view preamble + planning question, about, in real tokenizers
-WEIGHT_FORMATS = ('bf16', '4-bit')
+WEIGHT_FORMATS = ('bf16', 'int8', 'int4')
 
 
 @dataclass(frozen=True)
@@ -86,15 +90,21 @@ class ModelBytes:
     kv_bytes_per_token: int  # keys + values of one position, all layers, bf16
     visual_tokens: int  # six views, unpruned
     llm_layers: int
+    linear_bytes: tuple[tuple[str, float], ...] = ()  # (format, bytes of the decoder linears)
 
     @property
     def llm_params(self) -> int:
         head = 0 if self.tied else self.lm_head_params
         return self.decoder_linear_params + self.decoder_other_params + self.embed_params + head
 
+    def decoder_linear_bytes(self, fmt: str) -> float:
+        if fmt not in WEIGHT_FORMATS:
+            raise ValueError(f'weight format {fmt!r} is not one of {", ".join(WEIGHT_FORMATS)}')
+        return dict(self.linear_bytes)[fmt]
+
     def weight_bytes_read_per_token(self, fmt: str) -> float:
         """Return bytes of weights one decode step reads: decoder layers and the LM head."""
-        return (self.decoder_linear_params * _linear_bytes(fmt)
+        return (self.decoder_linear_bytes(fmt)
                 + (self.decoder_other_params + self.lm_head_params) * BF16)
 
     def resident_weight_bytes(self, fmt: str) -> float:
@@ -102,16 +112,31 @@ class ModelBytes:
         rest = self.vision_params + self.decoder_other_params + self.embed_params
         if not self.tied:
             rest += self.lm_head_params
-        return self.decoder_linear_params * _linear_bytes(fmt) + rest * BF16
+        return self.decoder_linear_bytes(fmt) + rest * BF16
 
     def prompt_tokens(self, keep_ratio: float) -> int:
         return math.ceil(self.visual_tokens * keep_ratio) + TEXT_TOKENS
 
 
-def _linear_bytes(fmt: str) -> float:
-    if fmt not in WEIGHT_FORMATS:
-        raise ValueError(f'weight format {fmt!r} is not one of {", ".join(WEIGHT_FORMATS)}')
-    return BF16 if fmt == 'bf16' else INT4_GROUP128
+@cache
+def linear_layout_bytes(fmt: str, out_features: int, in_features: int) -> float:
+    """Return the bytes one ``out x in`` linear weight takes in ``fmt`` (module doc)."""
+    if fmt == 'bf16':
+        return BF16 * out_features * in_features
+    if fmt == 'int4':
+        group = next((g for g in INT4_GROUPS if in_features % g == 0), None)
+        if group is None or out_features % 8:
+            return BF16 * out_features * in_features  # llm_weights keeps such a layer native
+        return out_features * in_features / 2 + out_features * (in_features // group) * 2 * BF16
+    import torch
+    from torch import nn
+
+    from ..models.llm_weights import quantize_llm, tensor_bytes
+
+    linear = nn.Linear(in_features, out_features, bias=False, device='meta',
+                       dtype=torch.bfloat16)
+    quantize_llm([nn.Sequential(linear)], fmt)
+    return float(tensor_bytes(linear.weight))
 
 
 def visual_tokens_per_view(preset: Preset) -> int:
@@ -149,6 +174,10 @@ def model_bytes_of(model, name: str, visual_tokens: int,
     from torch import nn
 
     language = model.model.language_model
+    shapes = [m.weight.shape for layer in language.layers for m in layer.modules()
+              if isinstance(m, nn.Linear)]
+    linear_bytes = tuple((fmt, sum(linear_layout_bytes(fmt, o, i) for o, i in shapes))
+                         for fmt in WEIGHT_FORMATS)
     head = model.lm_head.weight
     tied = head is language.embed_tokens.weight
     text = model.config.get_text_config()
@@ -172,7 +201,7 @@ def model_bytes_of(model, name: str, visual_tokens: int,
         decoder_other_params=llm - linear - language.embed_tokens.weight.numel(),
         embed_params=embed, lm_head_params=lm_head, tied=tied,
         kv_bytes_per_token=int(2 * layers * kv_heads * head_dim * BF16),
-        visual_tokens=visual_tokens, llm_layers=layers,
+        visual_tokens=visual_tokens, llm_layers=layers, linear_bytes=linear_bytes,
     )
 
 
@@ -248,15 +277,39 @@ def floor_markdown(spec: DeviceSpec, floors: list[Floor]) -> str:
 
 
 def memory_budget_markdown(presets: list[str], new_tokens: int = 64) -> str:
-    """Markdown: resident weights and KV cache per preset at bf16 and 4-bit."""
-    lines = ['| preset | LLM params | vision params | weights bf16 GB | weights 4-bit GB | '
-             f'KV keep 1.0 + {new_tokens} GB | KV keep 0.1 + {new_tokens} GB |',
-             '|' + '---|' * 7]
+    """Markdown: resident weights per format and the KV cache, per preset."""
+    lines = ['| preset | LLM params | vision params | ' + ' | '.join(
+        f'weights {fmt} GB' for fmt in WEIGHT_FORMATS) + f' | KV keep 1.0 + {new_tokens} GB | '
+        f'KV keep 0.1 + {new_tokens} GB |', '|' + '---|' * (5 + len(WEIGHT_FORMATS))]
     for name in presets:
         b = preset_bytes(name)
         kv = [(b.prompt_tokens(k) + new_tokens) * b.kv_bytes_per_token / 1e9 for k in (1.0, 0.1)]
+        weights = ' | '.join(f'{b.resident_weight_bytes(fmt) / 1e9:.1f}' for fmt in WEIGHT_FORMATS)
         lines.append(f'| {name} | {b.llm_params / 1e9:.2f} B | {b.vision_params / 1e9:.2f} B | '
-                     f'{b.resident_weight_bytes("bf16") / 1e9:.1f} | '
-                     f'{b.resident_weight_bytes("4-bit") / 1e9:.1f} | {kv[0]:.2f} | '
-                     f'{kv[1]:.2f} |')
+                     f'{weights} | {kv[0]:.2f} | {kv[1]:.2f} |')
+    return '\n'.join(lines)
+
+
+ORIN_MEMORY_GB = (('Orin NX 16GB', 16.0), ('AGX Orin 32GB', 32.0), ('AGX Orin 64GB', 64.0))
+RESERVED_GB = 3.0  # Ubuntu, the CUDA context and the vision/prefill activations share the memory
+
+
+def fit_markdown(presets: list[str], keep_ratio: float = 0.1, new_tokens: int = 64,
+                 answer_tokens: int = 55) -> str:
+    """Markdown: per preset and format, memory held and the Orin modules it fits, with floors."""
+    agx, nx = DEVICE_SPECS['orin-agx'], DEVICE_SPECS['orin-nx']
+    lines = [f'| preset | weights | held GB (keep {keep_ratio:g}) | '
+             + ' | '.join(f'fits {name}' for name, _ in ORIN_MEMORY_GB)
+             + f' | AGX floor ms/token | NX floor ms/token | {answer_tokens}-token answer on '
+             'AGX s |', '|' + '---|' * (6 + len(ORIN_MEMORY_GB))]
+    for name in presets:
+        model = preset_bytes(name)
+        for fmt in WEIGHT_FORMATS:
+            a = decode_floor(model, agx, fmt, keep_ratio, new_tokens)
+            n = decode_floor(model, nx, fmt, keep_ratio, new_tokens)
+            fits = ' | '.join('yes' if a.resident_gb <= gb - RESERVED_GB else 'no'
+                              for _, gb in ORIN_MEMORY_GB)
+            lines.append(f'| {name} | {fmt} | {a.resident_gb:.1f} | {fits} | '
+                         f'{a.ms_per_token:.1f} | {n.ms_per_token:.1f} | '
+                         f'{a.ms_per_token * answer_tokens / 1e3:.2f} |')
     return '\n'.join(lines)

@@ -18,7 +18,7 @@ and reports p50 / p90 / p99 of the node's own latency (set complete -> result pu
 how many sets were answered or dropped.
 
 ``--device-spec NAME`` instead prints, for model presets, the decode floor a device's memory
-bandwidth sets at bf16 and 4-bit weights (bench/device_specs.py), without building a model.
+bandwidth sets at bf16, int8 and int4 weights (bench/device_specs.py), without building a model.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ import torch
 
 from .device_specs import (
     DEVICE_SPECS,
+    fit_markdown,
     floor_markdown,
     floor_table,
     memory_budget_markdown,
+    RESERVED_GB,
 )
 from .shapes import PRESETS
 from .timing import device_label, time_call
@@ -351,6 +353,11 @@ def device_spec_main(args) -> int:
     print(f'Memory held (weights + KV cache, batch 1; activations and the CUDA context come on '
           f'top) against {spec.memory_gb:g} GB:')
     print(budget)
+    if spec.name.startswith('orin'):
+        budget += '\n\n' + fit_markdown(presets, min(args.keep_ratios), args.new_tokens)
+        print(f'\nWhich Orin module holds each setting ({RESERVED_GB:g} GB kept for Ubuntu, the '
+              'CUDA context and activations):')
+        print(budget.rsplit('\n\n', 1)[1])
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -260,7 +260,7 @@ latest-wins): p50 / p90 / p99 latency and sets answered / dropped. Writes JSON, 
 PNG with --out-dir. Without --model or --preset it uses the demo's tiny random-weight model.
 
 --device-spec orin-agx|orin-nx|h100|h200 prints instead the decode floor that device's memory
-bandwidth sets for every GPU preset (or --preset) at bf16 and 4-bit weights; nothing is built.
+bandwidth sets for every GPU preset (or --preset) at bf16, int8 and int4 weights; nothing is built.
 
 examples:
   drive-vlm bench latency --out-dir bench-out/latency

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-import logging
 
 import torch
 from torch import nn
@@ -111,20 +110,11 @@ def _config(setting: str, group: int):
 
 
 def _import_torchao(setting: str) -> None:
-    # torchao's wheel carries CUDA-only libraries; on a CPU torch their failed loads are
-    # expected and logged as warnings, which would read as a fault at every start.
-    quiet = [logging.getLogger(n) for n in ('torchao', 'torch.utils._pytree')]
-    levels = [q.level for q in quiet]
-    for q in quiet:
-        q.setLevel(logging.ERROR)
-    try:
+    try:  # its expected import-time warnings are filtered by drive_vlm_pruned/library_logs.py
         import torchao.quantization  # noqa: F401
     except ImportError as err:
         raise ValueError(f'llm_weights {setting} needs torchao ({err}): pip install -c '
                          'constraints.txt torchao, or use llm_weights native') from None
-    finally:
-        for q, level in zip(quiet, levels):
-            q.setLevel(level)
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
