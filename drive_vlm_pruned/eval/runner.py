@@ -247,6 +247,22 @@ class EvalReport:
         }
 
 
+def baseline_columns(pairs: Sequence[tuple[KeyFrame, QA]], majority: MajorityAnswers | None,
+                     tokenizer: str, notes: list[str]) -> dict[str, ColumnScores]:
+    """Score the majority answers (when given) and constant velocity on ``pairs``."""
+    columns = {}
+    if majority is not None:
+        answers = {qa.id: majority.answer(qa) for _, qa in pairs}
+        columns[MAJORITY] = score_column(MAJORITY, pairs, answers, tokenizer)
+        notes.append(f'majority answers per question type from {majority.source}')
+    cv = {qa.id: a for f, qa in pairs if is_trajectory_qa(f, qa)
+          and (a := constant_velocity_answer(f)) is not None}
+    if cv:
+        columns[CONST_VELOCITY] = score_column(CONST_VELOCITY, pairs, cv, tokenizer,
+                                               drivelm=False)
+    return columns
+
+
 def evaluate(pipeline: Pipeline, frames: Sequence[KeyFrame], settings: RuntimeSettings, *,
              batch_size: int = 8, limit: int = 0, blind: bool = False, with_blind: bool = False,
              majority: MajorityAnswers | None = None, tokenizer: str = 'auto',
@@ -297,15 +313,7 @@ def evaluate(pipeline: Pipeline, frames: Sequence[KeyFrame], settings: RuntimeSe
     else:
         for name, r in runs.items():
             columns[name] = score_column(name, pairs, r.answers(), tokenizer)
-        if majority is not None:
-            answers = {qa.id: majority.answer(qa) for _, qa in pairs}
-            columns[MAJORITY] = score_column(MAJORITY, pairs, answers, tokenizer)
-            notes.append(f'majority answers per question type from {majority.source}')
-        cv = {qa.id: a for f, qa in pairs if is_trajectory_qa(f, qa)
-              and (a := constant_velocity_answer(f)) is not None}
-        if cv:
-            columns[CONST_VELOCITY] = score_column(CONST_VELOCITY, pairs, cv, tokenizer,
-                                                   drivelm=False)
+        columns.update(baseline_columns(pairs, majority, tokenizer, notes))
     info = {
         'label': label,
         'tokenizer': tokenizer,
