@@ -246,9 +246,9 @@ def foreground_for(pipeline: Pipeline) -> tuple[ForegroundRecall | None, str]:
     return ForegroundRecall(int(h)), ''
 
 
-def run_cell(pipeline: Pipeline, frames: Sequence[KeyFrame], settings: RuntimeSettings, *,
-             batch_size: int, tokenizer: str, recall: ForegroundRecall | None = None,
-             blank: bool = False) -> dict:
+def run_accuracy_cell(pipeline: Pipeline, frames: Sequence[KeyFrame],
+                      settings: RuntimeSettings, *, batch_size: int, tokenizer: str,
+                      recall: ForegroundRecall | None = None, blank: bool = False) -> dict:
     """Answer and score the QA of ``frames`` with ``settings``; return the cell's record."""
     pairs = all_qa(frames)
     order = batch_order(pairs)
@@ -403,10 +403,10 @@ def sweep(pipeline: Pipeline, seeds: Sequence[Sequence[KeyFrame]], cells: Sequen
     for cell, s in todo:
         bar.set_postfix_str(f'seed {s} {cell.key}')
         settings = cell.settings(base, view_weights)
-        record = run_cell(pipeline, seeds[s], settings, batch_size=options.batch_size,
-                          tokenizer=options.tokenizer,
-                          recall=None if cell.pruner == BLIND else recall,
-                          blank=cell.pruner == BLIND)
+        record = run_accuracy_cell(pipeline, seeds[s], settings,
+                                   batch_size=options.batch_size, tokenizer=options.tokenizer,
+                                   recall=None if cell.pruner == BLIND else recall,
+                                   blank=cell.pruner == BLIND)
         log.append({'cell': asdict(cell) | {'key': cell.key}, 'seed': s, **record})
         if record['errors']:
             bar.write(f'{cell.key} seed {s}: {record["errors"]} QA failed, e.g. '

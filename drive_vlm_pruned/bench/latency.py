@@ -146,8 +146,8 @@ class LatencyReport:
     goals: list[str] = field(default_factory=list)
 
 
-def run_cell(pipe, settings, frames, warmup: int, repeats: int, bandwidth: Bandwidth,
-             per_position: int, weights: int) -> LatencyCell:
+def run_latency_cell(pipe, settings, frames, warmup: int, repeats: int, bandwidth: Bandwidth,
+                     per_position: int, weights: int) -> LatencyCell:
     """Time ``repeats`` frames after ``warmup`` (the first compiles, on the compiled backend)."""
     device = pipe.adapter.device
     for i in range(warmup):
@@ -451,8 +451,8 @@ def _setting_rows(args, adapter, name: str, cells: list[LatencyCell]) -> Latency
                                        prune_layer=args.prune_layer,
                                        max_new_tokens=args.new_tokens, stop_at_eos=False,
                                        decode_backend=backend)
-            cell = run_cell(pipes[backend], settings, frames, args.warmup, args.repeats,
-                            bandwidth, per_position, weights)
+            cell = run_latency_cell(pipes[backend], settings, frames, args.warmup, args.repeats,
+                                    bandwidth, per_position, weights)
             cells.append(cell)
             print(f'  {cell.llm_weights:<6} keep {keep:<5g} {cell.decode_backend_used:<8} TTFT '
                   f'{cell.ttft_ms:8.1f} ms  decode {cell.decode_ms_per_token:7.2f} ms/token  end '

@@ -91,8 +91,8 @@ class PrefillCell:
     notes: list[str] = field(default_factory=list)
 
 
-def run_cell(pipe: Pipeline, preset: Preset, settings: RuntimeSettings, warmup: int,
-             repeats: int, device: torch.device) -> PrefillCell:
+def run_prefill_cell(pipe: Pipeline, preset: Preset, settings: RuntimeSettings, warmup: int,
+                     repeats: int, device: torch.device) -> PrefillCell:
     frame = synthetic_frame(0, size=preset.image_hw)
     for _ in range(warmup):
         pipe.run(frame, settings)
@@ -134,7 +134,7 @@ def sweep(pipe: Pipeline, preset: Preset, pruners: Sequence[str], keep_ratios: S
         base_settings = RuntimeSettings(keep_ratio=1.0, pruner='tfps', prune_layer=layer,
                                         max_new_tokens=new_tokens, stop_at_eos=False,
                                         decode_backend='eager')
-        base = run_cell(pipe, preset, base_settings, warmup, repeats, device)
+        base = run_prefill_cell(pipe, preset, base_settings, warmup, repeats, device)
         base.pruner = 'none'
         _speedup(base, base)
         cells.append(base)
@@ -148,7 +148,7 @@ def sweep(pipe: Pipeline, preset: Preset, pruners: Sequence[str], keep_ratios: S
                 settings = RuntimeSettings(keep_ratio=keep, pruner=name, prune_layer=layer,
                                            max_new_tokens=new_tokens, stop_at_eos=False,
                                            decode_backend='eager')
-                cell = run_cell(pipe, preset, settings, warmup, repeats, device)
+                cell = run_prefill_cell(pipe, preset, settings, warmup, repeats, device)
                 _speedup(cell, base)
                 cells.append(cell)
                 progress(_line(cell))

@@ -140,7 +140,7 @@ def add_bag_parser(subparsers) -> None:
                       help='which answered set to show (default -1: the last)')
 
 
-def run_bag(args: argparse.Namespace) -> int:
+def run_bag_command(args: argparse.Namespace) -> int:
     """Run the ``bag`` subcommand in ``args``; return the exit status."""
     name = f'drive-vlm bag {args.bag_command}'
     try:

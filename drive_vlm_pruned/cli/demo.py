@@ -41,10 +41,10 @@ def tiny_model_dir() -> Path:
     return path
 
 
-def run_demo(frames: int = 12, keep_ratio: float = 0.1, pruner: str = 'tfps',
-             prune_layer: int = 0, model: str | None = None, max_new_tokens: int = 80,
-             device: str = 'cpu', dtype: str = 'auto', attn: str = 'auto',
-             record_dir: str = '') -> int:
+def run_node_demo(frames: int = 12, keep_ratio: float = 0.1, pruner: str = 'tfps',
+                  prune_layer: int = 0, model: str | None = None, max_new_tokens: int = 80,
+                  device: str = 'cpu', dtype: str = 'auto', attn: str = 'auto',
+                  record_dir: str = '') -> int:
     """Play a synthetic bag into the node and print its outputs (see module doc)."""
     from ..models.loading import resolve_checkpoint
 

@@ -66,11 +66,11 @@ def ascii_map(scene: SyntheticScene, view: int, idx: torch.Tensor) -> list[str]:
     return [''.join(chars[r * g:(r + 1) * g]) for r in range(g)]
 
 
-def run_demo(keep_ratio: float = 0.1, dim: int = 1152, seed: int = 0,
-             weights_file: str | None = None, reconpruner_weights: str = '',
-             model: str | None = None, data: str | None = None, split: str = 'test',
-             frames: int = 8, keep_ratios: tuple[float, ...] = (0.5, 0.25, 0.1),
-             device: str = 'cpu') -> int:
+def run_pruner_demo(keep_ratio: float = 0.1, dim: int = 1152, seed: int = 0,
+                    weights_file: str | None = None, reconpruner_weights: str = '',
+                    model: str | None = None, data: str | None = None, split: str = 'test',
+                    frames: int = 8, keep_ratios: tuple[float, ...] = (0.5, 0.25, 0.1),
+                    device: str = 'cpu') -> int:
     """Print per-pruner kept tokens, object coverage and time; then ASCII maps of CAM_FRONT."""
     if model or data:
         if not (model and data):

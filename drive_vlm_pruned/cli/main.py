@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 import sys
 
-from .bag import add_bag_parser, run_bag
+from .bag import add_bag_parser, run_bag_command
 from .bench_llm_weights import add_bench_llm_weights_parser, run_bench_llm_weights
 from .bench_pruners import add_bench_pruners_parser
 from .convert import add_convert_parser, run_convert
@@ -424,13 +424,13 @@ def _has_cuda() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == 'demo':
-        from .demo import run_demo
+        from .demo import run_node_demo
 
-        return run_demo(args.frames, args.keep_ratio, args.pruner, args.prune_layer, args.model,
-                        args.max_new_tokens, args.device, args.dtype, args.attn,
-                        args.record_dir)
+        return run_node_demo(args.frames, args.keep_ratio, args.pruner, args.prune_layer,
+                             args.model, args.max_new_tokens, args.device, args.dtype, args.attn,
+                             args.record_dir)
     if args.command == 'demo-pruners':
-        from .demo_pruners import run_demo as run_pruner_demo
+        from .demo_pruners import run_pruner_demo
 
         return run_pruner_demo(args.keep_ratio, args.dim, args.seed, args.view_weights,
                                args.reconpruner_weights, args.model, args.data, args.split,
@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == 'train':
         return run_train(args)
     if args.command == 'bag':
-        return run_bag(args)
+        return run_bag_command(args)
     if args.command == 'convert':
         return run_convert(args)
     if args.command == 'data':
