@@ -51,6 +51,7 @@ from ..data.drivelm import all_qa, KeyFrame, load_drivelm
 from ..eval.baselines import fit_majority, MajorityAnswers
 from ..eval.runner import predict, PredictOptions
 from ..eval.scoring import score_column
+from ..models.loading import LoadSpec
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
 from ..search.objective import score_answers
 from ..search.qa_sets import batch_order, scene_subsets, take_frames
@@ -652,64 +653,83 @@ def stat_json(value):
 
 # --- entry point --------------------------------------------------------------------------------
 
-def main(args) -> int:
-    """Entry point of ``drive-vlm bench accuracy`` (arguments from cli.main)."""
-    import sys
+@dataclass(frozen=True)
+class AccuracyOptions:
+    """What ``drive-vlm bench accuracy`` runs; the CLI builds it from its flags."""
 
-    try:
-        return _main(args)
-    except ValueError as err:
-        print(f'drive-vlm bench accuracy: {err}', file=sys.stderr)
-        return 2
+    data: tuple[str, ...]  # a data directory or DriveLM JSON; several: one per data seed
+    load: LoadSpec = LoadSpec()  # the model and how to load it; model '': the embedded model
+    split: str = 'test'
+    image_root: str | None = None
+    pruners: tuple[str, ...] = DEFAULT_PRUNERS
+    keep_ratios: tuple[float, ...] = DEFAULT_KEEP_RATIOS
+    prune_layers: tuple[int, ...] = DEFAULT_PRUNE_LAYERS
+    seeds: int = DEFAULT_SEEDS
+    qa_per_cell: int = DEFAULT_QA_PER_CELL
+    view_weights_file: str | None = None  # searched view rates, an allocation variant
+    variant_layers: tuple[int, ...] | None = None  # None: every prune layer; (): no variants
+    report_only: bool = False  # rebuild the report from OUT/cells.jsonl; run nothing
+    diversity: bool = True
+    blind: bool = True
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    tokenizer: str = 'auto'  # auto | ptb | simple (eval/language.py)
+    out: str = 'bench-out/accuracy'
+    overwrite: bool = False
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    progress: bool = True
 
 
 def _resolved(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path and Path(path).exists() else path
 
 
-def _main(args) -> int:
+def run_accuracy_bench(options: AccuracyOptions) -> int:
+    """Run the sweep (module doc) and write its report; ValueError names a bad option or input."""
     import sys
 
     import torch
 
-    from ..cli.run import load_spec_from_args
     from ..eval.language import resolve_tokenizer
     from ..models.load import load_adapter
     from ..pruning.view_weights import load_view_weights
     from ..search.view_rates import read_search_keep_ratio
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     started = time.perf_counter()
-    model = args.model or _embedded()
-    options = SweepOptions(tuple(args.pruners), tuple(args.keep_ratios), tuple(args.prune_layers),
-                           args.seeds, args.qa_per_cell, args.batch_size, args.max_new_tokens,
-                           resolve_tokenizer(args.tokenizer), not args.no_diversity,
-                           not args.no_blind)
+    model = options.load.model or _embedded()
+    sweep_options = SweepOptions(options.pruners, options.keep_ratios, options.prune_layers,
+                                 options.seeds, options.qa_per_cell, options.batch_size,
+                                 options.max_new_tokens, resolve_tokenizer(options.tokenizer),
+                                 options.diversity, options.blind)
     view_weights, search_keep = None, None
-    if args.view_weights_file:
-        view_weights = load_view_weights(args.view_weights_file)
-        search_keep = read_search_keep_ratio(args.view_weights_file)
-    data = list(args.data)
-    seeds, how = seed_sets(data, args.split, args.image_root, options.seeds, options.qa_per_cell)
-    majority = _majority(data, args.split, args.image_root)
-    out = Path(args.out)
+    if options.view_weights_file:
+        view_weights = load_view_weights(options.view_weights_file)
+        search_keep = read_search_keep_ratio(options.view_weights_file)
+    data = list(options.data)
+    seeds, how = seed_sets(data, options.split, options.image_root, sweep_options.seeds,
+                           sweep_options.qa_per_cell)
+    majority = _majority(data, options.split, options.image_root)
+    out = Path(options.out)
     header = {'model': _resolved(model), 'data': [_resolved(d) for d in data],
-              'split': args.split, 'seeds': len(seeds), 'qa_per_cell': options.qa_per_cell,
-              'max_new_tokens': options.max_new_tokens, 'tokenizer': options.tokenizer,
-              'view_weights': view_weights}
-    log = CellLog(out / 'cells.jsonl', header, args.overwrite)
-    if args.report_only:  # tables and plots of every cell the log holds; no model
+              'split': options.split, 'seeds': len(seeds),
+              'qa_per_cell': sweep_options.qa_per_cell,
+              'max_new_tokens': sweep_options.max_new_tokens,
+              'tokenizer': sweep_options.tokenizer, 'view_weights': view_weights}
+    log = CellLog(out / 'cells.jsonl', header, options.overwrite)
+    if options.report_only:  # tables and plots of every cell the log holds; no model
         rows = summarize(list(log.done.values()))
         print(write_report(out, rows, header, how, ['rebuilt with --report-only from '
                                                     f'{log.path}'], model))
         _plots(rows, out, model)
         return 0
-    pipeline = Pipeline(load_adapter(load_spec_from_args(args, model),
+    pipeline = Pipeline(load_adapter(replace(options.load, model=model),
                                      log=lambda text: print(text, file=sys.stderr)))
-    cells, notes = plan_cells(options.pruners, options.keep_ratios, options.prune_layers,
-                              pipeline.shape.layers, view_weights is not None, options.diversity,
-                              search_keep, args.variant_layers)
+    cells, notes = plan_cells(sweep_options.pruners, sweep_options.keep_ratios,
+                              sweep_options.prune_layers, pipeline.shape.layers,
+                              view_weights is not None, sweep_options.diversity, search_keep,
+                              options.variant_layers)
     cells, probe_notes = probe(pipeline, seeds[0], cells, view_weights)
     notes += probe_notes
     if view_weights is None:
@@ -719,8 +739,8 @@ def _main(args) -> int:
           f'x {len(seeds)} seeds')
     for note in notes:
         print(note)
-    records = sweep(pipeline, seeds, cells, options, log, view_weights, majority,
-                    progress=not args.no_progress)
+    records = sweep(pipeline, seeds, cells, sweep_options, log, view_weights, majority,
+                    progress=options.progress)
     rows = summarize(records)
     report = write_report(out, rows, header, how, notes, model)
     elapsed = time.perf_counter() - started

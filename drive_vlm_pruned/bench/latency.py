@@ -341,25 +341,51 @@ def plot(report: LatencyReport, path: Path) -> None:
     plt.close(fig)
 
 
-def device_spec_main(args) -> int:
+@dataclass(frozen=True)
+class LatencyOptions:
+    """What ``drive-vlm bench latency`` runs; the CLI builds it from its flags."""
+
+    model: str = ''  # a checkpoint; '' (and no preset): the demo's tiny random-weight model
+    preset: str | None = None  # a real-size shape of shapes.PRESETS with random weights instead
+    layers: int = 0  # shorten a preset's LLM to N layers
+    device_spec: str | None = None  # print the bandwidth decode floor on this device and stop
+    keep_ratios: tuple[float, ...] = (1.0, 0.25, 0.1)
+    pruner: str = 'tfps'
+    prune_layer: int = 0
+    new_tokens: int = 64  # tokens per answer, EOS ignored
+    decode_backends: tuple[str, ...] = ('eager', 'compiled')
+    device: str = 'cpu'
+    dtype: str = 'auto'
+    attn: str = 'sdpa'
+    llm_weights: tuple[str, ...] = ('native',)  # one set of rows per setting
+    image_size: tuple[int, int] | None = None  # (H, W); None: the preset's, else 400 x 225
+    warmup: int = 2
+    repeats: int = 5
+    node_frames: int = 48  # six-camera sets played into the node at 12 Hz (0: skip)
+    node_decode_backend: str = 'auto'
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    out_dir: str | None = None
+
+
+def device_spec_main(options: LatencyOptions) -> int:
     """``--device-spec``: print the bandwidth floor per preset; build nothing."""
-    spec = DEVICE_SPECS[args.device_spec]
-    presets = [args.preset] if args.preset else list(GPU_PRESETS)
-    floors = floor_table(spec, presets, args.keep_ratios, args.new_tokens)
+    spec = DEVICE_SPECS[options.device_spec]
+    presets = [options.preset] if options.preset else list(GPU_PRESETS)
+    floors = floor_table(spec, presets, options.keep_ratios, options.new_tokens)
     text = floor_markdown(spec, floors)
-    budget = memory_budget_markdown(presets, args.new_tokens)
+    budget = memory_budget_markdown(presets, options.new_tokens)
     print(text)
     print()
     print(f'Memory held (weights + KV cache, batch 1; activations and the CUDA context come on '
           f'top) against {spec.memory_gb:g} GB:')
     print(budget)
     if spec.name.startswith('orin'):
-        budget += '\n\n' + fit_markdown(presets, min(args.keep_ratios), args.new_tokens)
+        budget += '\n\n' + fit_markdown(presets, min(options.keep_ratios), options.new_tokens)
         print(f'\nWhich Orin module holds each setting ({RESERVED_GB:g} GB kept for Ubuntu, the '
               'CUDA context and activations):')
         print(budget.rsplit('\n\n', 1)[1])
-    if args.out_dir:
-        out = Path(args.out_dir)
+    if options.out_dir:
+        out = Path(options.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / f'floor-{spec.name}.md').write_text(text + '\n\n' + budget + '\n')
         (out / f'floor-{spec.name}.json').write_text(
@@ -368,59 +394,55 @@ def device_spec_main(args) -> int:
     return 0
 
 
-def _pipeline_and_model_dir(args, llm_weights: str = 'native'):
+def _pipeline_and_model_dir(options: LatencyOptions, llm_weights: str = 'native'):
     """Return (adapter, checkpoint dir or None, title) for --model, --preset or the tiny model."""
     from .prefill import build_preset
     from ..models.llm_weights import check_llm_weights, quantize_llm
     from ..models.load import load_adapter
     from ..models.loading import LoadSpec, model_dtype
+    from ..models.tiny import tiny_model_dir
 
-    device = torch.device(args.device)
-    if args.preset and not args.model:
-        preset = PRESETS[args.preset]
-        dtype = model_dtype(device.type, args.dtype)
+    device = torch.device(options.device)
+    if options.preset and not options.model:
+        preset = PRESETS[options.preset]
+        dtype = model_dtype(device.type, options.dtype)
         check_llm_weights(llm_weights, str(device), dtype)
-        adapter = build_preset(preset, str(device), dtype, args.layers, args.attn)
+        adapter = build_preset(preset, str(device), dtype, options.layers, options.attn)
         quantize_llm(adapter.decoder_layers, llm_weights)
         adapter.llm_weights = llm_weights
-        depth = f', LLM shortened to {args.layers} layers' if args.layers else ''
+        depth = f', LLM shortened to {options.layers} layers' if options.layers else ''
         return adapter, None, f'{preset.name} ({preset.description}){depth}'
-    if args.model:
-        directory = args.model
-    else:
-        from ..cli.demo import tiny_model_dir
-
-        directory = str(tiny_model_dir())
-    adapter = load_adapter(LoadSpec(directory, device=str(device), dtype=args.dtype,
-                                    attn_implementation=args.attn, llm_weights=llm_weights))
-    name = 'tiny LLaVA-OneVision (random weights)' if not args.model else directory
+    directory = options.model or str(tiny_model_dir())
+    adapter = load_adapter(LoadSpec(directory, device=str(device), dtype=options.dtype,
+                                    attn_implementation=options.attn, llm_weights=llm_weights))
+    name = 'tiny LLaVA-OneVision (random weights)' if not options.model else directory
     return adapter, directory, name
 
 
-def main(args) -> int:
-    """Entry point of ``drive-vlm bench latency`` (arguments from ``cli.main``)."""
+def run_latency_bench(options: LatencyOptions) -> int:
+    """Time every setting (module doc), then the node under load; print and write the report."""
     from ..models.llm_weights import check_llm_weights
     from ..models.loading import model_dtype
 
-    if args.device_spec:
-        return device_spec_main(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    for weights in args.llm_weights:  # every setting fails here, before the first row runs
-        check_llm_weights(weights, args.device, model_dtype(args.device, args.dtype))
+    if options.device_spec:
+        return device_spec_main(options)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    for weights in options.llm_weights:  # every setting fails here, before the first row runs
+        check_llm_weights(weights, options.device, model_dtype(options.device, options.dtype))
     cells, report = [], None
-    for weights in args.llm_weights:
-        adapter, directory, name = _pipeline_and_model_dir(args, weights)
-        report = _setting_rows(args, adapter, name, cells)
+    for weights in options.llm_weights:
+        adapter, directory, name = _pipeline_and_model_dir(options, weights)
+        report = _setting_rows(options, adapter, name, cells)
     report.goals = goal_lines(cells, adapter.device)
-    if args.node_frames and directory is not None:
-        report.node = _node_run(args, directory)
-    elif args.node_frames:
+    if options.node_frames and directory is not None:
+        report.node = _node_run(options, directory)
+    elif options.node_frames:
         print('node under load: skipped, the node loads a checkpoint directory (give --model)')
     print()
     print(markdown(report))
-    if args.out_dir:
-        out = Path(args.out_dir)
+    if options.out_dir:
+        out = Path(options.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / 'latency.json').write_text(json.dumps(asdict(report), indent=1) + '\n')
         (out / 'latency.md').write_text(markdown(report) + '\n')
@@ -429,30 +451,31 @@ def main(args) -> int:
     return 0
 
 
-def _setting_rows(args, adapter, name: str, cells: list[LatencyCell]) -> LatencyReport:
+def _setting_rows(options: LatencyOptions, adapter, name: str,
+                  cells: list[LatencyCell]) -> LatencyReport:
     """Time every keep ratio x decode backend of one ``--llm-weights`` setting into ``cells``."""
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
     from ..pipeline.synthetic_frames import synthetic_frame
 
     device = adapter.device
     pipes = {b: Pipeline(adapter, log=lambda m: print(f'  [decode] {m}', file=sys.stderr))
-             for b in args.decode_backends}
-    frames = [synthetic_frame(i, size=_image_hw(args)) for i in range(4)]
+             for b in options.decode_backends}
+    frames = [synthetic_frame(i, size=_image_hw(options)) for i in range(4)]
     bandwidth = measure_bandwidth(device)
-    title = f'{name} on {device_label(device)}, {args.new_tokens} tokens per answer'
+    title = f'{name} on {device_label(device)}, {options.new_tokens} tokens per answer'
     print(f'bench latency: {title}, LLM weights {adapter.llm_weights} '
           f'({llm_weight_bytes(adapter.model) / 2**20:.2f} MiB)')
     print(f'memory bandwidth (copy of {bandwidth.megabytes} MiB): {bandwidth.gb_s:.1f} GB/s')
     weights, per_position = weight_bytes_per_step(adapter.model), kv_bytes_per_position(
         adapter.model)
-    for keep in args.keep_ratios:
-        for backend in args.decode_backends:
-            settings = RuntimeSettings(keep_ratio=keep, pruner=args.pruner,
-                                       prune_layer=args.prune_layer,
-                                       max_new_tokens=args.new_tokens, stop_at_eos=False,
+    for keep in options.keep_ratios:
+        for backend in options.decode_backends:
+            settings = RuntimeSettings(keep_ratio=keep, pruner=options.pruner,
+                                       prune_layer=options.prune_layer,
+                                       max_new_tokens=options.new_tokens, stop_at_eos=False,
                                        decode_backend=backend)
-            cell = run_latency_cell(pipes[backend], settings, frames, args.warmup, args.repeats,
-                                    bandwidth, per_position, weights)
+            cell = run_latency_cell(pipes[backend], settings, frames, options.warmup,
+                                    options.repeats, bandwidth, per_position, weights)
             cells.append(cell)
             print(f'  {cell.llm_weights:<6} keep {keep:<5g} {cell.decode_backend_used:<8} TTFT '
                   f'{cell.ttft_ms:8.1f} ms  decode {cell.decode_ms_per_token:7.2f} ms/token  end '
@@ -461,28 +484,29 @@ def _setting_rows(args, adapter, name: str, cells: list[LatencyCell]) -> Latency
                          answer_tokens=answer_tokens(adapter.tokenizer))
 
 
-def _image_hw(args) -> tuple[int, int]:
+def _image_hw(options: LatencyOptions) -> tuple[int, int]:
     """Return the camera size: --image-size, else the preset's, else 400 x 225 (the demo's)."""
-    if args.image_size:
-        return args.image_size
-    if args.preset and not args.model:
-        return PRESETS[args.preset].image_hw
+    if options.image_size:
+        return options.image_size
+    if options.preset and not options.model:
+        return PRESETS[options.preset].image_hw
     return (225, 400)
 
 
-def _node_run(args, directory: str) -> dict:
+def _node_run(options: LatencyOptions, directory: str) -> dict:
     from .node_load import NodeRun, play_synthetic_bag
 
-    keep = min(args.keep_ratios)
-    backend = args.node_decode_backend
-    params = {'model': directory, 'keep_ratio': float(keep), 'pruner': args.pruner,
-              'prune_layer': args.prune_layer, 'max_new_tokens': args.new_tokens,
-              'device': args.device, 'dtype': args.dtype, 'attn_implementation': args.attn,
-              'decode_backend': backend}
-    print(f'node under load: {args.node_frames} sets at 12 Hz, keep {keep}, decode {backend}...')
+    keep = min(options.keep_ratios)
+    backend = options.node_decode_backend
+    params = {'model': directory, 'keep_ratio': float(keep), 'pruner': options.pruner,
+              'prune_layer': options.prune_layer, 'max_new_tokens': options.new_tokens,
+              'device': options.device, 'dtype': options.dtype,
+              'attn_implementation': options.attn, 'decode_backend': backend}
+    print(f'node under load: {options.node_frames} sets at 12 Hz, keep {keep}, decode '
+          f'{backend}...')
     run = NodeRun(params)
     try:
-        load = play_synthetic_bag(run, args.node_frames, _image_hw(args))
+        load = play_synthetic_bag(run, options.node_frames, _image_hw(options))
     finally:
         run.close()
     summary = load.summary()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .shapes import Preset, PRESETS
+from .shapes import KEEP_RATIOS, Preset, PRESETS
 from .timing import device_label, summarize
 from ..models.load import ADAPTERS, load_adapter
 from ..models.loading import LoadSpec, model_dtype
@@ -219,41 +219,65 @@ def plot(cells: Sequence[PrefillCell], path: str | Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(args) -> int:
-    """Entry point of ``drive-vlm bench prefill`` (arguments from ``cli.main``)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = model_dtype(device.type, args.dtype)
-    if args.model:
-        adapter = load_adapter(LoadSpec(args.model, device=str(device), dtype=args.dtype,
-                                        attn_implementation=args.attn))
-        preset = Preset(Path(args.model).name, adapter.family, f'checkpoint {args.model}', {}, {})
-        if args.layers:
+@dataclass(frozen=True)
+class PrefillOptions:
+    """What ``drive-vlm bench prefill`` runs; the CLI builds it from its flags."""
+
+    preset: str = 'cpu-small'  # a model shape of shapes.PRESETS (random weights)
+    model: str | None = None  # a local checkpoint instead of the preset
+    layers: int = 0  # shorten the preset's LLM to N layers (0: its depth)
+    pruners: tuple[str, ...] = ('tfps', 'divprune', 'fastv', 'mvpruner')
+    keep_ratios: tuple[float, ...] = KEEP_RATIOS
+    prune_layers: tuple[int, ...] = (0, 2)
+    device: str = 'cpu'
+    dtype: str = 'auto'
+    attn: str = 'sdpa'
+    warmup: int = 1
+    repeats: int = 3
+    new_tokens: int = 8
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    json_out: str | None = None
+    markdown_out: str | None = None
+    plot: str | None = None
+
+
+def run_prefill_bench(options: PrefillOptions) -> int:
+    """Time every cell (module doc), print the table and write the files asked for."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = torch.device(options.device)
+    dtype = model_dtype(device.type, options.dtype)
+    layers = options.layers
+    if options.model:
+        adapter = load_adapter(LoadSpec(options.model, device=str(device), dtype=options.dtype,
+                                        attn_implementation=options.attn))
+        preset = Preset(Path(options.model).name, adapter.family, f'checkpoint {options.model}',
+                        {}, {})
+        if layers:
             print('--layers is ignored with --model: a checkpoint keeps its depth')
-            args.layers = 0
+            layers = 0
     else:
-        preset = PRESETS[args.preset]
-        adapter = build_preset(preset, str(device), dtype, args.layers, args.attn)
+        preset = PRESETS[options.preset]
+        adapter = build_preset(preset, str(device), dtype, layers, options.attn)
     pipe = Pipeline(adapter)
-    depth = f', LLM shortened to {args.layers} layers' if args.layers else ''
+    depth = f', LLM shortened to {layers} layers' if layers else ''
     title = f'{preset.name} ({preset.description}){depth} on {device_label(device)}'
-    print(f'Benchmarking {title}, {args.repeats} repeats after {args.warmup} warm-up runs.')
+    print(f'Benchmarking {title}, {options.repeats} repeats after {options.warmup} warm-up runs.')
     print('Speed-up = prefill(keep 1.0) / (prune + prefill); the vision encoder is outside it.')
-    if args.layers:
+    if layers:
         print('The LLM is shortened: at prune layer 0 the speed-up ratios barely change (every '
               'layer scales alike); at layer K they depend on K / depth, so read them with care.')
-    cells = sweep(pipe, preset, args.pruners, args.keep_ratios, args.prune_layers,
-                  args.warmup, args.repeats, args.new_tokens)
+    cells = sweep(pipe, preset, list(options.pruners), list(options.keep_ratios),
+                  list(options.prune_layers), options.warmup, options.repeats, options.new_tokens)
     print()
     print(markdown_table(cells))
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps([asdict(c) for c in cells], indent=1) + '\n')
-        print(f'\nwrote {len(cells)} records to {args.json_out}')
-    if args.markdown_out:
-        Path(args.markdown_out).write_text(f'{title}\n\n{markdown_table(cells)}\n')
-    if args.plot:
-        plot(cells, args.plot, title)
-        print(f'wrote {args.plot}')
+    if options.json_out:
+        Path(options.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.json_out).write_text(json.dumps([asdict(c) for c in cells], indent=1) + '\n')
+        print(f'\nwrote {len(cells)} records to {options.json_out}')
+    if options.markdown_out:
+        Path(options.markdown_out).write_text(f'{title}\n\n{markdown_table(cells)}\n')
+    if options.plot:
+        plot(cells, options.plot, title)
+        print(f'wrote {options.plot}')
     return 0

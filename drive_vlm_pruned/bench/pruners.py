@@ -222,22 +222,42 @@ def write_json(cells: Sequence[PrunerCell], path: str | Path) -> None:
     Path(path).write_text(json.dumps([asdict(c) for c in cells], indent=1) + '\n')
 
 
-def main(args) -> int:
-    """Entry point of ``drive-vlm bench pruners`` (arguments from ``cli.main``)."""
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    devices = available_devices() if args.device == 'all' else [torch.device(args.device)]
-    pruners = args.pruners or single_stage_pruners()
-    print(f'Timing {len(pruners)} pruners on {args.views} views x {args.tokens} tokens '
-          f'(synthetic), {args.repeats} repeats after {args.warmup} warm-up runs:')
+@dataclass(frozen=True)
+class PrunersBenchOptions:
+    """What ``drive-vlm bench pruners`` runs; the CLI builds it from its flags."""
+
+    pruners: tuple[str, ...] = ()  # (): every single-stage pruner
+    dims: tuple[int, ...] = (1152, 3584)
+    keep_ratios: tuple[float, ...] = (0.5, 0.25, 0.1)
+    views: int = 6
+    tokens: int = 729  # per view, a square number
+    device: str = 'all'  # 'cpu', 'cuda', 'cuda:1' or 'all' (CPU plus CUDA if present)
+    dtype: str = 'float32'  # token dtype
+    similarity_dtype: str = 'auto'
+    warmup: int = 2
+    repeats: int = 10
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    json_out: str | None = None
+    markdown_out: str | None = None
+
+
+def run_pruners_bench(options: PrunersBenchOptions) -> int:
+    """Time every pruner's selection, print the table and write the files asked for."""
+    torch.set_num_threads(options.threads or torch.get_num_threads())
+    devices = available_devices() if options.device == 'all' else [torch.device(options.device)]
+    pruners = list(options.pruners) or single_stage_pruners()
+    print(f'Timing {len(pruners)} pruners on {options.views} views x {options.tokens} tokens '
+          f'(synthetic), {options.repeats} repeats after {options.warmup} warm-up runs:')
     cells = bench_pruners(
-        pruners, args.dims, args.keep_ratios, devices, args.views, args.tokens,
-        args.warmup, args.repeats, getattr(torch, args.dtype), args.similarity_dtype,
+        pruners, list(options.dims), list(options.keep_ratios), devices, options.views,
+        options.tokens, options.warmup, options.repeats, getattr(torch, options.dtype),
+        options.similarity_dtype,
     )
     print()
     print(markdown_table(cells))
-    if args.json_out:
-        write_json(cells, args.json_out)
-        print(f'\nwrote {len(cells)} records to {args.json_out}')
-    if args.markdown_out:
-        Path(args.markdown_out).write_text(markdown_table(cells) + '\n')
+    if options.json_out:
+        write_json(cells, options.json_out)
+        print(f'\nwrote {len(cells)} records to {options.json_out}')
+    if options.markdown_out:
+        Path(options.markdown_out).write_text(markdown_table(cells) + '\n')
     return 0

@@ -215,41 +215,57 @@ def soak_node(params: dict, report: SoakReport, monitor: _Monitor, progress: boo
     report.node = load.summary()
 
 
-def main(args) -> int:
-    """Entry point of ``drive-vlm bench soak`` (arguments from ``cli.main``)."""
+@dataclass(frozen=True)
+class SoakOptions:
+    """What ``drive-vlm bench soak`` runs; the CLI builds it from its flags."""
+
+    frames: int = 10000
+    node: bool = False  # drive the ROS node over DDS at 12 Hz instead of the pipeline
+    model: str = ''  # a checkpoint; '': the demo's tiny random-weight model
+    report_every: int = 500  # frames between memory and latency reports
+    warmup_frames: int = 0  # frames before the memory baseline; 0: one report window
+    max_growth: float = 0.05  # allowed memory growth after warm-up, as a fraction
+    keep_ratio: float = 0.1
+    pruner: str = 'tfps'
+    max_new_tokens: int = 16
+    decode_backend: str = 'auto'
+    device: str = 'cpu'
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    json_out: str | None = None
+
+
+def run_soak_bench(options: SoakOptions) -> int:
+    """Run the soak (module doc); return 0 when it passed, 1 when it failed, 2 on bad options."""
     from ..models.load import load_adapter
     from ..models.loading import LoadSpec
+    from ..models.tiny import tiny_model_dir
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
 
-    if args.frames < 1 or args.report_every < 1:
+    if options.frames < 1 or options.report_every < 1:
         print('drive-vlm bench soak: --frames and --report-every must be >= 1', file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.model:
-        directory = args.model
-    else:
-        from ..cli.demo import tiny_model_dir
-
-        directory = str(tiny_model_dir())
-    warmup = args.warmup_frames or args.report_every
-    report = SoakReport('node over DDS' if args.node else 'pipeline', args.frames,
-                        args.report_every, warmup, args.max_growth)
-    device = torch.device(args.device)
-    monitor = _Monitor(report, device, args.json_out)
-    print(f'soak: {args.frames} frames ({report.mode}) on {directory}, {args.device}, keep '
-          f'{args.keep_ratio}, {args.max_new_tokens} tokens, decode {args.decode_backend}')
-    if args.node:
-        params = {'model': directory, 'keep_ratio': float(args.keep_ratio),
-                  'pruner': args.pruner, 'max_new_tokens': args.max_new_tokens,
-                  'device': args.device, 'decode_backend': args.decode_backend}
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    directory = options.model or str(tiny_model_dir())
+    warmup = options.warmup_frames or options.report_every
+    report = SoakReport('node over DDS' if options.node else 'pipeline', options.frames,
+                        options.report_every, warmup, options.max_growth)
+    device = torch.device(options.device)
+    monitor = _Monitor(report, device, options.json_out)
+    print(f'soak: {options.frames} frames ({report.mode}) on {directory}, {options.device}, keep '
+          f'{options.keep_ratio}, {options.max_new_tokens} tokens, decode '
+          f'{options.decode_backend}')
+    if options.node:
+        params = {'model': directory, 'keep_ratio': float(options.keep_ratio),
+                  'pruner': options.pruner, 'max_new_tokens': options.max_new_tokens,
+                  'device': options.device, 'decode_backend': options.decode_backend}
         soak_node(params, report, monitor)
     else:
-        pipe = Pipeline(load_adapter(LoadSpec(directory, device=args.device)),
+        pipe = Pipeline(load_adapter(LoadSpec(directory, device=options.device)),
                         log=lambda m: print(f'[decode] {m}', file=sys.stderr))
-        settings = RuntimeSettings(keep_ratio=args.keep_ratio, pruner=args.pruner,
-                                   max_new_tokens=args.max_new_tokens,
-                                   decode_backend=args.decode_backend)
+        settings = RuntimeSettings(keep_ratio=options.keep_ratio, pruner=options.pruner,
+                                   max_new_tokens=options.max_new_tokens,
+                                   decode_backend=options.decode_backend)
         soak_pipeline(pipe, settings, report, monitor)
     report.judge()
     monitor.write()

@@ -126,24 +126,40 @@ def _frame_images(preset, views: int):
     return list(synthetic_frame(0, size=preset.image_hw).images)[:views]
 
 
-def main(args) -> int:
-    """Entry point of ``drive-vlm bench vision`` (arguments from ``cli.main``)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    backends = args.backends or (['torch', 'compile', 'tensorrt'] if device.type == 'cuda'
-                                 else ['torch', 'onnxruntime'])
+@dataclass(frozen=True)
+class VisionBenchOptions:
+    """What ``drive-vlm bench vision`` runs; the CLI builds it from its flags."""
+
+    encoders: tuple[str, ...] = ('siglip-so400m',)  # shapes.ENCODERS
+    backends: tuple[str, ...] = ()  # (): torch onnxruntime on CPU, torch compile tensorrt on CUDA
+    device: str = 'cpu'
+    views: int = 6
+    layers: int = 0  # shorten the tower (0: full depth)
+    warmup: int = 1
+    repeats: int = 5
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    json_out: str | None = None
+
+
+def run_vision_bench(options: VisionBenchOptions) -> int:
+    """Time every encoder x backend, print the table and write --json-out when asked."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = torch.device(options.device)
+    backends = list(options.backends) or (['torch', 'compile', 'tensorrt']
+                                          if device.type == 'cuda' else ['torch', 'onnxruntime'])
     cells = []
     with tempfile.TemporaryDirectory() as tmp:
-        for encoder in args.encoders:
-            cells += bench_vision(encoder, backends, device, args.views, args.layers,
-                                  args.warmup, args.repeats, Path(tmp))
+        for encoder in options.encoders:
+            cells += bench_vision(encoder, backends, device, options.views, options.layers,
+                                  options.warmup, options.repeats, Path(tmp))
     print('| encoder | layers | backend | views | device | median ms | IQR ms | note |')
     print('|---|---|---|---|---|---|---|---|')
     for c in cells:
         print(f'| {c.encoder} | {c.vision_layers} | {c.backend} | {c.views} | {c.device} | '
               f'{c.median_ms} | {c.spread_ms} | {c.note} |')
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps([asdict(c) for c in cells], indent=1) + '\n')
+    if options.json_out:
+        Path(options.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.json_out).write_text(json.dumps([asdict(c) for c in cells], indent=1)
+                                          + '\n')
     return 0

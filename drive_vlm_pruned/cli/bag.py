@@ -62,6 +62,7 @@ def add_bag_parser(subparsers) -> None:
     bag = subparsers.add_parser('bag', help='write synthetic or nuScenes bags; play bags',
                                 description=BAG_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    bag.set_defaults(run=run_bag_command)
     sub = bag.add_subparsers(dest='bag_command', metavar='BAG_COMMAND', required=True)
 
     synth = sub.add_parser('synth', help='write a synthetic six-camera driving bag with GT',

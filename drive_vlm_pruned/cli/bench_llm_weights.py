@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 import sys
 
-from .run import add_llm_weights_argument
+from .flags import add_llm_weights_argument, keep_ratio_type
 
 BENCH_LLM_WEIGHTS_HELP = """\
 Accuracy kept by each --llm-weights setting against native weights: every setting answers the
@@ -20,7 +19,8 @@ example: drive-vlm bench llm-weights --data data/ --split test --llm-weights int
 """
 
 
-def add_bench_llm_weights_parser(bench_sub, keep_ratio: Callable[[str], float]) -> None:
+def add_bench_llm_weights_parser(bench_sub) -> None:
+    """Add ``bench llm-weights``."""
     bw = bench_sub.add_parser('llm-weights', help='accuracy kept by quantized LLM weights',
                               description=BENCH_LLM_WEIGHTS_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,7 +30,7 @@ def add_bench_llm_weights_parser(bench_sub, keep_ratio: Callable[[str], float]) 
                     help='checkpoint directory (default: the embedded model)')
     add_llm_weights_argument(bw, several=True)
     bw.set_defaults(llm_weights=['int8'])
-    bw.add_argument('--keep-ratios', nargs='+', type=keep_ratio, default=[1.0, 0.1],
+    bw.add_argument('--keep-ratios', nargs='+', type=keep_ratio_type, default=[1.0, 0.1],
                     help='fractions KEPT (default 1.0 0.1)')
     bw.add_argument('--pruner', default='tfps', help='pruner for keep < 1 (default tfps)')
     bw.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
@@ -40,9 +40,11 @@ def add_bench_llm_weights_parser(bench_sub, keep_ratio: Callable[[str], float]) 
     bw.add_argument('--threads', type=int, default=0, help='torch CPU threads (default: torch)')
     bw.add_argument('--out', metavar='DIR', help='write llm_weights.json and .md here')
     bw.add_argument('--no-progress', action='store_true', help='no progress bars')
+    bw.set_defaults(run=run_bench_llm_weights)
 
 
 def run_bench_llm_weights(args: argparse.Namespace) -> int:
+    """Run ``drive-vlm bench llm-weights``; return the exit status."""
     import torch
 
     from ..bench.llm_weights import (

@@ -1,9 +1,10 @@
-"""``drive-vlm bench pruners``: its flags (the benchmark is bench/pruners.py)."""
+"""``drive-vlm bench pruners``: its flags and their options (bench/pruners.py runs it)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+
+from .flags import keep_ratio_type, pruner_type
 
 BENCH_PRUNERS_HELP = """\
 Time token selection for each pruner on synthetic six-view tokens (default 6 x 729) at several
@@ -14,19 +15,19 @@ example: drive-vlm bench pruners --dims 3584 --keep-ratios 0.1 --pruners tfps
 """
 
 
-def add_bench_pruners_parser(bench_sub, keep_ratio: Callable[[str], float],
-                             pruner: Callable[[str], str]) -> argparse.ArgumentParser:
+def add_bench_pruners_parser(bench_sub) -> argparse.ArgumentParser:
+    """Add ``bench pruners``."""
     from ..pruning import pruner_names
 
     bp = bench_sub.add_parser(
         'pruners', help='selection time of every pruner', description=BENCH_PRUNERS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bp.add_argument('--pruners', nargs='+', type=pruner, metavar='NAME',
+    bp.add_argument('--pruners', nargs='+', type=pruner_type, metavar='NAME',
                     help=f'pruners to time (default: all single-stage ones of {pruner_names()})')
     bp.add_argument('--dims', nargs='+', type=int, default=[1152, 3584],
                     help='token widths D (default 1152 3584: SigLIP and a 7B LLM)')
-    bp.add_argument('--keep-ratios', nargs='+', type=keep_ratio, default=[0.5, 0.25, 0.1],
+    bp.add_argument('--keep-ratios', nargs='+', type=keep_ratio_type, default=[0.5, 0.25, 0.1],
                     help='fractions KEPT (default 0.5 0.25 0.1)')
     bp.add_argument('--views', type=int, default=6, help='camera views (default 6)')
     bp.add_argument('--tokens', type=int, default=729,
@@ -44,4 +45,17 @@ def add_bench_pruners_parser(bench_sub, keep_ratio: Callable[[str], float],
                     help='torch CPU threads (default: torch default, usually the core count)')
     bp.add_argument('--json-out', metavar='PATH', help='write one JSON record per cell here')
     bp.add_argument('--markdown-out', metavar='PATH', help='write the markdown table here')
+    bp.set_defaults(run=run_bench_pruners)
     return bp
+
+
+def run_bench_pruners(args: argparse.Namespace) -> int:
+    """Run ``drive-vlm bench pruners``; return the exit status."""
+    from ..bench.pruners import PrunersBenchOptions, run_pruners_bench
+
+    return run_pruners_bench(PrunersBenchOptions(
+        pruners=tuple(args.pruners or ()), dims=tuple(args.dims),
+        keep_ratios=tuple(args.keep_ratios), views=args.views, tokens=args.tokens,
+        device=args.device, dtype=args.dtype, similarity_dtype=args.similarity_dtype,
+        warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+        json_out=args.json_out, markdown_out=args.markdown_out))

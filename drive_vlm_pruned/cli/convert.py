@@ -48,9 +48,11 @@ def add_convert_parser(subparsers) -> None:
                         help="drivemm: the SigLIP tower's config.json when it is not "
                              'google/siglip-so400m-patch14-384')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.set_defaults(run=run_convert)
 
 
-def run_convert(args) -> int:
+def run_convert(args: argparse.Namespace) -> int:
+    """Run ``drive-vlm convert``; return the exit status."""
     from ..convert.runner import convert_checkpoint, ConvertOptions
     from ..convert.safetensors_stream import ConversionError, parse_size
 

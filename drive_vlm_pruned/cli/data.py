@@ -34,6 +34,7 @@ def add_data_parser(subparsers) -> None:
     data = subparsers.add_parser('data', help='write synthetic driving QA (DriveLM format)',
                                  description=DATA_HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    data.set_defaults(run=run_data)
     sub = data.add_subparsers(dest='data_command', metavar='DATA_COMMAND', required=True)
     synth = sub.add_parser('synth', help='render scenes into a DriveLM-format data set',
                            description=SYNTH_HELP,

@@ -14,8 +14,8 @@ prefill at both keep ratios. Without rclpy it runs the offline runner over the s
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 from pathlib import Path
 import tempfile
 import threading
@@ -24,21 +24,57 @@ import time
 import numpy as np
 
 from .demo_truth import DemoTruth
+from .flags import keep_ratio_type, pruner_type
 from ..bag.synth import synth_bag, SynthOptions
 
+DEMO_HELP = """\
+Write a synthetic six-camera bag, start the drive_vlm ROS node on the embedded trained model
+(or --model), play the bag into it over DDS (loopback when ROS_AUTOMATIC_DISCOVERY_RANGE=
+LOCALHOST) while asking in turn, over ~/question, whether a vehicle is in the front view, how
+many, and the planning question. Print every ~/result: tokens kept per camera, prefill ms,
+latency, question, answer and the ground truth from the bag's scene (correct or not; L2 for a
+trajectory). Then set keep_ratio 1.0 through the parameter service (as `ros2 param set` does),
+replay, and print accuracy and prefill at both keep ratios. Without rclpy it runs `drive-vlm run`.
+"""
 
-def tiny_model_dir() -> Path:
-    """Build the tiny LLaVA-OneVision once under the user cache, and return its directory."""
-    from ..models.tiny import make_tiny_model
 
-    root = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'drive_vlm_pruned'
-    path = root / 'tiny-llava-onevision'
-    if not (path / 'config.json').is_file():
-        tmp = root / f'.tiny-{os.getpid()}'
-        make_tiny_model('llava-onevision', tmp)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(path)
-    return path
+def add_demo_parser(sub) -> None:
+    """Add ``demo``."""
+    main_demo = sub.add_parser(
+        'demo', help='run the pruned VLM on synthetic six-view frames (the main demo)',
+        description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    main_demo.add_argument('--frames', type=int, default=12,
+                           help='six-camera sets in the bag, 12 per second (default 12)')
+    main_demo.add_argument('--keep-ratio', type=keep_ratio_type, default=0.1,
+                           help='fraction of visual tokens KEPT, in (0, 1] (default 0.1)')
+    main_demo.add_argument('--pruner', type=pruner_type, default='tfps',
+                           help='pruner (default tfps)')
+    main_demo.add_argument('--prune-layer', type=int, default=0,
+                           help='0: after the projector; K >= 1: before LLM layer K (default 0)')
+    main_demo.add_argument('--model', help='checkpoint directory or cached model id '
+                                           '(default: the embedded trained model)')
+    main_demo.add_argument('--max-new-tokens', type=int, default=80,
+                           help='tokens to generate (default 80: room for a 6-waypoint plan)')
+    main_demo.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
+    main_demo.add_argument('--dtype', default='auto',
+                           choices=['auto', 'float32', 'bfloat16', 'float16'],
+                           help='model dtype (default auto: bfloat16 on CUDA, float32 on CPU)')
+    main_demo.add_argument('--attn', default='auto',
+                           choices=['auto', 'sdpa', 'eager', 'flash_attention_2'],
+                           help='attention implementation (default auto: flash_attention_2 '
+                                'when flash-attn is installed on CUDA, else sdpa)')
+    main_demo.add_argument('--record-dir', default='demo-recordings', metavar='DIR',
+                           help='record both passes into DIR/<time>/keep<R>.mcap (default '
+                                "demo-recordings; '' records nothing)")
+    main_demo.set_defaults(run=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Run ``drive-vlm demo``; return the exit status."""
+    return run_node_demo(args.frames, args.keep_ratio, args.pruner, args.prune_layer, args.model,
+                         args.max_new_tokens, args.device, args.dtype, args.attn,
+                         args.record_dir)
 
 
 def run_node_demo(frames: int = 12, keep_ratio: float = 0.1, pruner: str = 'tfps',

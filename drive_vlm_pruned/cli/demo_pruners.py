@@ -12,12 +12,14 @@ set (``bench.pruners.foreground_recall_table``).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 import sys
 import time
 
 import torch
 
+from .flags import keep_ratio_type
 from ..pruning import load_view_weights, make_pruner, prune, Stage, WeightedAllocator
 from ..pruning.foreground import foreground_recall
 from ..pruning.synthetic import ROAD, SKY, synthetic_layer_state, synthetic_views, SyntheticScene
@@ -64,6 +66,47 @@ def ascii_map(scene: SyntheticScene, view: int, idx: torch.Tensor) -> list[str]:
         chars.append(('#' if base != 'o' else 'O') if i in kept else base)
     g = scene.grid
     return [''.join(chars[r * g:(r + 1) * g]) for r in range(g)]
+
+
+DEMO_PRUNERS_HELP = """\
+Show what each pruner keeps on a synthetic six-view scene (6 x 729 tokens): tokens kept per
+camera, how many planted objects still have a token, the share spent on sky/road, the time per
+call, and ASCII maps of the front camera. Needs no model and no ROS.
+"""
+
+
+def add_demo_pruners_parser(sub) -> None:
+    """Add ``demo-pruners``."""
+    demo = sub.add_parser(
+        'demo-pruners', help='show which tokens each pruner keeps (synthetic tokens, no model)',
+        description=DEMO_PRUNERS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument('--keep-ratio', type=keep_ratio_type, default=0.1,
+                      help='fraction of visual tokens KEPT, in (0, 1] (default 0.1)')
+    demo.add_argument('--dim', type=int, default=1152, help='token width D (default 1152)')
+    demo.add_argument('--seed', type=int, default=0, help='scene seed (default 0)')
+    demo.add_argument('--view-weights', metavar='YAML',
+                      help='also run T-FPS with these per-view keep weights '
+                           '(e.g. config/view_weights.yaml)')
+    demo.add_argument('--reconpruner-weights', default='', metavar='W.safetensors',
+                      help='ReconPruner weights (synthetic scene: of width --dim; with --model: '
+                           "default the model's own reconpruner.safetensors)")
+    demo.add_argument('--model', metavar='DIR', help='with --data: foreground recall of every '
+                                                     'pruner on real frames of this model')
+    demo.add_argument('--data', metavar='DIR', help='`drive-vlm data synth` data set (GT masks)')
+    demo.add_argument('--split', default='test', help='data split (default test)')
+    demo.add_argument('--frames', type=int, default=8, help='key frames to measure (default 8)')
+    demo.add_argument('--keep-ratios', nargs='+', type=keep_ratio_type, default=[0.5, 0.25, 0.1],
+                      help='fractions KEPT for the recall table (default 0.5 0.25 0.1)')
+    demo.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
+    demo.set_defaults(run=run_demo_pruners_command)
+
+
+def run_demo_pruners_command(args: argparse.Namespace) -> int:
+    """Run ``drive-vlm demo-pruners``; return the exit status."""
+    return run_pruner_demo(args.keep_ratio, args.dim, args.seed, args.view_weights,
+                           args.reconpruner_weights, args.model, args.data, args.split,
+                           args.frames, tuple(args.keep_ratios), args.device)
 
 
 def run_pruner_demo(keep_ratio: float = 0.1, dim: int = 1152, seed: int = 0,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 import sys
 
-from .run import (
+from .flags import (
     add_load_arguments,
     add_settings_arguments,
     check_reconpruner_weights,
@@ -45,7 +45,8 @@ examples:
 """
 
 
-def add_eval_parser(sub, keep_ratio_type, pruner_type) -> None:
+def add_eval_parser(sub) -> None:
+    """Add ``eval``."""
     ev = sub.add_parser('eval', help='score the model on DriveLM-format QA beside baselines',
                         description=EVAL_HELP,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,7 +64,7 @@ def add_eval_parser(sub, keep_ratio_type, pruner_type) -> None:
                     help='predictions to write (DriveLM format)')
     ev.add_argument('--metrics-out', metavar='PATH',
                     help='metrics JSON (default: OUT with .metrics.json, preds.metrics.json)')
-    add_settings_arguments(ev, keep_ratio_type, pruner_type)
+    add_settings_arguments(ev)
     ev.add_argument('--view-keep-weights', metavar='W,W,W,W,W,W',
                     help='six relative keep weights in nuScenes camera order (Prune2Drive '
                          'view rates; as the node parameter)')
@@ -90,6 +91,7 @@ def add_eval_parser(sub, keep_ratio_type, pruner_type) -> None:
     ev.add_argument('--overwrite', action='store_true', help='start again, replacing OUT')
     add_load_arguments(ev)
     ev.add_argument('--no-progress', action='store_true', help='no progress bar')
+    ev.set_defaults(run=run_eval)
 
 
 def resolve_model(model: str | None) -> str:
@@ -142,6 +144,7 @@ def _resolved(path: str | None) -> str | None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Run ``drive-vlm eval``; return the exit status."""
     from ..eval.runner import RunBroken
 
     try:

@@ -14,6 +14,7 @@ Every parameter is listed, with its meaning, in config/vlm.yaml.
 
 
 def add_node_parser(sub) -> None:
+    """Add ``node``."""
     node = sub.add_parser('node', help='run the ROS 2 node (needs rclpy)', description=NODE_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     node.add_argument('--model', help='checkpoint directory or cached model id')
@@ -26,6 +27,7 @@ def add_node_parser(sub) -> None:
                       help="the LLM's linear weights (read-only parameter llm_weights)")
     node.add_argument('ros_args', nargs=argparse.REMAINDER,
                       help='after --: more ROS arguments (--ros-args -p name:=value ...)')
+    node.set_defaults(run=run_node)
 
 
 def ros_arguments(args: argparse.Namespace) -> list[str]:
@@ -46,6 +48,7 @@ def ros_arguments(args: argparse.Namespace) -> list[str]:
 
 
 def run_node(args: argparse.Namespace) -> int:
+    """Run ``drive-vlm node``: the node's own main with the flags as ROS arguments."""
     from ..node.main import main as node_main
 
     return node_main(['drive-vlm', *ros_arguments(args)])

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 import sys
 
+from .flags import add_load_arguments, load_spec_from_args
+
 PROBES_HELP = """\
 Where does a model lose what its cameras show? For every exists and count question, read the
 vision tower's output, the projector's output and each LLM layer's residual stream at the answer
@@ -19,8 +21,7 @@ example: drive-vlm bench probes --data data/drive --fit-frames 300
 
 
 def add_probes_parser(bench_sub) -> argparse.ArgumentParser:
-    from .run import add_load_arguments
-
+    """Add ``bench probes``."""
     p = bench_sub.add_parser('probes', help='linear probes of presence and count at each depth',
                              description=PROBES_HELP,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,16 +36,17 @@ def add_probes_parser(bench_sub) -> argparse.ArgumentParser:
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
     p.add_argument('--json-out', metavar='PATH', help='write the rows as JSON here')
     add_load_arguments(p)
+    p.set_defaults(run=run_probes)
     return p
 
 
 def run_probes(args: argparse.Namespace) -> int:
+    """Run ``drive-vlm bench probes``; return the exit status."""
     from dataclasses import asdict
 
     import torch
     from tqdm import tqdm
 
-    from .run import load_spec_from_args
     from ..data.drivelm import DriveLMError, load_drivelm
     from ..eval.depth_probes import collect_features, format_table, probe_table
     from ..models.load import load_adapter

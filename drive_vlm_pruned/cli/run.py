@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .flags import (
+    add_load_arguments,
+    add_settings_arguments,
+    check_reconpruner_weights,
+    load_spec_from_args,
+)
+
 RUN_HELP = """\
 Run the pruned VLM over a rosbag2 without ROS: the six camera topics are paired by the node's
 own synchronizer and run through the same pipeline. Writes one JSON line per frame set (or the
@@ -16,7 +23,8 @@ example: drive-vlm run --model DIR --bag /tmp/drive.bag --keep-ratio 0.1 --out r
 """
 
 
-def add_run_parser(sub, keep_ratio_type, pruner_type) -> None:
+def add_run_parser(sub) -> None:
+    """Add ``run``."""
     run = sub.add_parser('run', help='run the pipeline offline over a bag and score it',
                          description=RUN_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,7 +32,7 @@ def add_run_parser(sub, keep_ratio_type, pruner_type) -> None:
                      help='checkpoint directory or cached model id (default: the embedded model)')
     run.add_argument('--bag', required=True, help='rosbag2 directory (mcap or sqlite3)')
     run.add_argument('--out', required=True, metavar='results.jsonl', help='JSON lines to write')
-    add_settings_arguments(run, keep_ratio_type, pruner_type)
+    add_settings_arguments(run)
     run.add_argument('--decode-backend', default='auto', choices=['auto', 'eager', 'compiled'],
                      help='auto (compiled on CUDA, eager on CPU; default) | eager | compiled '
                           '(static KV cache + torch.compile; falls back to eager, saying why)')
@@ -42,6 +50,7 @@ def add_run_parser(sub, keep_ratio_type, pruner_type) -> None:
                                          'CAM_FRONT)')
     add_load_arguments(run)
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
+    run.set_defaults(run=run_command)
 
 
 def camera_name(text: str) -> str:
@@ -55,73 +64,8 @@ def camera_name(text: str) -> str:
     return name
 
 
-def add_settings_arguments(parser, keep_ratio_type, pruner_type) -> None:
-    """Add the pruning and decoding flags (RuntimeSettings) that run and eval share."""
-    parser.add_argument('--keep-ratio', type=keep_ratio_type, default=0.25,
-                        help='fraction of visual tokens KEPT (default 0.25, as the node)')
-    parser.add_argument('--pruner', type=pruner_type, default='tfps',
-                        help='pruner (default tfps)')
-    parser.add_argument('--prune-layer', type=int, default=0,
-                        help='0 or LLM layer K (default 0)')
-    parser.add_argument('--max-new-tokens', type=int, default=64,
-                        help='default 64, as the node')
-    parser.add_argument('--reconpruner-weights', default='', metavar='W.safetensors',
-                        help='ReconPruner weights for --pruner reconpruner (drive-vlm train '
-                             'reconpruner); default: MODEL_DIR/reconpruner.safetensors, which '
-                             'the shipped model has')
-
-
-def add_load_arguments(parser) -> None:
-    """Add the model-loading flags (LoadSpec) that run and eval share."""
-    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default cpu)")
-    parser.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16',
-                                                            'float16'])
-    parser.add_argument('--attn', default='auto', choices=['auto', 'sdpa', 'eager',
-                                                           'flash_attention_2'])
-    parser.add_argument('--vision-backend', default='torch',
-                        choices=['torch', 'compile', 'onnxruntime', 'tensorrt'],
-                        help='vision encoder backend; unavailable ones fall back (default torch)')
-    parser.add_argument('--vision-onnx', default='', help='ONNX file for onnxruntime')
-    parser.add_argument('--vision-engine', default='', help='TensorRT engine file')
-    add_llm_weights_argument(parser)
-
-
-LLM_WEIGHTS_HELP = ("the LLM's linear weights: native, int8 (CUDA and CPU) or int4 (CUDA "
-                    'compute capability 8.0+, bfloat16); torchao, models/llm_weights.py')
-
-
-def add_llm_weights_argument(parser, several: bool = False) -> None:
-    """Add ``--llm-weights`` (one setting, or ``several`` for a benchmark's rows)."""
-    choices = ['native', 'int8', 'int4']  # models.llm_weights.LLM_WEIGHTS, without torch
-    if several:
-        parser.add_argument('--llm-weights', nargs='+', choices=choices, default=['native'],
-                            help=f'one row per setting (default native); {LLM_WEIGHTS_HELP}')
-    else:
-        parser.add_argument('--llm-weights', choices=choices, default='native',
-                            help=f'default native; {LLM_WEIGHTS_HELP}')
-
-
-def load_spec_from_args(args: argparse.Namespace, model: str):
-    """Return the LoadSpec of the add_load_arguments flags for checkpoint ``model``."""
-    from ..models.loading import LoadSpec
-
-    return LoadSpec(model, device=args.device, dtype=args.dtype,
-                    attn_implementation=args.attn, vision_backend=args.vision_backend,
-                    vision_onnx=args.vision_onnx, vision_engine=args.vision_engine,
-                    llm_weights=args.llm_weights)
-
-
-def check_reconpruner_weights(pruner: str, weights: str, model: str) -> None:
-    """Fail before the run when pruner reconpruner has no readable weights (named errors)."""
-    from ..models.loading import resolve_checkpoint
-    from ..pruning import check_pruner_name
-    from ..pruning.reconpruner import load_scorer, resolve_weights
-
-    if check_pruner_name(pruner) == 'reconpruner':
-        load_scorer(resolve_weights(weights, resolve_checkpoint(model)))
-
-
 def run_command(args: argparse.Namespace) -> int:
+    """Run ``drive-vlm run``; return the exit status."""
     from ..bag.run import run_bag, RunOptions
     from ..models.prompts import PLANNING
     from ..pipeline.pipeline import RuntimeSettings

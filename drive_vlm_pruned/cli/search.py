@@ -1,5 +1,5 @@
 """
-``drive-vlm search ...`` and the ``bench accuracy`` parser.
+``drive-vlm search ...``.
 
 ``search view-rates``: Prune2Drive's per-camera keep rates by Optuna TPE; ``search planted``: a
 data set that only one camera decides (the search's check).
@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 import sys
 
-from .run import add_load_arguments
+from .flags import add_load_arguments, load_spec_from_args, pruner_type
 
 SEARCH_HELP = """\
 Searches over pipeline settings on a validation split.
@@ -38,24 +38,8 @@ rates at the same budget, and the parameter importances.
 example: drive-vlm search view-rates --model DIR --data data/ --trials 60 --out rates.yaml
 """
 
-BENCH_ACCURACY_HELP = """\
-Accuracy kept vs prefill speed-up: every pruner x keep ratio x prune layer through the eval loop,
-one model load. Allocation variants: the searched view rates (--view-weights-file, from
-`search view-rates`) and MVPruner stage 1's per-frame diversity budgets, both with T-FPS. Per
-cell: DriveLM metrics, per-family scores, planning L2 / collision, closed-form accuracy and its
-retention (cell / unpruned on the same QA), the measured prefill speed-up (prune + prefill; the
-vision encoder is not included) next to the analytic FLOPs share, and the foreground recall of
-the kept tokens. References: unpruned, blind (images black), majority answer per family.
 
-Mean ± std over --seeds data seeds: disjoint scene subsets of the split, or one data set per
-seed when --data names several. Writes OUT/accuracy.json, OUT/accuracy.md, two PNG plots and
-OUT/cells.jsonl; an interrupted sweep resumes from it (rerun the same command).
-
-example: drive-vlm bench accuracy --model DIR --data data/ --out bench-out/accuracy
-"""
-
-
-def add_search_parser(sub, pruner_type) -> None:
+def add_search_parser(sub) -> None:
     """Add ``search`` with its ``view-rates`` and ``planted`` subcommands."""
     from ..search.objective import DEFAULT_PENALTY
     from ..search.planted import DEFAULT_CAMERA, OTHER_VIEWS
@@ -63,6 +47,7 @@ def add_search_parser(sub, pruner_type) -> None:
     search = sub.add_parser('search', help='search pipeline settings on a validation split',
                             description=SEARCH_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    search.set_defaults(run=run_search)
     ssub = search.add_subparsers(dest='search_command', metavar='SEARCH', required=True)
     vr = ssub.add_parser('view-rates', help="Prune2Drive's per-camera keep rates by TPE",
                          description=VIEW_RATES_HELP,
@@ -117,60 +102,6 @@ def add_search_parser(sub, pruner_type) -> None:
                          'evidence in the planted camera). Default scene')
 
 
-def add_bench_accuracy_parser(bench_sub, keep_ratio_type, pruner_type) -> None:
-    """Add ``bench accuracy``."""
-    from ..bench.accuracy_defaults import (
-        DEFAULT_KEEP_RATIOS,
-        DEFAULT_PRUNE_LAYERS,
-        DEFAULT_PRUNERS,
-        DEFAULT_QA_PER_CELL,
-        DEFAULT_SEEDS,
-    )
-
-    ba = bench_sub.add_parser('accuracy', help='accuracy kept vs prefill speed-up per pruner',
-                              description=BENCH_ACCURACY_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    ba.add_argument('--model', help='checkpoint directory (default: the embedded model)')
-    ba.add_argument('--data', required=True, nargs='+', metavar='DIR_OR_JSON',
-                    help='a data directory or DriveLM JSON; several: one per data seed')
-    ba.add_argument('--split', default='test', choices=['train', 'val', 'test'],
-                    help='which split of a data directory (default test)')
-    ba.add_argument('--image-root', metavar='DIR', help='nuScenes folder (real DriveLM files)')
-    ba.add_argument('--pruners', nargs='+', type=pruner_type, default=list(DEFAULT_PRUNERS),
-                    metavar='NAME', help=f'default {" ".join(DEFAULT_PRUNERS)} (a pruner that '
-                                         'cannot run, e.g. without weights, is skipped)')
-    ba.add_argument('--keep-ratios', nargs='+', type=keep_ratio_type,
-                    default=list(DEFAULT_KEEP_RATIOS),
-                    help=f'fractions KEPT (default {" ".join(map(str, DEFAULT_KEEP_RATIOS))})')
-    ba.add_argument('--prune-layers', nargs='+', type=int, default=list(DEFAULT_PRUNE_LAYERS),
-                    help='0: after the projector; K: before LLM layer K (default 0 2)')
-    ba.add_argument('--seeds', type=int, default=DEFAULT_SEEDS,
-                    help=f'data seeds: disjoint scene subsets (default {DEFAULT_SEEDS})')
-    ba.add_argument('--qa-per-cell', type=int, default=DEFAULT_QA_PER_CELL,
-                    help=f'QA per cell and seed, whole frames (default {DEFAULT_QA_PER_CELL}, '
-                         'sized for the default sweep in < 60 min on 2 cores; 0 = all)')
-    ba.add_argument('--view-weights-file', metavar='YAML',
-                    help='searched view rates (from `search view-rates`) as an allocation')
-    ba.add_argument('--variant-layers', nargs='*', type=int, default=None, metavar='K',
-                    help='prune layers of the searched/diversity variants (default: all of '
-                         '--prune-layers; none: leave them out)')
-    ba.add_argument('--report-only', action='store_true',
-                    help='rebuild the tables and plots from every cell in OUT/cells.jsonl '
-                         '(e.g. of several runs with other --pruners); runs nothing')
-    ba.add_argument('--no-diversity', action='store_true',
-                    help='leave out the diversity-allocation variant')
-    ba.add_argument('--no-blind', action='store_true', help='leave out the blind reference')
-    ba.add_argument('--batch-size', type=int, default=8, help='QA per pipeline call (8)')
-    ba.add_argument('--max-new-tokens', type=int, default=64, help='default 64, as eval')
-    ba.add_argument('--tokenizer', default='auto', choices=['auto', 'ptb', 'simple'])
-    ba.add_argument('--out', default='bench-out/accuracy', metavar='DIR',
-                    help='output directory (default bench-out/accuracy)')
-    ba.add_argument('--overwrite', action='store_true', help='start again instead of resuming')
-    ba.add_argument('--threads', type=int, default=0, help='torch CPU threads (default: torch)')
-    ba.add_argument('--no-progress', action='store_true', help='no progress bar')
-    add_load_arguments(ba)
-
-
 def run_search(args: argparse.Namespace) -> int:
     """Run the ``search`` subcommand in ``args``; return the exit status."""
     name = f'drive-vlm search {args.search_command}'
@@ -210,7 +141,6 @@ def _model(model: str | None) -> str:
 def _view_rates(args: argparse.Namespace) -> int:
     import torch
 
-    from .run import load_spec_from_args
     from ..cameras import NUSCENES_CAMERAS
     from ..data.drivelm import all_qa, data_file, load_drivelm
     from ..eval.language import resolve_tokenizer

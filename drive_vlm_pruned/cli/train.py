@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .flags import positive_int
+
 TRAIN_VLM_HELP = """\
 Train the six-view LLaVA-OneVision (SigLIP tower + projector + Qwen2 LM, 196 visual tokens per
 view at the nano size) from scratch on a DriveLM-format data set written by `drive-vlm data
@@ -37,6 +39,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     """Add ``train`` and its jobs to the top-level subcommands."""
     train = sub.add_parser('train', help='train the embedded VLM (and, later, learned pruners)',
                            description='Training jobs. Each writes a resumable run directory.')
+    train.set_defaults(run=run_train)
     jobs = train.add_subparsers(dest='train_job', metavar='JOB', required=True)
     add_vlm_parser(jobs)
     from .train_reconpruner import add_reconpruner_parser
@@ -62,7 +65,7 @@ def add_scale_report_parser(jobs) -> argparse.ArgumentParser:
     report.add_argument('--data', required=True, metavar='DIR',
                         help='a `drive-vlm data synth` directory')
     report.add_argument('--split', default='val', choices=['train', 'val', 'test'])
-    report.add_argument('--frames', type=_positive, default=4, help='key frames (default 4)')
+    report.add_argument('--frames', type=positive_int, default=4, help='key frames (default 4)')
     return report
 
 
@@ -79,17 +82,17 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                      help='model size and recipe (default nano)')
     vlm.add_argument('--resume', action='store_true',
                      help='continue the run in --out from its newest checkpoint')
-    vlm.add_argument('--steps', type=_positive, help='optimizer steps (default: the preset)')
-    vlm.add_argument('--frames-per-step', type=_positive,
+    vlm.add_argument('--steps', type=positive_int, help='optimizer steps (default: the preset)')
+    vlm.add_argument('--frames-per-step', type=positive_int,
                      help='key frames per step and process (default: the preset)')
     vlm.add_argument('--lr', type=float, help='peak learning rate (default: the preset)')
-    vlm.add_argument('--eval-every', type=_positive, help='steps between validation passes')
-    vlm.add_argument('--eval-frames', type=_positive, help='validation frames per pass')
-    vlm.add_argument('--save-every', type=_positive, help='steps between checkpoints')
+    vlm.add_argument('--eval-every', type=positive_int, help='steps between validation passes')
+    vlm.add_argument('--eval-frames', type=positive_int, help='validation frames per pass')
+    vlm.add_argument('--save-every', type=positive_int, help='steps between checkpoints')
     vlm.add_argument('--seed', type=int, help='training seed (default: the preset, 0)')
     vlm.add_argument('--max-minutes', type=float,
                      help='stop after this many minutes of training, saving first (resume later)')
-    vlm.add_argument('--stop-at', type=_positive, metavar='STEP',
+    vlm.add_argument('--stop-at', type=positive_int, metavar='STEP',
                      help='stop after this step, saving first; the schedule still spans --steps, '
                           'so --resume continues the same run (e.g. to check the first steps of '
                           'a rerun against the history.json of a finished run)')
@@ -125,14 +128,8 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
     return vlm
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'{text}: must be >= 1')
-    return value
-
-
-def run_train(args) -> int:
+def run_train(args: argparse.Namespace) -> int:
+    """Run the ``train`` job in ``args``; return the exit status."""
     if args.train_job == 'vlm':
         return _run_vlm(args)
     if args.train_job == 'reconpruner':

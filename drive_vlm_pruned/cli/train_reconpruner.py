@@ -9,6 +9,8 @@ import shlex
 import sys
 import time
 
+from .flags import positive_int
+
 TRAIN_RECONPRUNER_HELP = """\
 Train ReconPruner (FastDriveVLA) for a model: the model's vision encoder and projector stay
 frozen; every training view is encoded once (cached in the run directory), then a scorer (one
@@ -45,22 +47,23 @@ def add_reconpruner_parser(jobs) -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, metavar='W.safetensors', help='weights file to write')
     p.add_argument('--run-dir', metavar='DIR', help='run directory (default: OUT stem + _run)')
     p.add_argument('--resume', action='store_true', help='continue the run in the run directory')
-    p.add_argument('--steps', type=_positive, default=3000, help='optimizer steps (3000)')
-    p.add_argument('--batch-size', type=_positive, default=32, help='views per step (32)')
+    p.add_argument('--steps', type=positive_int, default=3000, help='optimizer steps (3000)')
+    p.add_argument('--batch-size', type=positive_int, default=32, help='views per step (32)')
     p.add_argument('--lr', type=float, default=1e-3,
                    help='decoder peak learning rate; the scorer gets 0.1 of it (1e-3)')
     p.add_argument('--decoder-warmup', type=int, default=200,
                    help='steps that train the decoder alone on random masks (200)')
-    p.add_argument('--patch-pixels', type=_positive, default=8,
+    p.add_argument('--patch-pixels', type=positive_int, default=8,
                    help='reconstructed pixels per token side (8: 14 x 14 tokens -> 112 px)')
-    p.add_argument('--decoder-width', type=_positive, default=128, help='decoder width (128)')
-    p.add_argument('--decoder-layers', type=_positive, default=2, help='decoder layers (2)')
+    p.add_argument('--decoder-width', type=positive_int, default=128, help='decoder width (128)')
+    p.add_argument('--decoder-layers', type=positive_int, default=2, help='decoder layers (2)')
     p.add_argument('--max-views', type=int, default=0,
                    help='use at most N training views (default: all)')
     p.add_argument('--no-background', action='store_true',
                    help='ablation: foreground loss only (the degenerate solution)')
-    p.add_argument('--eval-every', type=_positive, default=250, help='steps between validations')
-    p.add_argument('--save-every', type=_positive, default=250, help='steps between states')
+    p.add_argument('--eval-every', type=positive_int, default=250,
+                   help='steps between validations')
+    p.add_argument('--save-every', type=positive_int, default=250, help='steps between states')
     p.add_argument('--seed', type=int, default=0, help='training seed (0)')
     p.add_argument('--max-minutes', type=float,
                    help='stop after this many minutes of training, saving first (resume later)')
@@ -71,13 +74,6 @@ def add_reconpruner_parser(jobs) -> argparse.ArgumentParser:
     p.add_argument('--cpu', action='store_true', help='train on the CPU even with a GPU')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'{text}: must be >= 1')
-    return value
 
 
 def run_train_reconpruner(args) -> int:
@@ -171,7 +167,7 @@ def command_line(args) -> str:
     """Return the full command that reruns this training (every option spelled out)."""
     parts = ['drive-vlm', 'train', 'reconpruner']
     for key, value in vars(args).items():
-        if key in ('command', 'train_job') or value is None or value is False:
+        if key in ('command', 'train_job', 'run') or value is None or value is False:
             continue
         flag = '--' + key.replace('_', '-')
         parts += [flag] if value is True else [flag, shlex.quote(str(value))]
