@@ -692,13 +692,14 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
 
     from ..eval.language import resolve_tokenizer
     from ..models.load import load_adapter
+    from ..models.loading import resolve_checkpoint
     from ..pruning.view_weights import load_view_weights
     from ..search.view_rates import read_search_keep_ratio
 
     if options.threads:
         torch.set_num_threads(options.threads)
     started = time.perf_counter()
-    model = options.load.model or _embedded()
+    model = options.load.model or str(resolve_checkpoint(''))  # the report names the directory
     sweep_options = SweepOptions(options.pruners, options.keep_ratios, options.prune_layers,
                                  options.seeds, options.qa_per_cell, options.batch_size,
                                  options.max_new_tokens, resolve_tokenizer(options.tokenizer),
@@ -781,15 +782,6 @@ def probe(pipeline: Pipeline, frames: Sequence[KeyFrame], cells: Sequence[Cell],
             bad[group] = run.items[0].error
     notes = [f'{p} ({a}) skipped at prune layer {k}: {err}' for (p, a, k), err in bad.items()]
     return [c for c in cells if (c.pruner, c.allocation, c.prune_layer) not in bad], notes
-
-
-def _embedded() -> str:
-    from ..models.embedded import embedded_model_dir
-
-    try:
-        return str(embedded_model_dir())
-    except FileNotFoundError as err:
-        raise ValueError(f'no --model given and {err}') from None
 
 
 def _majority(data: Sequence[str], split: str, image_root: str | None

@@ -345,7 +345,7 @@ def plot(report: LatencyReport, path: Path) -> None:
 class LatencyOptions:
     """What ``drive-vlm bench latency`` runs; the CLI builds it from its flags."""
 
-    model: str = ''  # a checkpoint; '' (and no preset): the demo's tiny random-weight model
+    model: str = ''  # a checkpoint; '' (and no preset): the embedded model
     preset: str | None = None  # a real-size shape of shapes.PRESETS with random weights instead
     layers: int = 0  # shorten a preset's LLM to N layers
     device_spec: str | None = None  # print the bandwidth decode floor on this device and stop
@@ -395,12 +395,11 @@ def device_spec_main(options: LatencyOptions) -> int:
 
 
 def _pipeline_and_model_dir(options: LatencyOptions, llm_weights: str = 'native'):
-    """Return (adapter, checkpoint dir or None, title) for --model, --preset or the tiny model."""
+    """Return (adapter, checkpoint dir or None, title): --model, --preset or the embedded model."""
     from .prefill import build_preset
     from ..models.llm_weights import check_llm_weights, quantize_llm
     from ..models.load import load_adapter
-    from ..models.loading import LoadSpec, model_dtype
-    from ..models.tiny import tiny_model_dir
+    from ..models.loading import LoadSpec, model_dtype, resolve_checkpoint
 
     device = torch.device(options.device)
     if options.preset and not options.model:
@@ -412,10 +411,10 @@ def _pipeline_and_model_dir(options: LatencyOptions, llm_weights: str = 'native'
         adapter.llm_weights = llm_weights
         depth = f', LLM shortened to {options.layers} layers' if options.layers else ''
         return adapter, None, f'{preset.name} ({preset.description}){depth}'
-    directory = options.model or str(tiny_model_dir())
+    directory = options.model or str(resolve_checkpoint(''))
     adapter = load_adapter(LoadSpec(directory, device=str(device), dtype=options.dtype,
                                     attn_implementation=options.attn, llm_weights=llm_weights))
-    name = 'tiny LLaVA-OneVision (random weights)' if not options.model else directory
+    name = directory if options.model else f'{directory} (the embedded model)'
     return adapter, directory, name
 
 

@@ -221,7 +221,7 @@ class SoakOptions:
 
     frames: int = 10000
     node: bool = False  # drive the ROS node over DDS at 12 Hz instead of the pipeline
-    model: str = ''  # a checkpoint; '': the demo's tiny random-weight model
+    model: str = ''  # a checkpoint; '': the embedded model
     report_every: int = 500  # frames between memory and latency reports
     warmup_frames: int = 0  # frames before the memory baseline; 0: one report window
     max_growth: float = 0.05  # allowed memory growth after warm-up, as a fraction
@@ -237,8 +237,7 @@ class SoakOptions:
 def run_soak_bench(options: SoakOptions) -> int:
     """Run the soak (module doc); return 0 when it passed, 1 when it failed, 2 on bad options."""
     from ..models.load import load_adapter
-    from ..models.loading import LoadSpec
-    from ..models.tiny import tiny_model_dir
+    from ..models.loading import LoadSpec, resolve_checkpoint
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
 
     if options.frames < 1 or options.report_every < 1:
@@ -246,7 +245,7 @@ def run_soak_bench(options: SoakOptions) -> int:
         return 2
     if options.threads:
         torch.set_num_threads(options.threads)
-    directory = options.model or str(tiny_model_dir())
+    directory = options.model or str(resolve_checkpoint(''))
     warmup = options.warmup_frames or options.report_every
     report = SoakReport('node over DDS' if options.node else 'pipeline', options.frames,
                         options.report_every, warmup, options.max_growth)

@@ -97,7 +97,8 @@ tokens generated, KV cache bytes and peak memory, with the decode roofline ratio
 ms/token over (weight + KV bytes one step reads) / the bandwidth of a measured tensor copy).
 Then the ROS node under its real load (a synthetic bag, six cameras at 12 Hz over DDS,
 latest-wins): p50 / p90 / p99 latency and sets answered / dropped. Writes JSON, markdown and a
-PNG with --out-dir. Without --model or --preset it uses the demo's tiny random-weight model.
+PNG with --out-dir. Without --model or --preset it uses the embedded trained model, the default
+of every command (before issue 24 it used the demo's tiny random-weight model).
 
 --device-spec orin-agx|orin-nx|h100|h200 prints instead the decode floor that device's memory
 bandwidth sets for every GPU preset (or --preset) at bf16, int8 and int4 weights; nothing is built.
@@ -114,6 +115,8 @@ process RSS and GPU memory every --report-every frames, latency drift (median of
 window against the first after warm-up), and that every frame was answered or counted. Exits 1
 with a message if memory grows more than --max-growth (5%) over its level after warm-up, or if
 a frame is unaccounted for.
+Without --model it runs the embedded trained model, the default of every command (before
+issue 24 it ran the demo's tiny random-weight model).
 
 example: drive-vlm bench soak --frames 10000 --node
 """
@@ -128,8 +131,9 @@ def add_bench_latency_parser(bench_sub) -> None:
         'latency', help='frame latency budget, decode roofline, node p50/p90/p99',
         description=BENCH_LATENCY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bl.add_argument('--model', metavar='DIR', help='checkpoint directory (default: the tiny '
-                                                   'random-weight LLaVA-OneVision of the demo)')
+    bl.add_argument('--model', metavar='DIR',
+                    help='checkpoint directory (default: the embedded model, as every command; '
+                         'until issue 24 the tiny random-weight LLaVA-OneVision of the demo)')
     bl.add_argument('--preset', choices=sorted(PRESETS),
                     help='a real-size model shape with random weights instead (no node run)')
     bl.add_argument('--layers', type=int, default=0, help='shorten a --preset LLM to N layers')
@@ -171,8 +175,9 @@ def add_bench_soak_parser(bench_sub) -> None:
     bs.add_argument('--frames', type=int, default=10000, help='frames to run (default 10000)')
     bs.add_argument('--node', action='store_true',
                     help='drive the ROS node over DDS at 12 Hz instead of the pipeline')
-    bs.add_argument('--model', metavar='DIR', help='checkpoint directory (default: the tiny '
-                                                   'random-weight LLaVA-OneVision of the demo)')
+    bs.add_argument('--model', metavar='DIR',
+                    help='checkpoint directory (default: the embedded model, as every command; '
+                         'until issue 24 the tiny random-weight LLaVA-OneVision of the demo)')
     bs.add_argument('--report-every', type=int, default=500,
                     help='frames between memory and latency reports (default 500)')
     bs.add_argument('--warmup-frames', type=int, default=0,

@@ -13,9 +13,6 @@ from .flags import (
     load_spec_from_args,
 )
 
-# Without --model: '' is the embedded trained model (models/loading.py resolves it).
-DEFAULT_MODEL = ''
-
 EVAL_HELP = """\
 Answer every QA of a DriveLM-format file with the model, through the same pipeline the node
 runs (same pruning settings), batched. Writes the predictions in DriveLM's format (a JSON list of
@@ -50,7 +47,7 @@ def add_eval_parser(sub) -> None:
     ev = sub.add_parser('eval', help='score the model on DriveLM-format QA beside baselines',
                         description=EVAL_HELP,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument('--model', default=None,
+    ev.add_argument('--model', default='',
                     help='checkpoint directory or cached model id (default: the embedded model)')
     ev.add_argument('--data', required=True, metavar='DIR_OR_JSON',
                     help='a DriveLM JSON file, or a directory written by `drive-vlm data synth`')
@@ -92,11 +89,6 @@ def add_eval_parser(sub) -> None:
     add_load_arguments(ev)
     ev.add_argument('--no-progress', action='store_true', help='no progress bar')
     ev.set_defaults(run=run_eval)
-
-
-def resolve_model(model: str | None) -> str:
-    """Return the checkpoint to evaluate: --model, else the embedded model."""
-    return model or DEFAULT_MODEL
 
 
 def view_weights_from_args(args: argparse.Namespace) -> dict[str, float] | None:
@@ -164,7 +156,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from ..models.load import load_adapter
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
 
-    model = resolve_model(args.model)
+    model = args.model  # '': the embedded model, which load_adapter resolves
     out = Path(args.out)
     metrics_out = Path(args.metrics_out) if args.metrics_out else out.with_suffix('.metrics.json')
     compare = [(Path(p), *load_compare_column(p)) for p in args.compare]  # fail early

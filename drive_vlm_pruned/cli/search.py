@@ -127,17 +127,6 @@ def _planted(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model(model: str | None) -> str:
-    if model:
-        return model
-    from ..models.embedded import embedded_model_dir
-
-    try:
-        return str(embedded_model_dir())
-    except FileNotFoundError as err:
-        raise ValueError(f'no --model given and {err}') from None
-
-
 def _view_rates(args: argparse.Namespace) -> int:
     import torch
 
@@ -145,6 +134,7 @@ def _view_rates(args: argparse.Namespace) -> int:
     from ..data.drivelm import all_qa, data_file, load_drivelm
     from ..eval.language import resolve_tokenizer
     from ..models.load import load_adapter
+    from ..models.loading import resolve_checkpoint
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
     from ..search.qa_sets import take_frames
     from ..search.view_rates import (
@@ -160,7 +150,7 @@ def _view_rates(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.qa < 0:
         raise ValueError(f'--qa {args.qa}: give 0 (all) or a positive count')
-    model = _model(args.model)
+    model = args.model or str(resolve_checkpoint(''))  # the study records the embedded dir
     source = data_file(args.data, args.split)
     if source.name == 'test.json':
         raise ValueError(f'{source} is a test split: tune on the validation split (--split val) '

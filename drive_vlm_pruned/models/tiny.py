@@ -8,7 +8,6 @@ The weights are random, so the model answers nonsense; shapes, code paths and ti
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -68,18 +67,6 @@ def make_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
 TINY_TEXT = {'model_type': 'qwen2', 'hidden_size': 64, 'intermediate_size': 128,
              'num_hidden_layers': 4, 'num_attention_heads': 4, 'num_key_value_heads': 2,
              'max_position_embeddings': 8192}
-
-
-def tiny_model_dir() -> Path:
-    """Build the tiny LLaVA-OneVision once under the user cache, and return its directory."""
-    root = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'drive_vlm_pruned'
-    path = root / 'tiny-llava-onevision'
-    if not (path / 'config.json').is_file():
-        tmp = root / f'.tiny-{os.getpid()}'
-        make_tiny_model('llava-onevision', tmp)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(path)
-    return path
 
 
 def build_llava_onevision(tokenizer, vision: dict | None = None, text: dict | None = None):
