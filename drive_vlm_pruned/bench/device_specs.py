@@ -20,9 +20,12 @@ of 128), which torchao builds only on a CUDA device. The KV cache stays bf16 in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from functools import cache
+import json
 import math
+from pathlib import Path
 
 from .shapes import Preset, PRESETS
 from ..models.llm_weights import INT4_GROUPS
@@ -30,6 +33,8 @@ from ..models.llm_weights import INT4_GROUPS
 BF16 = 2.0
 TEXT_TOKENS = 200  # system + six-view preamble + planning question, about, in real tokenizers
 WEIGHT_FORMATS = ('bf16', 'int8', 'int4')
+GPU_PRESETS = ('llava-ov-0.5b', 'llava-ov-7b', 'drivemm-8b', 'qwen2.5-vl-3b-262k',
+               'qwen2.5-vl-3b-1596')  # what bench latency --device-spec prints without --preset
 
 
 @dataclass(frozen=True)
@@ -313,3 +318,31 @@ def fit_markdown(presets: list[str], keep_ratio: float = 0.1, new_tokens: int = 
                          f'{a.ms_per_token:.1f} | {n.ms_per_token:.1f} | '
                          f'{a.ms_per_token * answer_tokens / 1e3:.2f} |')
     return '\n'.join(lines)
+
+
+def print_device_floors(spec_name: str, preset: str | None, keep_ratios: Sequence[float],
+                        new_tokens: int, out_dir: str | None = None) -> int:
+    """``bench latency --device-spec``: print the bandwidth floor per preset; build nothing."""
+    spec = DEVICE_SPECS[spec_name]
+    presets = [preset] if preset else list(GPU_PRESETS)
+    floors = floor_table(spec, presets, list(keep_ratios), new_tokens)
+    text = floor_markdown(spec, floors)
+    budget = memory_budget_markdown(presets, new_tokens)
+    print(text)
+    print()
+    print(f'Memory held (weights + KV cache, batch 1; activations and the CUDA context come on '
+          f'top) against {spec.memory_gb:g} GB:')
+    print(budget)
+    if spec.name.startswith('orin'):
+        budget += '\n\n' + fit_markdown(presets, min(keep_ratios), new_tokens)
+        print(f'\nWhich Orin module holds each setting ({RESERVED_GB:g} GB kept for Ubuntu, the '
+              'CUDA context and activations):')
+        print(budget.rsplit('\n\n', 1)[1])
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f'floor-{spec.name}.md').write_text(text + '\n\n' + budget + '\n')
+        (out / f'floor-{spec.name}.json').write_text(
+            json.dumps([asdict(f) for f in floors], indent=1) + '\n')
+        print(f'\nwrote {out / f"floor-{spec.name}.md"}')
+    return 0

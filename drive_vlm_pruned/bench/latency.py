@@ -32,20 +32,11 @@ import sys
 
 import torch
 
-from .device_specs import (
-    DEVICE_SPECS,
-    fit_markdown,
-    floor_markdown,
-    floor_table,
-    memory_budget_markdown,
-    RESERVED_GB,
-)
+from .device_specs import print_device_floors
 from .shapes import PRESETS
 from .timing import device_label, time_call
 
 STAGES = ('preprocess', 'vision', 'prune', 'prefill')
-GPU_PRESETS = ('llava-ov-0.5b', 'llava-ov-7b', 'drivemm-8b', 'qwen2.5-vl-3b-262k',
-               'qwen2.5-vl-3b-1596')
 COMPILED_GOAL = 0.6  # CPU goal: compiled decode ms/token <= 0.6 x eager
 ROOFLINE_GOAL = 1.3  # GPU goal: decode <= 1.3 x the bandwidth roofline
 BYTES_GOALS = {'int8': 0.55, 'int4': 0.32}  # issue 26: LLM weight bytes <= this x native
@@ -367,33 +358,6 @@ class LatencyOptions:
     out_dir: str | None = None
 
 
-def device_spec_main(options: LatencyOptions) -> int:
-    """``--device-spec``: print the bandwidth floor per preset; build nothing."""
-    spec = DEVICE_SPECS[options.device_spec]
-    presets = [options.preset] if options.preset else list(GPU_PRESETS)
-    floors = floor_table(spec, presets, options.keep_ratios, options.new_tokens)
-    text = floor_markdown(spec, floors)
-    budget = memory_budget_markdown(presets, options.new_tokens)
-    print(text)
-    print()
-    print(f'Memory held (weights + KV cache, batch 1; activations and the CUDA context come on '
-          f'top) against {spec.memory_gb:g} GB:')
-    print(budget)
-    if spec.name.startswith('orin'):
-        budget += '\n\n' + fit_markdown(presets, min(options.keep_ratios), options.new_tokens)
-        print(f'\nWhich Orin module holds each setting ({RESERVED_GB:g} GB kept for Ubuntu, the '
-              'CUDA context and activations):')
-        print(budget.rsplit('\n\n', 1)[1])
-    if options.out_dir:
-        out = Path(options.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f'floor-{spec.name}.md').write_text(text + '\n\n' + budget + '\n')
-        (out / f'floor-{spec.name}.json').write_text(
-            json.dumps([asdict(f) for f in floors], indent=1) + '\n')
-        print(f'\nwrote {out / f"floor-{spec.name}.md"}')
-    return 0
-
-
 def _pipeline_and_model_dir(options: LatencyOptions, llm_weights: str = 'native'):
     """Return (adapter, checkpoint dir or None, title): --model, --preset or the embedded model."""
     from .prefill import build_preset
@@ -424,7 +388,8 @@ def run_latency_bench(options: LatencyOptions) -> int:
     from ..models.loading import model_dtype
 
     if options.device_spec:
-        return device_spec_main(options)
+        return print_device_floors(options.device_spec, options.preset, options.keep_ratios,
+                                   options.new_tokens, options.out_dir)
     if options.threads:
         torch.set_num_threads(options.threads)
     for weights in options.llm_weights:  # every setting fails here, before the first row runs
