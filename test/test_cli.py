@@ -141,3 +141,38 @@ def test_bench_vision_times_torch_and_onnxruntime(tmp_path):
     records = json.loads(path.read_text())
     assert [r['backend'] for r in records] == ['torch', 'onnxruntime']
     assert all(r['median_ms'] > 0 and r['vision_layers'] == 1 for r in records)
+
+
+def _leaf_commands(parser, path=(), run=None):
+    """Yield (command words, the function set_defaults(run=...) gives it) for every leaf."""
+    import argparse
+
+    run = parser.get_default('run') or run
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        yield path, run
+    for group in groups:
+        for name, child in group.choices.items():
+            yield from _leaf_commands(child, (*path, name), run)
+
+
+def test_every_command_names_the_function_that_runs_it():
+    """main() only parses and calls args.run, so every command sets one (issue 24)."""
+    from drive_vlm_pruned.cli.main import build_parser
+
+    leaves = dict(_leaf_commands(build_parser()))
+    assert ('bench', 'latency') in leaves and ('bag', 'synth') in leaves and ('run',) in leaves
+    missing = [' '.join(path) for path, run in leaves.items() if not callable(run)]
+    assert not missing, f'no set_defaults(run=...): {missing}'
+    assert all(run.__module__.startswith('drive_vlm_pruned.cli.') for run in leaves.values())
+
+
+def test_a_benchmark_runs_from_its_options_without_argparse(capsys):
+    """The benchmarks take frozen options, not a Namespace: what the CLI builds from the flags."""
+    from drive_vlm_pruned.bench.pruners import PrunersBenchOptions, run_pruners_bench
+
+    options = PrunersBenchOptions(pruners=('tfps', 'random'), dims=(32,), keep_ratios=(0.5,),
+                                  tokens=49, device='cpu', warmup=0, repeats=1)
+    assert run_pruners_bench(options) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ')]
+    assert [line.split('|')[1].strip() for line in table] == ['pruner', 'tfps', 'random']
