@@ -182,17 +182,15 @@ def facts_of(*objects, speed=8.0, curvature=0.0, size=(448, 252)) -> FrameFacts:
 
 
 def test_visibility_thresholds_count_marginal_and_ignore():
-    # A quarter of one 16-px patch at the model's 224 x 224 input, stated at 448 x 252.
-    assert rules.min_visible_px(448, 252) == 144 and rules.marginal_px(448, 252) == 58
-    assert 144 * 224 * 224 / (448 * 252) == pytest.approx(16 * 16 / 4)
-    assert rules.min_visible_px(224, 126) == 36 and rules.marginal_px(224, 126) == 14
-    assert rules.min_visible_px(896, 504) == 576
-    f = facts_of(seen(px=144, track=1), seen('pedestrian', px=143, track=2),
-                 seen('sign', px=57, track=3))
+    assert rules.min_visible_px(448, 252) == 60 and rules.marginal_px(448, 252) == 24
+    assert rules.min_visible_px(224, 126) == 15 and rules.marginal_px(224, 126) == 6
+    assert rules.min_visible_px(896, 504) == 240
+    f = facts_of(seen(px=60, track=1), seen('pedestrian', px=59, track=2),
+                 seen('sign', px=23, track=3))
     assert rules.count_answer(f, 'CAM_FRONT', 'vehicle') == '1'
     assert rules.exists_answer(f, 'CAM_FRONT', 'pedestrian') == 'No.'
-    assert not rules.pair_is_clear(f, 'CAM_FRONT', 'pedestrian')   # 143 px: marginal
-    assert rules.pair_is_clear(f, 'CAM_FRONT', 'sign')             # 57 px: invisible
+    assert not rules.pair_is_clear(f, 'CAM_FRONT', 'pedestrian')   # 59 px: marginal
+    assert rules.pair_is_clear(f, 'CAM_FRONT', 'sign')             # 23 px: invisible
     assert rules.exists_answer(f, 'CAM_FRONT', 'sign') == 'No.'
     # A marginal pair is never asked about.
     for seed in range(20):
@@ -211,7 +209,7 @@ def test_nearest_ahead_bands_and_ambiguity():
     assert rules.nearest_ahead_answer(facts_of(seen(xy=(19.5, 0.0)))) is None   # band edge
     assert rules.nearest_ahead_answer(facts_of(seen(xy=(15.0, 0.0), track=1),
                                                seen('sign', xy=(15.5, 0.0), track=2))) is None
-    assert rules.nearest_ahead_answer(facts_of(seen(px=100))) is None   # only a marginal one
+    assert rules.nearest_ahead_answer(facts_of(seen(px=30))) is None   # only a marginal one
 
 
 def test_in_moving_direction_corridor():

@@ -30,15 +30,8 @@ from ..scenes.world import OBJECT_LABELS
 
 # --- visibility (docs/qa_rules.md, "Visibility") -------------------------------------------
 REFERENCE_SIZE = (448, 252)     # image size the pixel thresholds are stated for
-# What the model can resolve decides what counts (issue 28): the embedded model sees each view
-# resized to MODEL_INPUT_PX square in PATCH_PX patches; an object counts once its visible pixels
-# cover MIN_PATCH_SHARE of one patch there.
-MODEL_INPUT_PX = 224
-PATCH_PX = 16
-MIN_PATCH_SHARE = 0.25
-MIN_VISIBLE_PX_REF = round(MIN_PATCH_SHARE * PATCH_PX ** 2 * REFERENCE_SIZE[0]
-                           * REFERENCE_SIZE[1] / MODEL_INPUT_PX ** 2)  # 144
-MARGINAL_PX_REF = round(0.4 * MIN_VISIBLE_PX_REF)  # 58: from here up to the minimum: marginal
+MIN_VISIBLE_PX_REF = 60         # an object counts in a camera from this many visible pixels
+MARGINAL_PX_REF = 24            # from here up to the minimum an object is marginal
 SMALL_BOX_H_FRAC = 0.12         # a counted object is small below 12% of the image height
 IMPORTANT_RANGE_M = 40.0        # important objects lie within this distance of the ego
 
@@ -100,9 +93,8 @@ CATEGORIES = ('perception', 'prediction', 'planning', 'behavior')
 EXISTS_PER_FRAME = 3            # exists questions per key frame, each on another camera
 COUNT_PER_FRAME = 2             # count questions per key frame, each on another camera
 MAX_COUNT = 6                   # count questions are asked for answers 0..MAX_COUNT
-COUNT_VALUE_POWER = 1.5         # a count answer v is drawn with weight (1 + v) ** this
 EXISTS_YES_SHARE = 0.5          # target share of "Yes." among exists questions
-SMALL_WEIGHT = 5.0              # a pair whose objects are all small is drawn 5x as often
+SMALL_WEIGHT = 3.0              # a yes-pair whose objects are all small is drawn 3x as often
 MOVING_YES_DRAW = 0.6           # ask about an object in the moving direction this often
 KEY_OBJECTS_MAX = 4
 
@@ -549,14 +541,9 @@ def _count_questions(facts: FrameFacts, rng: np.random.Generator, out: FrameQA) 
         # Draw the answer first, uniformly over the counts this frame offers, then a pair with
         # that count: zeros abound in any frame, so drawing pairs directly would make '0' the
         # majority answer.
-        # Larger counts are rarer in every frame; weighting them up keeps '0' and '1' from
-        # becoming the majority once the visibility bar is at the model's patch scale.
         values = sorted(by_count)
-        value_weights = np.array([(1.0 + v) ** COUNT_VALUE_POWER for v in values])
-        drawn = int(rng.choice(len(values), p=value_weights / value_weights.sum()))
-        pool = by_count[values[drawn]]
-        weights = np.array([SMALL_WEIGHT if pair_is_small(facts, *p) else 1.0 for p in pool])
-        camera, label = pool[int(rng.choice(len(pool), p=weights / weights.sum()))]
+        pool = by_count[values[int(rng.integers(len(values)))]]
+        camera, label = pool[int(rng.integers(len(pool)))]
         cameras.remove(camera)
         out.add('count', count_question(camera, label), count_answer(facts, camera, label),
                 camera=camera, small=pair_is_small(facts, camera, label))

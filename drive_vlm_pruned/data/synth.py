@@ -56,7 +56,7 @@ FIRST_KEY_FRAME_S = 1.5          # the first key frame has 1.5 s of history behi
 KEY_FRAME_DT_S = 0.5             # nuScenes' key frames come at 2 Hz
 BASE_TIMESTAMP_US = 1_700_000_000_000_000
 JPEG_QUALITY = 95
-FORMAT_VERSION = 3               # bump when a rule changes what a seed writes
+FORMAT_VERSION = 2               # bump when a rule changes what a seed writes
 
 # Scene mix: (share, low, high) ego speed in m/s per class, drawn away from the class edges of
 # qa_rules.SPEED_BANDS so the behavior answer is stable; then the heading change the road
