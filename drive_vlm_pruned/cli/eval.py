@@ -57,8 +57,12 @@ def add_eval_parser(sub) -> None:
                     help='nuScenes folder holding samples/ (real DriveLM files, whose image '
                          'paths read ../nuscenes/samples/...); default: paths relative to the '
                          'JSON file')
-    ev.add_argument('--out', required=True, metavar='preds.json',
-                    help='predictions to write (DriveLM format)')
+    ev.add_argument('--out', metavar='preds.json',
+                    help='predictions to write (DriveLM format); needed unless --score')
+    ev.add_argument('--score', metavar='PREDS_JSON',
+                    help="score this predictions file (DriveLM's format: a list of id, question, "
+                         'answer, as challenge/output.json) against --data without a model; '
+                         'the metrics go to --metrics-out (default PREDS.metrics.json)')
     ev.add_argument('--metrics-out', metavar='PATH',
                     help='metrics JSON (default: OUT with .metrics.json, preds.metrics.json)')
     add_settings_arguments(ev)
@@ -140,10 +144,40 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..eval.runner import RunBroken
 
     try:
+        if args.score:
+            return _score_predictions(args)
+        if not args.out:
+            raise ValueError('give --out preds.json (where the predictions go), or --score '
+                             'PREDS_JSON to score an existing predictions file')
         return _run_eval(args)
     except (ValueError, RunBroken) as err:  # DriveLMError included: bad data, options, model
         print(f'drive-vlm eval: {err}', file=sys.stderr)
         return 2
+
+
+def _score_predictions(args: argparse.Namespace) -> int:
+    """``--score``: the metrics of an existing predictions file, no model (eval/score_file.py)."""
+    import json
+
+    from ..data.drivelm import data_file, load_drivelm, read_predictions
+    from ..eval.language import resolve_tokenizer
+    from ..eval.report import run_lines, table
+    from ..eval.score_file import score_file
+
+    preds = Path(args.score)
+    metrics_out = Path(args.metrics_out) if args.metrics_out else preds.with_suffix(
+        '.metrics.json')
+    frames = load_drivelm(data_file(args.data, args.split), args.image_root, check_images=False)
+    report = score_file(frames, read_predictions(preds), majority=majority_reference(args, frames),
+                        tokenizer=resolve_tokenizer(args.tokenizer), source=preds)
+    metrics = report.as_json()
+    metrics_out.parent.mkdir(parents=True, exist_ok=True)
+    metrics_out.write_text(json.dumps(metrics, indent=1) + '\n')
+    print(table(dict(metrics['columns'])))
+    for line in [*run_lines(report.run), *report.notes]:
+        print(line)
+    print(f'scored {preds} without a model; metrics: {metrics_out}')
+    return 0
 
 
 def _run_eval(args: argparse.Namespace) -> int:
