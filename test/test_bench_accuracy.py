@@ -51,9 +51,21 @@ def test_tiny_sweep_writes_every_output_and_resumes_without_recomputing(
     assert rows[('none', 1.0)]['foreground_recall']['mean'] == 1.0
     assert set(cell['families']) and cell['accuracy']['n'] == 2
     assert 'disjoint subsets' in result['seeds']
+    # paired over both seeds, on the same items as the unpruned reference and as random
+    closed = rows[('none', 1.0)]['n_closed']
+    assert closed > 0 and all(r['n_closed'] == closed for r in rows.values())
+    if rows[('none', 1.0)]['accuracy']['mean'] == 0:  # 3 tokens of a tiny model: no retention
+        assert cell['retention'] is None and cell['retention_ci'] is None
+    else:
+        low, high = cell['retention_ci']
+        assert low <= cell['retention'] <= high
+    assert cell['vs_random']['items'] == closed and isinstance(cell['vs_random']['stable'], bool)
+    assert rows[('random', 0.25)]['vs_random'] is None
+    assert result['detectable_difference'] is not None
     md = (out / 'accuracy.md').read_text()
     assert '| K | pruner | keep |' in md and 'vision encoder NOT included' in md
     assert '### Verdict' in md and '### Per family' in md
+    assert '### Paired, all seeds together' in md and 'could detect' in md
     for png in ('accuracy_vs_keep.png', 'accuracy_vs_speedup.png'):
         assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
         assert (out / png).stat().st_size > 10_000
@@ -153,3 +165,26 @@ def test_plan_has_the_variants_and_the_searched_budget_beside_uniform():
     only_k0, _ = plan_cells(['tfps'], [0.5], [0, 2], 4, True, False, None, variant_layers=[0])
     assert {c.key for c in only_k0} == {'tfps/uniform/0.5/K0', 'tfps/searched/0.5/K0',
                                         'tfps/uniform/0.5/K2'}
+
+
+def test_paired_rows_pair_items_by_id_and_resample_frames():
+    from drive_vlm_pruned.bench.accuracy_paired import detectable_difference, paired_rows
+
+    def record(pruner, keep, hits, seed=0):
+        cell = {'key': f'{pruner}-{keep}', 'pruner': pruner, 'keep_ratio': keep,
+                'prune_layer': 0, 'allocation': 'uniform'}
+        closed = [[f'q{i}', f'f{i // 4}', h] for i, h in enumerate(hits)]
+        return {'cell': cell, 'seed': seed, 'closed': closed}
+
+    n = 80
+    ref = record('none', 1.0, [1] * n)
+    good = record('tfps', 0.1, [1] * n)
+    bad = record('random', 0.1, [1 if i % 4 else 0 for i in range(n)])  # loses 1 in 4, per frame
+    paired = paired_rows([ref, good, bad], 'none-1.0')
+    assert paired['random-0.1']['retention'] == pytest.approx(0.75)
+    low, high = paired['random-0.1']['retention_ci']
+    assert low == high == pytest.approx(0.75)  # every frame loses exactly one of four
+    vs = paired['tfps-0.1']['vs_random']
+    assert vs['difference'] == pytest.approx(0.25) and vs['stable'] and vs['frames'] == n // 4
+    assert paired['none-1.0']['retention'] is None and paired['tfps-0.1']['n_closed'] == n
+    assert detectable_difference(paired) == pytest.approx(0.0)

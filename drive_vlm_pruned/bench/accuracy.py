@@ -47,6 +47,7 @@ from .accuracy_defaults import (
     DEFAULT_QA_PER_CELL,
     DEFAULT_SEEDS,
 )
+from .accuracy_paired import detectable_difference, item_scores, paired_lines, paired_rows
 from ..data.drivelm import all_qa, KeyFrame, load_drivelm
 from ..eval.baselines import fit_majority, MajorityAnswers
 from ..eval.runner import predict, PredictOptions
@@ -259,6 +260,7 @@ def run_accuracy_cell(pipeline: Pipeline, frames: Sequence[KeyFrame],
                   PredictOptions(batch_size=batch_size, blank=blank, progress=False))
     seconds = time.perf_counter() - start
     record = score_record(pairs, run.answers(), tokenizer)
+    record.update(item_scores(pairs, run.answers()))  # for the paired statistics
     summary = run.summary()
     record.update({
         'errors': summary['errors'], 'seconds': seconds,
@@ -296,7 +298,9 @@ def score_record(pairs, answers: Mapping[str, str], tokenizer: str) -> dict:
 def majority_record(frames: Sequence[KeyFrame], majority: MajorityAnswers,
                     tokenizer: str) -> dict:
     pairs = all_qa(frames)
-    record = score_record(pairs, {qa.id: majority.answer(qa) for _, qa in pairs}, tokenizer)
+    answers = {qa.id: majority.answer(qa) for _, qa in pairs}
+    record = score_record(pairs, answers, tokenizer)
+    record.update(item_scores(pairs, answers))
     record.update({'errors': 0, 'seconds': 0.0, 'source': majority.source})
     return record
 
@@ -720,9 +724,10 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
               'tokenizer': sweep_options.tokenizer, 'view_weights': view_weights}
     log = CellLog(out / 'cells.jsonl', header, options.overwrite)
     if options.report_only:  # tables and plots of every cell the log holds; no model
-        rows = summarize(list(log.done.values()))
+        records = list(log.done.values())
+        rows = summarize(records)
         print(write_report(out, rows, header, how, ['rebuilt with --report-only from '
-                                                    f'{log.path}'], model))
+                                                    f'{log.path}'], model, records))
         _plots(rows, out, model)
         return 0
     pipeline = Pipeline(load_adapter(replace(options.load, model=model),
@@ -743,7 +748,7 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
     records = sweep(pipeline, seeds, cells, sweep_options, log, view_weights, majority,
                     progress=options.progress)
     rows = summarize(records)
-    report = write_report(out, rows, header, how, notes, model)
+    report = write_report(out, rows, header, how, notes, model, records)
     elapsed = time.perf_counter() - started
     cell_seconds = sum(r.get('seconds', 0.0) for r in records)
     print(report)
@@ -796,9 +801,19 @@ def _majority(data: Sequence[str], split: str, image_root: str | None
 
 
 def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
-                 notes: Sequence[str], model: str) -> str:
+                 notes: Sequence[str], model: str, records: Sequence[dict] = ()) -> str:
     """Write accuracy.json and accuracy.md; return the markdown."""
     ranks = rankings(rows)
+    paired = paired_rows(records, BASE_CELL.key)
+    for row in rows:
+        row.update(paired.get(row['cell']['key'], {}))
+    smallest = detectable_difference(paired)
+    paired_text = [
+        '', '### Paired, all seeds together (95% intervals: bootstrap over key frames)', '',
+        *paired_lines(paired, {r['cell']['key']: label_of(r) for r in rows}), '',
+        'Smallest difference this run could detect (median half-width of the intervals of the '
+        'differences to random): '
+        + ('—' if smallest is None else f'±{100 * smallest:.1f} points') + '.']
     text = '\n'.join([
         f'Model: {model}. Data seeds: {how}. Figures: mean ± sample std over the seeds. '
         'Accuracy = closed-form (DriveLM tag 0) QA by our exact-match rule; retention = '
@@ -806,7 +821,7 @@ def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
         "weights renormalised; prefill speed-up = unpruned (prune + prefill) ms / the cell's "
         'on the same batches, vision encoder NOT included; FLOPs share = analytic prefill '
         'FLOPs / unpruned; fg recall = GT foreground patches kept.',
-        '', markdown(rows), '', '### Per family (means over seeds)', '',
+        '', markdown(rows), *paired_text, '', '### Per family (means over seeds)', '',
         family_markdown(rows), '', '### Rankings by accuracy retention', '',
         *[f'- keep {r["keep_ratio"]:g}, K={r["prune_layer"]}: '
           + ' > '.join(f'{label_of(x)} {x["accuracy_retention"].text(".1f", True)}%'
@@ -824,6 +839,7 @@ def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
                'seeds': how, 'notes': list(notes), 'rows': stat_json(list(rows)),
                'rankings': [{k: (stat_json([label_of(x) for x in v]) if k == 'ranked' else v)
                              for k, v in r.items()} for r in ranks],
-               'breaking_points': breaking_points(rows), 'verdict': verdict(rows)}
+               'breaking_points': breaking_points(rows), 'verdict': verdict(rows),
+               'detectable_difference': smallest}
     (out / 'accuracy.json').write_text(json.dumps(payload, indent=1) + '\n')
     return text
