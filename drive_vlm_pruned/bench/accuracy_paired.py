@@ -32,8 +32,7 @@ RANDOM = 'random'
 
 def item_scores(pairs: Sequence[tuple[KeyFrame, QA]], answers: Mapping[str, str]) -> dict:
     """Return the per-item fields a cell's record keeps: ``closed`` and ``l2_3s``."""
-    closed = [[qa.id, f'{f.scene}/{f.frame}', int(answers_match(answers.get(qa.id, ''),
-                                                                 qa.answer))]
+    closed = [[qa.id, f'{f.scene}/{f.frame}', _hit(answers.get(qa.id, ''), qa.answer)]
               for f, qa in pairs if is_closed_form(qa)]
     l2 = []
     for f, qa in pairs:
@@ -44,6 +43,10 @@ def item_scores(pairs: Sequence[tuple[KeyFrame, QA]], answers: Mapping[str, str]
                  if parsed.ok else None)
         l2.append([qa.id, f'{f.scene}/{f.frame}', value])
     return {'closed': closed, 'l2_3s': l2}
+
+
+def _hit(answer: str, truth: str) -> int:
+    return int(answers_match(answer, truth))
 
 
 def _items(records: Sequence[dict]) -> dict[str, tuple[str, float]]:
