@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from drive_vlm_pruned.bench.accuracy import Stat
+from drive_vlm_pruned.bench.accuracy_report import Stat
 import pytest
 
 
@@ -90,7 +90,7 @@ def test_tiny_sweep_writes_every_output_and_resumes_without_recomputing(
 
 
 def test_a_log_of_other_settings_is_refused(small_model, data, tmp_path, capsys):
-    from drive_vlm_pruned.bench.accuracy import CellLog
+    from drive_vlm_pruned.bench.accuracy_sweep import CellLog
 
     CellLog(tmp_path / 'cells.jsonl', {'qa_per_cell': 5}, overwrite=False)
     with pytest.raises(ValueError, match='qa_per_cell=5, this run has qa_per_cell=6'):
@@ -98,7 +98,7 @@ def test_a_log_of_other_settings_is_refused(small_model, data, tmp_path, capsys)
 
 
 def test_seeds_are_disjoint_scene_subsets_of_whole_frames(data):
-    from drive_vlm_pruned.bench.accuracy import seed_sets
+    from drive_vlm_pruned.bench.accuracy_sweep import seed_sets
 
     seeds, how = seed_sets([str(data)], 'test', None, 2, 15)
     assert len(seeds) == 2 and 'disjoint' in how
@@ -128,7 +128,7 @@ def row(pruner, keep, retention):
 
 
 def test_a_ranking_is_stable_only_when_the_top_two_intervals_are_apart():
-    from drive_vlm_pruned.bench.accuracy import breaking_points, rankings
+    from drive_vlm_pruned.bench.accuracy_report import breaking_points, rankings
 
     apart = rankings([row('tfps', 0.1, Stat(0.96, 0.01, 3)),
                       row('random', 0.1, Stat(0.80, 0.05, 3))])
@@ -152,7 +152,7 @@ def test_pareto_front_keeps_the_cells_nothing_beats_on_both_axes():
 
 
 def test_plan_has_the_variants_and_the_searched_budget_beside_uniform():
-    from drive_vlm_pruned.bench.accuracy import plan_cells
+    from drive_vlm_pruned.bench.accuracy_cells import plan_cells
 
     cells, notes = plan_cells(['tfps', 'dart', 'fastv'], [1.0, 0.5, 0.1], [0, 2], 4,
                               searched=True, diversity=True, search_keep=0.4)
