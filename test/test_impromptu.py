@@ -229,3 +229,13 @@ def test_node_serves_impromptu_over_dds(impromptu):
         probe.close()
         node.close()
         rclpy.shutdown(context=context)
+
+
+def test_a_question_preset_name_is_resolved_by_the_node_parameter():
+    from drive_vlm_pruned.node.parameters import PARAMETERS, settings_from
+
+    values = {name: spec.default for name, spec in PARAMETERS.items()}
+    values['question'] = 'impromptu-planning'
+    assert settings_from(values, llm_layers=4).question == IMPROMPTU_PLANNING
+    values['question'] = 'Is the road clear?'  # not a preset: asked as written
+    assert settings_from(values, llm_layers=4).question == 'Is the road clear?'

@@ -13,18 +13,18 @@ from drive_vlm_pruned.pruning.reconpruner import load_scorer
 from drive_vlm_pruned.training.recon_data import find_pairs
 from drive_vlm_pruned.training.reconpruner import (
     planted_task,
+    ReconTrainConfig,
     scorer_quality,
     train_reconpruner,
-    TrainConfig,
 )
 import numpy as np
 from PIL import Image
 import pytest
 import torch
 
-PLANTED = TrainConfig(steps=150, batch_size=16, lr=3e-3, warmup_steps=10, decoder_warmup_steps=40,
-                      eval_every=10**6, save_every=10**6,
-                      decoder={'patch_pixels': 4, 'width': 64, 'layers': 1, 'heads': 2})
+PLANTED = ReconTrainConfig(steps=150, batch_size=16, lr=3e-3, warmup_steps=10,
+                           decoder_warmup_steps=40, eval_every=10**6, save_every=10**6,
+                           decoder={'patch_pixels': 4, 'width': 64, 'layers': 1, 'heads': 2})
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +32,7 @@ def planted():
     torch.set_num_threads(1)  # small tensors: threads only add contention
     train, val = planted_task(n=192, seed=0), planted_task(n=64, seed=1)
     full = train_reconpruner(train, PLANTED, progress=False)
-    fore = train_reconpruner(train, TrainConfig(**{**PLANTED.as_dict(), 'background': False}),
+    fore = train_reconpruner(train, ReconTrainConfig(**{**PLANTED.as_dict(), 'background': False}),
                              progress=False)
     return val, full, fore
 
@@ -59,9 +59,9 @@ def test_without_the_background_loss_nearly_every_score_turns_positive(planted):
 
 def test_a_resumed_run_matches_an_uninterrupted_one(tmp_path):
     data = planted_task(n=48, seed=2)
-    config = TrainConfig(steps=12, batch_size=8, warmup_steps=2, decoder_warmup_steps=4,
-                         eval_every=10**6, save_every=5,
-                         decoder={'patch_pixels': 4, 'width': 32, 'layers': 1, 'heads': 2})
+    config = ReconTrainConfig(steps=12, batch_size=8, warmup_steps=2, decoder_warmup_steps=4,
+                              eval_every=10**6, save_every=5,
+                              decoder={'patch_pixels': 4, 'width': 32, 'layers': 1, 'heads': 2})
     whole = train_reconpruner(data, config, run_dir=tmp_path / 'a', progress=False)
     first = train_reconpruner(data, config, run_dir=tmp_path / 'b', progress=False,
                               max_seconds=0.0)

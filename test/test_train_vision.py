@@ -14,7 +14,7 @@ from drive_vlm_pruned.scenes.rig import nuscenes_rig
 from drive_vlm_pruned.scenes.world import Label, make_scene, OBJECT_LABELS
 from drive_vlm_pruned.training.vision_stage import train_vision, VisionConfig
 from drive_vlm_pruned.training.vision_targets import ground_range, view_targets
-from drive_vlm_pruned.training.vlm import train_vlm, TrainConfig
+from drive_vlm_pruned.training.vlm import train_vlm, VLMTrainConfig
 import numpy as np
 import pytest
 from safetensors.torch import load_file
@@ -92,9 +92,9 @@ def test_the_vision_tower_loads_into_the_vlm_stage_and_stays_frozen_bit_for_bit(
         data_dir, tmp_path):
     tower = train_vision(_config(data_dir, tmp_path / 'vision', steps=2), **QUIET).tower_dir
     pretrained = load_file(tower / 'model.safetensors')
-    config = TrainConfig(data=data_dir, out=tmp_path / 'vlm', preset='test', steps=1,
-                         frames_per_step=2, storage='float32', train_limit=2, cpu=True,
-                         vision_init=tower, freeze_vision=True)
+    config = VLMTrainConfig(data=data_dir, out=tmp_path / 'vlm', preset='test', steps=1,
+                            frames_per_step=2, storage='float32', train_limit=2, cpu=True,
+                            vision_init=tower, freeze_vision=True)
     result = train_vlm(config, **QUIET)
     after = load_file(result.final_dir / 'model.safetensors')
     prefix = 'vision_tower.'

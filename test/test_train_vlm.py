@@ -16,7 +16,7 @@ from drive_vlm_pruned.training.samples import (
     PackedVLM,
 )
 from drive_vlm_pruned.training.tokenizer import train_tokenizer
-from drive_vlm_pruned.training.vlm import train_vlm, TrainConfig
+from drive_vlm_pruned.training.vlm import train_vlm, VLMTrainConfig
 import numpy as np
 import pytest
 from safetensors.torch import load_file
@@ -121,7 +121,7 @@ def test_packed_turn_logits_equal_the_pipeline_sequence_of_that_turn_alone(data_
 def config(data_dir, out, **kw):
     base = {'data': data_dir, 'out': out, 'preset': 'test', 'steps': 2, 'frames_per_step': 2,
             'storage': 'float32', 'train_limit': 2, 'cpu': True}
-    return TrainConfig(**{**base, **kw})
+    return VLMTrainConfig(**{**base, **kw})
 
 
 def weights(run):

@@ -36,7 +36,9 @@ def add_run_parser(sub) -> None:
     run.add_argument('--decode-backend', default='auto', choices=['auto', 'eager', 'compiled'],
                      help='auto (compiled on CUDA, eager on CPU; default) | eager | compiled '
                           '(static KV cache + torch.compile; falls back to eager, saying why)')
-    run.add_argument('--question', help='question (default: the planning prompt, as the node)')
+    run.add_argument('--question', help='question, or a preset name: planning, drivelm-qa, '
+                     'drivemm-important-objects, impromptu-planning (models/prompts.py '
+                     'QUESTION_PRESETS; default: the planning prompt, as the node)')
     run.add_argument('--slop', type=float, default=0.06, help='synchronizer slop s (0.06)')
     run.add_argument('--camera-namespace', default='',
                      help="prefix of the camera topics in the bag, e.g. '/car1' (default none)")
@@ -67,11 +69,12 @@ def camera_name(text: str) -> str:
 def run_command(args: argparse.Namespace) -> int:
     """Run ``drive-vlm run``; return the exit status."""
     from ..bag.run import run_bag, RunOptions
-    from ..models.prompts import PLANNING
+    from ..models.prompts import PLANNING, resolve_question
     from ..pipeline.pipeline import RuntimeSettings
 
     settings = RuntimeSettings(keep_ratio=args.keep_ratio, pruner=args.pruner,
-                               prune_layer=args.prune_layer, question=args.question or PLANNING,
+                               prune_layer=args.prune_layer,
+                               question=resolve_question(args.question or PLANNING),
                                max_new_tokens=args.max_new_tokens,
                                reconpruner_weights=args.reconpruner_weights,
                                decode_backend=args.decode_backend)

@@ -177,9 +177,9 @@ def _run_vlm(args) -> int:
     from pathlib import Path
 
     from ..data.drivelm import DriveLMError
-    from ..training.vlm import train_vlm, TrainConfig
+    from ..training.vlm import train_vlm, VLMTrainConfig
 
-    config = TrainConfig(
+    config = VLMTrainConfig(
         data=Path(args.data), out=Path(args.out), preset=args.preset, resume=args.resume,
         steps=args.steps, frames_per_step=args.frames_per_step, lr=args.lr,
         eval_every=args.eval_every, eval_frames=args.eval_frames, save_every=args.save_every,

@@ -92,7 +92,12 @@ def _run(args) -> int:
     from ..models.loading import LoadSpec, resolve_checkpoint
     from ..pruning.reconpruner import save_weights
     from ..training.recon_data import find_pairs, load_or_encode, token_grid
-    from ..training.reconpruner import scorer_quality, STATE_FILE, train_reconpruner, TrainConfig
+    from ..training.reconpruner import (
+        ReconTrainConfig,
+        scorer_quality,
+        STATE_FILE,
+        train_reconpruner,
+    )
 
     started = time.monotonic()
     out = Path(args.out)
@@ -134,7 +139,7 @@ def _run(args) -> int:
     if precision == 'auto':
         precision = 'bf16' if (torch.cuda.is_available() and not args.cpu
                                and torch.cuda.is_bf16_supported()) else 'no'
-    config = TrainConfig(
+    config = ReconTrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         background=not args.no_background, decoder_warmup_steps=args.decoder_warmup,
         decoder={'patch_pixels': args.patch_pixels, 'width': args.decoder_width,

@@ -23,7 +23,7 @@ from rcl_interfaces.msg import (
 
 from ..cameras import camera_topics, NUSCENES_CAMERAS
 from ..frames.approximate_sync import DEFAULT_SLOP_S
-from ..models.prompts import PLANNING
+from ..models.prompts import PLANNING, QUESTION_PRESETS, resolve_question
 from ..pipeline.pipeline import RuntimeSettings
 from ..pruning import check_pruner_name, pruner_names
 from ..pruning.reconpruner import load_scorer, resolve_weights
@@ -70,7 +70,8 @@ PARAMETERS: dict[str, Spec] = {
                                     'one)'),
     'prune_layer': Spec(0, '0: prune after the projector; K >= 1: before LLM layer K (FastV and '
                            'DART need K >= 1)', int_range=(0, 256)),
-    'question': Spec(PLANNING, 'question asked on every frame (the ~/question topic sets it too)'),
+    'question': Spec(PLANNING, 'question asked on every frame (the ~/question topic sets it '
+                               'too), or a preset name: ' + ', '.join(QUESTION_PRESETS)),
     'max_new_tokens': Spec(64, 'tokens generated per answer', int_range=(1, 4096)),
     'decode_backend': Spec('auto', 'auto (compiled on CUDA, eager on CPU) | eager | compiled '
                                    '(static KV cache + torch.compile, CUDA graphs on GPU; the '
@@ -192,7 +193,7 @@ def settings_from(values: Mapping[str, Any], llm_layers: int, model_dir: str | P
         pruner=values['pruner'],
         view_weights=view_weights_from(values),
         prune_layer=int(values['prune_layer']),
-        question=values['question'],
+        question=resolve_question(values['question']),
         max_new_tokens=int(values['max_new_tokens']),
         decode_backend=values['decode_backend'],
         reconpruner_weights=reconpruner_weights_from(values, model_dir, hidden_size),

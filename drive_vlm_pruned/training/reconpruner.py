@@ -28,7 +28,7 @@ share of positive scores) every ``eval_every`` steps and draws the curves to a P
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 import json
 import math
 from pathlib import Path
@@ -287,7 +287,7 @@ def scorer_quality(scorer: ReconScorer, data: ReconData,
 # --- the training loop -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ReconTrainConfig:
     """ReconPruner training recipe (AdamW, linear warm-up, cosine decay)."""
 
     steps: int = 2000
@@ -329,7 +329,7 @@ class TrainOutcome:
     stopped_by_time: bool = False
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
+def lr_factor(step: int, config: ReconTrainConfig) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -363,7 +363,7 @@ def calibrate_bias(scorer: ReconScorer, data: ReconData, share: float) -> None:
     scorer.score.bias -= torch.quantile(scores.flatten(), 1.0 - share)
 
 
-def warmup_mask(step: int, tokens: Tensor, config: TrainConfig) -> Tensor | None:
+def warmup_mask(step: int, tokens: Tensor, config: ReconTrainConfig) -> Tensor | None:
     """
     Return the random masks of this step, or None when every row uses the scorer's M.
 
@@ -380,7 +380,7 @@ def warmup_mask(step: int, tokens: Tensor, config: TrainConfig) -> Tensor | None
     return torch.where(rows[:, None], coin, torch.full_like(coin, -1.0)).to(tokens.device)
 
 
-def build_modules(config: TrainConfig, hidden: int, grid: int,
+def build_modules(config: ReconTrainConfig, hidden: int, grid: int,
                   token_scale: float) -> tuple[ReconScorer, ReconDecoder]:
     torch.manual_seed(config.seed)
     scorer = ReconScorer(ScorerConfig(hidden, config.scorer_heads, config.scorer_mlp))
@@ -388,7 +388,7 @@ def build_modules(config: TrainConfig, hidden: int, grid: int,
     return scorer, decoder
 
 
-def train_reconpruner(train: ReconData, config: TrainConfig, val: ReconData | None = None,
+def train_reconpruner(train: ReconData, config: ReconTrainConfig, val: ReconData | None = None,
                       run_dir: str | Path | None = None, resume: bool = True,
                       progress: bool = True, max_seconds: float | None = None,
                       log: Callable[[str], None] = print) -> TrainOutcome:
@@ -494,8 +494,8 @@ def _validate(objective: ReconObjective, val: ReconData, device, step: int,
     objective.train()
 
 
-def _save_state(run: Path, objective: ReconObjective, optimizer, config: TrainConfig, step: int,
-                history: dict, data_size: int) -> None:
+def _save_state(run: Path, objective: ReconObjective, optimizer, config: ReconTrainConfig,
+                step: int, history: dict, data_size: int) -> None:
     run.mkdir(parents=True, exist_ok=True)
     state = {'config': config.as_dict(), 'step': step, 'history': history,
              'data_size': data_size, 'objective': objective.state_dict(),
@@ -536,8 +536,3 @@ def plot_history(history: dict, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def fore_only(config: TrainConfig) -> TrainConfig:
-    """Return the recipe without the background half of the loss (the degenerate ablation)."""
-    return replace(config, background=False)

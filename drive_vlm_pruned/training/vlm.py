@@ -46,7 +46,7 @@ STORAGE = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float32': torc
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class VLMTrainConfig:
     """Everything ``drive-vlm train vlm`` takes; None recipe fields keep the preset's value."""
 
     data: Path
@@ -127,7 +127,7 @@ def frame_order(step: int, frames: int, per_step: int, seed: int) -> np.ndarray:
     return perm[offset * per_step:(offset + 1) * per_step]
 
 
-def train_vlm(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     """Run (or resume) a training run; return where it stopped."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -353,7 +353,7 @@ def _save(accelerator, out: Path, step: int, history: dict, keep: int = 2) -> No
     accelerator.wait_for_everyone()
 
 
-def _precision(config: TrainConfig) -> str:
+def _precision(config: VLMTrainConfig) -> str:
     if config.precision != 'auto':
         return config.precision
     if not config.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -451,7 +451,7 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def _write_run_info(out: Path, config: TrainConfig, preset: Preset, data: Path,
+def _write_run_info(out: Path, config: VLMTrainConfig, preset: Preset, data: Path,
                     procs: int) -> None:
     """Record what was run: config, preset, processes and the data set's own description."""
     meta = {}
