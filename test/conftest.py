@@ -92,7 +92,7 @@ def small_model(tmp_path_factory):
 @pytest.fixture(scope='module', params=FAMILIES)
 def pipeline(request, tiny_checkpoints):
     """Load a pipeline on each family's tiny checkpoint."""
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
     from drive_vlm_pruned.pipeline.pipeline import Pipeline
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from drive_vlm_pruned.cameras import NUSCENES_CAMERAS
 from drive_vlm_pruned.convert.runner import convert_checkpoint, ConvertOptions
 from drive_vlm_pruned.convert.safetensors_stream import ConversionError
-from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.adapters import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.models.prompts import DRIVELMM_O1_PREAMBLE, INTERNVL2_5_SYSTEM
 from drive_vlm_pruned.pruning import keep_all

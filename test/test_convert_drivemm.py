@@ -20,7 +20,7 @@ import sys
 from drive_vlm_pruned.cameras import NUSCENES_CAMERAS
 from drive_vlm_pruned.convert.runner import convert_checkpoint, ConvertOptions
 from drive_vlm_pruned.convert.safetensors_stream import ConversionError
-from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.adapters import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.generate import prefill
 from drive_vlm_pruned.pruning import keep_all

@@ -120,7 +120,7 @@ def test_sampling_draws_the_same_tokens_on_both_backends(pipeline, compiled):
 
 @pytest.fixture(scope='module')
 def llava(tiny_llava):
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
 
     return load_adapter(LoadSpec(str(tiny_llava)))

@@ -64,7 +64,7 @@ def frames(tmp_path_factory):
 
 def test_the_hooks_read_the_named_view_and_the_answer_row_of_every_camera_question(
         small_model, frames):
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
     from drive_vlm_pruned.pipeline.pipeline import Pipeline
 

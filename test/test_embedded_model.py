@@ -6,8 +6,8 @@ from drive_vlm_pruned.data.drivelm import load_camera_set, load_drivelm
 from drive_vlm_pruned.data.synth import DataOptions, write_dataset
 from drive_vlm_pruned.eval.baselines import fit_question_prior
 from drive_vlm_pruned.eval.families import answers_match
+from drive_vlm_pruned.models.adapters import load_adapter
 from drive_vlm_pruned.models.embedded import check_embedded, embedded_model_dir
-from drive_vlm_pruned.models.load import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
 import pytest

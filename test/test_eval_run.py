@@ -136,7 +136,7 @@ def test_missing_image_fails_before_loading_the_model(tmp_path):
 
 @pytest.fixture(scope='module')
 def pipeline(tiny_llava):
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
     from drive_vlm_pruned.pipeline.pipeline import Pipeline
 

@@ -90,7 +90,7 @@ def test_recall_table_runs_every_pruner_through_the_pipeline(tiny_llava, tmp_pat
     from drive_vlm_pruned.bench.pruners import foreground_recall_table, recall_table
     from drive_vlm_pruned.cli.main import main
     from drive_vlm_pruned.data.drivelm import load_drivelm
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
     from drive_vlm_pruned.pipeline.pipeline import Pipeline
     from drive_vlm_pruned.pruning.reconpruner import ReconScorer, save_weights, ScorerConfig

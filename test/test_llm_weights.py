@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 from conftest import FAMILIES, random_frame
+from drive_vlm_pruned.models.adapters import load_adapter
 from drive_vlm_pruned.models.llm_weights import check_llm_weights, tensor_bytes, weight_bytes
-from drive_vlm_pruned.models.load import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.decoding import CompileOptions
 from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
@@ -164,7 +164,7 @@ def test_weight_bytes_reads_the_inner_tensors_of_a_quantized_weight():
 def test_loading_a_model_with_torchao_installed_prints_no_expected_library_warnings(tiny_llava):
     # transformers imports torchao when it is installed; torchao logs its CUDA-only libraries
     # that cannot load on a CPU torch (drive_vlm_pruned/library_logs.py drops those lines).
-    code = ('from drive_vlm_pruned.models.load import load_adapter; '
+    code = ('from drive_vlm_pruned.models.adapters import load_adapter; '
             'from drive_vlm_pruned.models.loading import LoadSpec; '
             f'load_adapter(LoadSpec({str(tiny_llava)!r}, llm_weights="int8"))')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

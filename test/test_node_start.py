@@ -118,7 +118,7 @@ def test_drive_vlm_node_shorthands_become_typed_ros_parameters(tmp_path):
 
 @pytest.mark.parametrize('onnx', ['exported', 'missing'])
 def test_vision_backend_parameters_use_onnxruntime_or_fall_back(onnx, tiny_llava, tmp_path):
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
     from drive_vlm_pruned.vision.onnx_export import export_onnx
 

@@ -1,7 +1,7 @@
 """The frame pipeline on each tiny VLM family, against the unmodified Hugging Face model."""
 
 from conftest import random_frame
-from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.adapters import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.camera_set import CameraSet
 from drive_vlm_pruned.pipeline.generate import prefill

@@ -178,7 +178,7 @@ def tiny_with_weights(tiny_llava, tmp_path, dim=D):
 
 def test_the_pipeline_uses_the_models_default_weights(tiny_llava, tmp_path):
     from conftest import random_frame
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
     from drive_vlm_pruned.pipeline.pipeline import Pipeline, RuntimeSettings
 

@@ -1,7 +1,7 @@
 """RuntimeSettings.validate: which pruner may run at which layer, with a named reason."""
 
 from conftest import random_frame
-from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.adapters import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.pipeline import Pipeline, PrunePlan, RuntimeSettings
 from drive_vlm_pruned.pruning import make_pruner, MVPruner, PRUNERS, Stage

@@ -31,7 +31,7 @@ def planted(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def pipeline(small_model):
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
     from drive_vlm_pruned.pipeline.pipeline import Pipeline
 

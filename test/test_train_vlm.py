@@ -274,7 +274,7 @@ def test_scale_report_prints_the_norms_and_refuses_other_families(small_model, d
 def test_named_views_preset_writes_a_checkpoint_the_pipeline_prompts_by_view_name(
         data_dir, tmp_path, monkeypatch):
     """nano-named's prompt: each view's tokens follow its name, in the question's own tokens."""
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
 
     assert PRESETS['nano-named'].model.prompt_format == 'named-views'

@@ -2,7 +2,7 @@
 
 import json
 
-from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.adapters import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.pipeline.flops import layer_flops, LLMShape, prefill_flops
 from drive_vlm_pruned.pipeline.trajectory import format_trajectory, parse_trajectory

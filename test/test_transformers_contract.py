@@ -128,7 +128,7 @@ def test_cache_keyword_prefers_the_newest_spelling_and_names_a_forward_without_o
 
 @torch.inference_mode()
 def test_a_layer_call_without_the_cache_names_version_and_keyword(tiny_llava):
-    from drive_vlm_pruned.models.load import load_adapter
+    from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
     from drive_vlm_pruned.pipeline.pipeline import Pipeline
 

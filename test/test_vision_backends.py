@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from conftest import random_frame
 from drive_vlm_pruned.bench.vision import _eager_attention_note, bench_vision
 from drive_vlm_pruned.cli.main import main as cli_main
-from drive_vlm_pruned.models.load import load_adapter
+from drive_vlm_pruned.models.adapters import load_adapter
 from drive_vlm_pruned.models.loading import LoadSpec
 from drive_vlm_pruned.models.qwen2_5_vl import Qwen25VLAdapter
 from drive_vlm_pruned.models.qwen_vision import QwenVisionEncoder

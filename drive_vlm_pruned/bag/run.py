@@ -26,7 +26,7 @@ from ..cameras import camera_topic, HALF_FRAME_NS, NUSCENES_CAMERAS
 from ..eval.planning import HORIZONS_S, score_trajectory
 from ..frames.approximate_sync import ApproximateTimeSynchronizer, DEFAULT_SLOP_S, SyncedSet
 from ..frames.assembly import assemble, FrameError
-from ..models.load import load_adapter
+from ..models.adapters import load_adapter
 from ..models.loading import LoadSpec
 from ..models.prompts import PLANNING
 from ..pipeline.pipeline import Pipeline, Result, RuntimeSettings

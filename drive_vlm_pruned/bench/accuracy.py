@@ -95,7 +95,7 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
     import torch
 
     from ..eval.language import resolve_tokenizer
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..models.loading import resolve_checkpoint
     from ..pruning.view_weights import load_view_weights
     from ..search.view_rates import read_search_keep_ratio

@@ -361,8 +361,8 @@ class LatencyOptions:
 def _pipeline_and_model_dir(options: LatencyOptions, llm_weights: str = 'native'):
     """Return (adapter, checkpoint dir or None, title): --model, --preset or the embedded model."""
     from .prefill import build_preset
+    from ..models.adapters import load_adapter
     from ..models.llm_weights import check_llm_weights, quantize_llm
-    from ..models.load import load_adapter
     from ..models.loading import LoadSpec, model_dtype, resolve_checkpoint
 
     device = torch.device(options.device)

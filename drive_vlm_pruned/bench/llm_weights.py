@@ -22,8 +22,8 @@ from ..eval.paired import Paired, paired_bootstrap
 from ..eval.planning import score_trajectory
 from ..eval.runner import predict, PredictOptions
 from ..eval.scoring import is_trajectory_qa, planning_truth
+from ..models.adapters import load_adapter
 from ..models.llm_weights import check_llm_weights
-from ..models.load import load_adapter
 from ..models.loading import LoadSpec, model_dtype
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
 from ..pipeline.trajectory import parse_trajectory

@@ -24,7 +24,7 @@ import torch
 
 from .shapes import KEEP_RATIOS, Preset, PRESETS
 from .timing import device_label, summarize
-from ..models.load import ADAPTERS, load_adapter
+from ..models.adapters import ADAPTERS, load_adapter
 from ..models.loading import LoadSpec, model_dtype
 from ..models.tiny import build_llava_onevision, build_qwen2_5_vl, build_tokenizer
 from ..pipeline.pipeline import Pipeline, RuntimeSettings

@@ -236,7 +236,7 @@ class SoakOptions:
 
 def run_soak_bench(options: SoakOptions) -> int:
     """Run the soak (module doc); return 0 when it passed, 1 when it failed, 2 on bad options."""
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..models.loading import LoadSpec, resolve_checkpoint
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
 

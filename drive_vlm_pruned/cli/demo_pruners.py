@@ -180,7 +180,7 @@ def run_recall(model: str, data: str, split: str, frames: int,
     """Print foreground recall of every pruner at each keep ratio on real frames."""
     from ..bench.pruners import foreground_recall_table, recall_table
     from ..data.drivelm import load_drivelm
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..models.loading import LoadSpec
     from ..pipeline.pipeline import Pipeline
 

@@ -187,7 +187,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from ..eval.language import resolve_tokenizer
     from ..eval.report import load_compare_column, run_lines, table
     from ..eval.runner import evaluate
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
 
     model = args.model  # '': the embedded model, which load_adapter resolves

@@ -49,7 +49,7 @@ def run_probes(args: argparse.Namespace) -> int:
 
     from ..data.drivelm import DriveLMError, load_drivelm
     from ..eval.depth_probes import collect_features, format_table, probe_table
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..pipeline.pipeline import Pipeline
 
     if args.threads:

@@ -133,7 +133,7 @@ def _view_rates(args: argparse.Namespace) -> int:
     from ..cameras import NUSCENES_CAMERAS
     from ..data.drivelm import all_qa, data_file, load_drivelm
     from ..eval.language import resolve_tokenizer
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..models.loading import resolve_checkpoint
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
     from ..search.qa_sets import take_frames

@@ -150,7 +150,7 @@ def _run_scale_report(args) -> int:
 
     from ..cameras import NUSCENES_CAMERAS
     from ..data.drivelm import DriveLMError, load_camera_set
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..models.loading import LoadSpec
     from ..training.dataset import load_frames
     from ..training.samples import prefix_prompt

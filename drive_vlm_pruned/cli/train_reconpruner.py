@@ -88,7 +88,7 @@ def run_train_reconpruner(args) -> int:
 def _run(args) -> int:
     import torch
 
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..models.loading import LoadSpec, resolve_checkpoint
     from ..pruning.reconpruner import save_weights
     from ..training.recon_data import find_pairs, load_or_encode, token_grid

@@ -49,7 +49,7 @@ def run_export_vision(args: argparse.Namespace) -> int:
     """Run ``drive-vlm export-vision``; return the exit status."""
     import torch
 
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..models.loading import LoadSpec
     from ..vision.onnx_export import check_parity, export_onnx
 

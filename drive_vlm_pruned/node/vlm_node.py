@@ -154,7 +154,7 @@ class VlmNode(Node):
                                                   self.recording.on_truth, 10)
 
     def _load_model(self) -> None:
-        from ..models.load import load_adapter
+        from ..models.adapters import load_adapter
 
         start = time.monotonic()
         try:

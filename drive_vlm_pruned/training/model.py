@@ -4,7 +4,7 @@ Build the from-scratch LLaVA-OneVision of a preset, and write it as a checkpoint
 The model is the real ``LlavaOnevisionForConditionalGeneration`` (SigLIP vision tower, 2-layer
 projector, Qwen2 LM) made from a config, as models/tiny.py builds the random tiny ones: only the
 sizes differ, and the weights are then trained. The written directory loads through
-``models.load.load_adapter`` like any checkpoint.
+``models.adapters.load_adapter`` like any checkpoint.
 """
 
 from __future__ import annotations

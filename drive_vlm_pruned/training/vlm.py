@@ -372,7 +372,7 @@ def _match_visual_scale(net: PackedVLM, train: SplitData, say) -> None:
 
 def _trained(directory: Path, device: torch.device):
     """Return ``(model, tokenizer, processor)`` of a trained checkpoint, in float32."""
-    from ..models.load import load_adapter
+    from ..models.adapters import load_adapter
     from ..models.loading import LoadSpec
 
     # Packed training needs a 4-D mask: sdpa, never flash attention.

@@ -1,4 +1,4 @@
-"""Load a checkpoint into the adapter of its family."""
+"""The family adapters, and loading a checkpoint into the one of its family (load_adapter)."""
 
 from __future__ import annotations
 
