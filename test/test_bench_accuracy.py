@@ -66,6 +66,9 @@ def test_tiny_sweep_writes_every_output_and_resumes_without_recomputing(
     assert '| K | pruner | keep |' in md and 'vision encoder NOT included' in md
     assert '### Verdict' in md and '### Per family' in md
     assert '### Paired, all seeds together' in md and 'could detect' in md
+    assert '### Where pruning should hurt' in md
+    assert {'exists', 'count'} <= set(cell['by_group'])
+    assert cell['trajectories'] is None  # 5 QA a cell: perception only, no trajectory asked
     for png in ('accuracy_vs_keep.png', 'accuracy_vs_speedup.png'):
         assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
         assert (out / png).stat().st_size > 10_000
@@ -170,17 +173,29 @@ def test_plan_has_the_variants_and_the_searched_budget_beside_uniform():
 def test_paired_rows_pair_items_by_id_and_resample_frames():
     from drive_vlm_pruned.bench.accuracy_paired import detectable_difference, paired_rows
 
-    def record(pruner, keep, hits, seed=0):
+    def record(pruner, keep, hits, seed=0, l2=None):
         cell = {'key': f'{pruner}-{keep}', 'pruner': pruner, 'keep_ratio': keep,
                 'prune_layer': 0, 'allocation': 'uniform'}
-        closed = [[f'q{i}', f'f{i // 4}', h] for i, h in enumerate(hits)]
-        return {'cell': cell, 'seed': seed, 'closed': closed}
+        # each frame: an exists (small objects), two counts and a behavior question
+        families = ('exists', 'count', 'count', 'behavior_mc')
+        closed = [[f'q{i}', f'f{i // 4}', h, families[i % 4], int(i % 4 == 0)]
+                  for i, h in enumerate(hits)]
+        trajectories = [[f't{j}', f'f{j}', v] for j, v in enumerate(l2 or [])]
+        return {'cell': cell, 'seed': seed, 'closed': closed, 'l2_3s': trajectories}
 
     n = 80
-    ref = record('none', 1.0, [1] * n)
-    good = record('tfps', 0.1, [1] * n)
-    bad = record('random', 0.1, [1 if i % 4 else 0 for i in range(n)])  # loses 1 in 4, per frame
+    ref = record('none', 1.0, [1] * n, l2=[1.0] * 20)
+    good = record('tfps', 0.1, [1] * n, l2=[1.0] * 10 + [None] * 10)
+    # loses the small-object exists question of every frame, and doubles the L2
+    bad = record('random', 0.1, [1 if i % 4 else 0 for i in range(n)], l2=[2.0] * 20)
     paired = paired_rows([ref, good, bad], 'none-1.0')
+    groups = paired['random-0.1']['by_group']
+    assert groups['small objects'] == {'n': 20, 'retention': 0.0, 'ci': (0.0, 0.0)}
+    assert groups['count']['retention'] == 1.0 and groups['count']['n'] == 40
+    assert paired['random-0.1']['trajectories']['l2_ratio'] == pytest.approx(2.0)
+    t = paired['tfps-0.1']['trajectories']
+    assert (t['items'], t['parsed_reference'], t['parsed']) == (20, 20, 10)
+    assert t['l2_ratio'] == pytest.approx(1.0)
     assert paired['random-0.1']['retention'] == pytest.approx(0.75)
     low, high = paired['random-0.1']['retention_ci']
     assert low == high == pytest.approx(0.75)  # every frame loses exactly one of four

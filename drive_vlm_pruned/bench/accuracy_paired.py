@@ -11,7 +11,10 @@ Each cell's record keeps, per closed-form QA, its key frame and whether the answ
   prune layer and allocation, with its interval; a pair is "stable" (the ranking holds) when the
   interval excludes zero;
 - the smallest difference the run could detect: the median half-width of those intervals, so a
-  reader knows what "no difference" means here.
+  reader knows what "no difference" means here;
+- where pruning should hurt: retention per question family and over the small-object questions
+  alone (``by_group``), and for trajectories the parse rate and the L2-at-3-s ratio on the
+  trajectories both parsed (``trajectories``), each with its interval.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from ..pipeline.trajectory import parse_trajectory
 from ..search.objective import is_closed_form
 
 RANDOM = 'random'
+SMALL = 'small objects'  # the exists/count questions whose objects are all small
 
 
 def item_scores(pairs: Sequence[tuple[KeyFrame, QA]], answers: Mapping[str, str]) -> dict:
     """Return the per-item fields a cell's record keeps: ``closed`` and ``l2_3s``."""
-    closed = [[qa.id, f'{f.scene}/{f.frame}', _hit(answers.get(qa.id, ''), qa.answer)]
+    closed = [[qa.id, f'{f.scene}/{f.frame}', _hit(answers.get(qa.id, ''), qa.answer),
+               qa.family or qa.category, int(qa.small)]
               for f, qa in pairs if is_closed_form(qa)]
     l2 = []
     for f, qa in pairs:
@@ -49,20 +54,63 @@ def _hit(answer: str, truth: str) -> int:
     return int(answers_match(answer, truth))
 
 
-def _items(records: Sequence[dict]) -> dict[str, tuple[str, float]]:
-    """QA id -> (frame, hit) over the seeds of one cell (seed in the frame key: disjoint)."""
-    return {f'{r["seed"]}:{i}': (f'{r["seed"]}:{frame}', float(hit))
-            for r in records for i, frame, hit in r.get('closed', ())}
+def _items(records: Sequence[dict], group: str | None = None) -> dict[str, tuple[str, float]]:
+    """
+    QA id -> (frame, hit) over the seeds of one cell (seed in the frame key: disjoint).
+
+    ``group``: only the items of that family, or SMALL for the small-object questions.
+    """
+    out = {}
+    for r in records:
+        for item in r.get('closed', ()):
+            i, frame, hit = item[:3]
+            family, small = (item[3], bool(item[4])) if len(item) >= 5 else (None, False)
+            if group is None or family == group or (group == SMALL and small):
+                out[f'{r["seed"]}:{i}'] = (f'{r["seed"]}:{frame}', float(hit))
+    return out
 
 
-def compare(reference: Sequence[dict], other: Sequence[dict]) -> Paired | None:
+def compare(reference: Sequence[dict], other: Sequence[dict],
+            group: str | None = None) -> Paired | None:
     """Pair two cells' closed-form items by QA id; None when they share none."""
-    a, b = _items(reference), _items(other)
+    a, b = _items(reference, group), _items(other, group)
     common = sorted(a.keys() & b.keys())
     if not common:
         return None
     return paired_bootstrap([a[k][1] for k in common], [b[k][1] for k in common],
                             [a[k][0] for k in common])
+
+
+def _l2(records: Sequence[dict]) -> dict[str, tuple[str, float | None]]:
+    return {f'{r["seed"]}:{i}': (f'{r["seed"]}:{frame}', value)
+            for r in records for i, frame, value in r.get('l2_3s', ())}
+
+
+def trajectories(reference: Sequence[dict], other: Sequence[dict]) -> dict | None:
+    """Parse rate kept, and the L2-at-3-s ratio with its interval on trajectories both parsed."""
+    a, b = _l2(reference), _l2(other)
+    common = sorted(a.keys() & b.keys())
+    if not common:
+        return None
+    parsed = (sum(a[k][1] is not None for k in common), sum(b[k][1] is not None for k in common))
+    both = [k for k in common if a[k][1] is not None and b[k][1] is not None]
+    l2 = (paired_bootstrap([a[k][1] for k in both], [b[k][1] for k in both],
+                           [a[k][0] for k in both]) if both else None)
+    return {'items': len(common), 'parsed_reference': parsed[0], 'parsed': parsed[1],
+            'l2_ratio': None if l2 is None else l2.ratio,
+            'l2_ratio_ci': None if l2 is None else l2.ratio_ci}
+
+
+def groups(reference: Sequence[dict], other: Sequence[dict]) -> dict[str, dict]:
+    """Retention with its interval per family and for the small-object questions."""
+    names = sorted({item[3] for r in reference for item in r.get('closed', ())
+                    if len(item) >= 5}) + [SMALL]
+    out = {}
+    for name in names:
+        paired = compare(reference, other, name)
+        if paired is not None:
+            out[name] = {'n': paired.items, 'retention': paired.ratio, 'ci': paired.ratio_ci}
+    return out
 
 
 def paired_rows(records: Sequence[dict], reference_key: str) -> dict[str, dict]:
@@ -82,6 +130,9 @@ def paired_rows(records: Sequence[dict], reference_key: str) -> dict[str, dict]:
         out[key] = {'n_closed': len(_items(recs)),
                     'retention': None if kept is None else kept.ratio,
                     'retention_ci': None if kept is None else kept.ratio_ci,
+                    'by_group': groups(reference, recs) if key != reference_key else {},
+                    'trajectories': (trajectories(reference, recs) if key != reference_key
+                                     else None),
                     'vs_random': None if vs is None else {
                         'difference': vs.difference, 'ci': vs.difference_ci,
                         'stable': vs.differs, 'items': vs.items, 'frames': vs.frames}}
@@ -109,4 +160,27 @@ def paired_lines(paired: Mapping[str, dict], labels: Mapping[str, str]) -> list[
                 f'[{100 * vs["ci"][0]:+.1f}, {100 * vs["ci"][1]:+.1f}]')
         stable = '—' if vs is None else ('yes' if vs['stable'] else 'no')
         lines.append(f'| {labels.get(key, key)} | {p["n_closed"]} | {ret} | {diff} | {stable} |')
+    return lines
+
+
+def _ci_text(value: float | None, ci) -> str:
+    if value is None:
+        return '—'
+    low, high = ci or (float('nan'), float('nan'))
+    return f'{100 * value:.1f}% [{100 * low:.1f}, {100 * high:.1f}]'
+
+
+def breakdown_lines(paired: Mapping[str, dict], labels: Mapping[str, str]) -> list[str]:
+    """Markdown lines: small-object retention and trajectories against the reference, per cell."""
+    lines = ['| cell | small-object QA | small-object retention (95% CI) | trajectories parsed '
+             '(reference) | L2 3 s ratio (95% CI) |', '|---|---|---|---|---|']
+    for key, p in paired.items():
+        if p['retention'] is None and not p['by_group']:
+            continue
+        small = p['by_group'].get(SMALL, {})
+        t = p['trajectories'] or {}
+        parsed = f'{t["parsed"]} ({t["parsed_reference"]}) of {t["items"]}' if t else '—'
+        lines.append(f'| {labels.get(key, key)} | {small.get("n", 0)} | '
+                     f'{_ci_text(small.get("retention"), small.get("ci"))} | {parsed} | '
+                     f'{_ci_text(t.get("l2_ratio"), t.get("l2_ratio_ci"))} |')
     return lines

@@ -16,7 +16,12 @@ from pathlib import Path
 import statistics
 
 from .accuracy_cells import BASE_CELL, BLIND, MAJORITY, NONE, UNIFORM
-from .accuracy_paired import detectable_difference, paired_lines, paired_rows
+from .accuracy_paired import (
+    breakdown_lines,
+    detectable_difference,
+    paired_lines,
+    paired_rows,
+)
 
 BREAK_RETENTION = 0.95  # a pruner "breaks" at the largest keep ratio where it keeps less
 CLAIM_RETENTION = 0.97  # Prune2Drive's claim at keep 0.1 (MVPruner claims 0.985)
@@ -266,7 +271,10 @@ def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
         *paired_lines(paired, {r['cell']['key']: label_of(r) for r in rows}), '',
         'Smallest difference this run could detect (median half-width of the intervals of the '
         'differences to random): '
-        + ('—' if smallest is None else f'±{100 * smallest:.1f} points') + '.']
+        + ('—' if smallest is None else f'±{100 * smallest:.1f} points') + '.',
+        '', '### Where pruning should hurt: small objects and trajectories (paired, 95% CI)', '',
+        *breakdown_lines(paired, {r['cell']['key']: label_of(r) for r in rows}),
+        '', 'Per-family retention with its interval: `by_group` of each row in accuracy.json.']
     text = '\n'.join([
         f'Model: {model}. Data seeds: {how}. Figures: mean ± sample std over the seeds. '
         'Accuracy = closed-form (DriveLM tag 0) QA by our exact-match rule; retention = '

@@ -69,6 +69,7 @@ class QA:
     category: str  # perception | prediction | planning | behavior
     tags: tuple[int, ...]  # DriveLM metric: 0 accuracy, 1 GPT, 2 language, 3 match
     family: str | None = None  # our question family (``type``); None in real DriveLM files
+    small: bool = False  # synthetic exists/count: every counted object is small (qa_rules)
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,8 @@ def _qa_items(scene: str, frame: str, qa, where: str) -> Iterable[QA]:
             if not isinstance(tags, list) or not all(isinstance(t, int) for t in tags):
                 raise DriveLMError(f'{here}: "tag" must be a list of metric numbers 0-3, '
                                    f'got {tags!r}')
-            yield QA(ident, item['Q'], answer, category, tuple(tags), item.get('type'))
+            yield QA(ident, item['Q'], answer, category, tuple(tags), item.get('type'),
+                     bool(item.get('small', False)))
             index += 1
 
 
