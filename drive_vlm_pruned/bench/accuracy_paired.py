@@ -139,6 +139,15 @@ def paired_rows(records: Sequence[dict], reference_key: str) -> dict[str, dict]:
     return out
 
 
+MIN_FRAMES = 20  # below this many key frames a percentile bootstrap's interval is not usable
+
+
+def frames_of(records: Sequence[dict], reference_key: str) -> int:
+    """Return how many key frames the reference answered, over all seeds."""
+    reference = [r for r in records if r['cell']['key'] == reference_key]
+    return len({frame for frame, _ in _items(reference).values()})
+
+
 def detectable_difference(paired: Mapping[str, dict]) -> float | None:
     """Median half-width of the intervals of the differences to random (accuracy, 0..1)."""
     widths = [(p['vs_random']['ci'][1] - p['vs_random']['ci'][0]) / 2

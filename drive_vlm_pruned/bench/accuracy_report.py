@@ -19,6 +19,8 @@ from .accuracy_cells import BASE_CELL, BLIND, MAJORITY, NONE, UNIFORM
 from .accuracy_paired import (
     breakdown_lines,
     detectable_difference,
+    frames_of,
+    MIN_FRAMES,
     paired_lines,
     paired_rows,
 )
@@ -197,6 +199,12 @@ def label_of(row: dict) -> str:
         f'{c["pruner"]}+{c["allocation"]}'
 
 
+def full_label(row: dict) -> str:
+    """Return the label with the keep ratio and the prune layer: 'tfps keep 0.1 K0'."""
+    c = row['cell']
+    return f'{label_of(row)} keep {c["keep_ratio"]:g} K{c["prune_layer"]}'
+
+
 def markdown(rows: Sequence[dict]) -> str:
     """Return the main table: one row per cell, figures as mean ± std over the data seeds."""
     head = ['K', 'pruner', 'keep', 'tokens kept', 'accuracy', 'retention', 'final (no GPT)',
@@ -266,14 +274,19 @@ def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
     for row in rows:
         row.update(paired.get(row['cell']['key'], {}))
     smallest = detectable_difference(paired)
+    frames = frames_of(records, BASE_CELL.key)
+    cell_labels = {r['cell']['key']: full_label(r) for r in rows}
     paired_text = [
         '', '### Paired, all seeds together (95% intervals: bootstrap over key frames)', '',
-        *paired_lines(paired, {r['cell']['key']: label_of(r) for r in rows}), '',
+        *paired_lines(paired, cell_labels), '',
         'Smallest difference this run could detect (median half-width of the intervals of the '
         'differences to random): '
-        + ('—' if smallest is None else f'±{100 * smallest:.1f} points') + '.',
+        + ('—' if smallest is None else f'±{100 * smallest:.1f} points') + f', over {frames} '
+        'key frames' + (f'. **Fewer than {MIN_FRAMES} key frames: a bootstrap over so few frames '
+                        'gives no usable interval; give the sweep more QA per cell.**'
+                        if frames < MIN_FRAMES else '.'),
         '', '### Where pruning should hurt: small objects and trajectories (paired, 95% CI)', '',
-        *breakdown_lines(paired, {r['cell']['key']: label_of(r) for r in rows}),
+        *breakdown_lines(paired, cell_labels),
         '', 'Per-family retention with its interval: `by_group` of each row in accuracy.json.']
     text = '\n'.join([
         f'Model: {model}. Data seeds: {how}. Figures: mean ± sample std over the seeds. '
@@ -301,6 +314,6 @@ def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
                'rankings': [{k: (stat_json([label_of(x) for x in v]) if k == 'ranked' else v)
                              for k, v in r.items()} for r in ranks],
                'breaking_points': breaking_points(rows), 'verdict': verdict(rows),
-               'detectable_difference': smallest}
+               'detectable_difference': smallest, 'paired_frames': frames}
     (out / 'accuracy.json').write_text(json.dumps(payload, indent=1) + '\n')
     return text
