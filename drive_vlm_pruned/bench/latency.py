@@ -394,10 +394,12 @@ def run_latency_bench(options: LatencyOptions) -> int:
         torch.set_num_threads(options.threads)
     for weights in options.llm_weights:  # every setting fails here, before the first row runs
         check_llm_weights(weights, options.device, model_dtype(options.device, options.dtype))
+    bandwidth = measure_bandwidth(torch.device(options.device))  # once: it is the device's
+    print(f'memory bandwidth (copy of {bandwidth.megabytes} MiB): {bandwidth.gb_s:.1f} GB/s')
     cells, report = [], None
     for weights in options.llm_weights:
         adapter, directory, name = _pipeline_and_model_dir(options, weights)
-        report = _setting_rows(options, adapter, name, cells)
+        report = _setting_rows(options, adapter, name, cells, bandwidth)
     report.goals = goal_lines(cells, adapter.device)
     if options.node_frames and directory is not None:
         report.node = _node_run(options, directory)
@@ -415,8 +417,8 @@ def run_latency_bench(options: LatencyOptions) -> int:
     return 0
 
 
-def _setting_rows(options: LatencyOptions, adapter, name: str,
-                  cells: list[LatencyCell]) -> LatencyReport:
+def _setting_rows(options: LatencyOptions, adapter, name: str, cells: list[LatencyCell],
+                  bandwidth: Bandwidth) -> LatencyReport:
     """Time every keep ratio x decode backend of one ``--llm-weights`` setting into ``cells``."""
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
     from ..pipeline.synthetic_frames import synthetic_frame
@@ -425,11 +427,9 @@ def _setting_rows(options: LatencyOptions, adapter, name: str,
     pipes = {b: Pipeline(adapter, log=lambda m: print(f'  [decode] {m}', file=sys.stderr))
              for b in options.decode_backends}
     frames = [synthetic_frame(i, size=_image_hw(options)) for i in range(4)]
-    bandwidth = measure_bandwidth(device)
     title = f'{name} on {device_label(device)}, {options.new_tokens} tokens per answer'
     print(f'bench latency: {title}, LLM weights {adapter.llm_weights} '
           f'({llm_weight_bytes(adapter.model) / 2**20:.2f} MiB)')
-    print(f'memory bandwidth (copy of {bandwidth.megabytes} MiB): {bandwidth.gb_s:.1f} GB/s')
     weights, per_position = weight_bytes_per_step(adapter.model), kv_bytes_per_position(
         adapter.model)
     for keep in options.keep_ratios:

@@ -14,22 +14,15 @@ from dataclasses import dataclass, field
 import json
 from pathlib import Path
 
-import numpy as np
-
-from ..data.drivelm import all_qa, data_file, KeyFrame, load_drivelm, QA
-from ..eval.families import answers_match
+from .accuracy_paired import item_scores
+from ..data.drivelm import all_qa, data_file, load_drivelm
 from ..eval.paired import Paired, paired_bootstrap
-from ..eval.planning import score_trajectory
 from ..eval.runner import predict, PredictOptions
-from ..eval.scoring import is_trajectory_qa, planning_truth
 from ..models.adapters import load_adapter
 from ..models.llm_weights import check_llm_weights
 from ..models.loading import LoadSpec, model_dtype
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
-from ..pipeline.trajectory import parse_trajectory
 
-ACCURACY_TAG = 0
-L2_HORIZON = '3s'
 GOALS = {'int8': 0.99, 'int4': 0.97}  # issue 26: closed-form accuracy kept vs native
 
 
@@ -70,43 +63,21 @@ class SettingRow:
                 'unavailable': self.unavailable}
 
 
-def closed_form_scores(pairs: Sequence[tuple[KeyFrame, QA]], answers: dict[str, str]
-                       ) -> tuple[np.ndarray, list[str]]:
-    """Return 1/0 per closed-form QA and the key frame of each."""
-    closed = [(f, qa) for f, qa in pairs if ACCURACY_TAG in qa.tags]
-    hits = np.array([answers_match(answers.get(qa.id, ''), qa.answer) for _, qa in closed],
-                    dtype=np.float64)
-    return hits, [f'{f.scene}/{f.frame}' for f, _ in closed]
-
-
-def trajectory_l2(pairs: Sequence[tuple[KeyFrame, QA]], answers: dict[str, str]
-                  ) -> dict[str, tuple[float, str]]:
-    """Return QA id -> (L2 at 3 s, key frame) for every parsed trajectory that has truth."""
-    out = {}
-    for frame, qa in pairs:
-        if frame.gt is None or not frame.gt.future_trajectory or not is_trajectory_qa(frame, qa):
-            continue
-        parsed = parse_trajectory(answers.get(qa.id, ''))
-        if parsed.ok:
-            l2 = score_trajectory(parsed.points, planning_truth(frame.gt)).l2[L2_HORIZON]
-            if l2 is not None:
-                out[qa.id] = (l2, f'{frame.scene}/{frame.frame}')
-    return out
-
-
 def compare(pairs, native: dict[str, str], quantized: dict[str, str], row: SettingRow) -> None:
     """Fill ``row`` with the paired accuracy and L2 of ``quantized`` against ``native``."""
-    ref, frames = closed_form_scores(pairs, native)
-    other, _ = closed_form_scores(pairs, quantized)
-    row.accuracy = paired_bootstrap(ref, other, frames)
-    l2_ref, l2_other = trajectory_l2(pairs, native), trajectory_l2(pairs, quantized)
-    row.trajectories = sum(1 for f, qa in pairs if f.gt and f.gt.future_trajectory
-                           and is_trajectory_qa(f, qa))
-    row.parsed = {'native': len(l2_ref), row.setting: len(l2_other)}
-    both = sorted(l2_ref.keys() & l2_other.keys())
+    # the sweep's per-item scores: both lists follow ``pairs``, so items pair by position
+    ref, other = item_scores(pairs, native), item_scores(pairs, quantized)
+    row.accuracy = paired_bootstrap([i[2] for i in ref['closed']],
+                                    [i[2] for i in other['closed']],
+                                    [i[1] for i in ref['closed']])
+    row.trajectories = len(ref['l2_3s'])
+    row.parsed = {name: sum(v is not None for *_, v in items['l2_3s'])
+                  for name, items in (('native', ref), (row.setting, other))}
+    both = [(a, b) for a, b in zip(ref['l2_3s'], other['l2_3s'])
+            if a[2] is not None and b[2] is not None]
     if both:
-        row.l2_3s = paired_bootstrap([l2_ref[i][0] for i in both], [l2_other[i][0] for i in both],
-                                     [l2_ref[i][1] for i in both])
+        row.l2_3s = paired_bootstrap([a[2] for a, _ in both], [b[2] for _, b in both],
+                                     [a[1] for a, _ in both])
 
 
 def run_bench(options: WeightsBenchOptions, log: Callable[[str], None] = print

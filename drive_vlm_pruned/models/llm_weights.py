@@ -83,13 +83,13 @@ def quantize_llm(layers: Iterable[nn.Module], setting: str) -> QuantizedLayers:
     skipped: list[str] = []
     count = 0
     for index, layer in enumerate(layers):
-        linears = [(n, m) for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
-        skipped += [f'layers.{index}.{n}' for n, m in linears if _layout(setting, m) is None]
-        for layout in {_layout(setting, m) for _, m in linears} - {None}:
+        layouts = {n: _layout(setting, m) for n, m in layer.named_modules()
+                   if isinstance(m, nn.Linear)}
+        skipped += [f'layers.{index}.{n}' for n, k in layouts.items() if k is None]
+        for layout in set(layouts.values()) - {None}:  # one quantize_ call per group size
             quantize_(layer, _config(setting, layout),
-                      filter_fn=lambda m, _fqn, k=layout: (isinstance(m, nn.Linear)
-                                                           and _layout(setting, m) == k))
-        count += sum(_layout(setting, m) is not None for _, m in linears)
+                      filter_fn=lambda _m, fqn, k=layout, by=layouts: by.get(fqn) == k)
+        count += sum(k is not None for k in layouts.values())
     return QuantizedLayers(setting, count, tuple(skipped))
 
 
