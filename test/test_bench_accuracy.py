@@ -93,11 +93,11 @@ def test_tiny_sweep_writes_every_output_and_resumes_without_recomputing(
 
 
 def test_a_log_of_other_settings_is_refused(small_model, data, tmp_path, capsys):
-    from drive_vlm_pruned.bench.accuracy_sweep import CellLog
+    from drive_vlm_pruned.bench.accuracy_sweep import cell_log
 
-    CellLog(tmp_path / 'cells.jsonl', {'qa_per_cell': 5}, overwrite=False)
+    cell_log(tmp_path / 'cells.jsonl', {'qa_per_cell': 5}, overwrite=False)
     with pytest.raises(ValueError, match='qa_per_cell=5, this run has qa_per_cell=6'):
-        CellLog(tmp_path / 'cells.jsonl', {'qa_per_cell': 6}, overwrite=False)
+        cell_log(tmp_path / 'cells.jsonl', {'qa_per_cell': 6}, overwrite=False)
 
 
 def test_seeds_are_disjoint_scene_subsets_of_whole_frames(data):

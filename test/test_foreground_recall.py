@@ -87,9 +87,9 @@ def test_recall_is_one_for_an_oracle_and_zero_for_its_complement():
 
 
 def test_recall_table_runs_every_pruner_through_the_pipeline(tiny_llava, tmp_path):
-    from drive_vlm_pruned.bench.pruners import foreground_recall_table, recall_table
     from drive_vlm_pruned.cli.main import main
     from drive_vlm_pruned.data.drivelm import load_drivelm
+    from drive_vlm_pruned.eval.foreground_recall import foreground_recall_table, recall_table
     from drive_vlm_pruned.models.adapters import load_adapter
     from drive_vlm_pruned.models.loading import LoadSpec
     from drive_vlm_pruned.pipeline.pipeline import Pipeline

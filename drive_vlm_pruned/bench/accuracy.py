@@ -47,7 +47,7 @@ from .accuracy_defaults import (
     DEFAULT_SEEDS,
 )
 from .accuracy_report import summarize, write_report
-from .accuracy_sweep import CellLog, seed_sets, sweep, SweepOptions
+from .accuracy_sweep import cell_log, seed_sets, sweep, SweepOptions
 from ..data.drivelm import all_qa, KeyFrame, load_drivelm
 from ..eval.baselines import fit_majority, MajorityAnswers
 from ..eval.runner import predict, PredictOptions
@@ -122,7 +122,7 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
               'qa_per_cell': sweep_options.qa_per_cell,
               'max_new_tokens': sweep_options.max_new_tokens,
               'tokenizer': sweep_options.tokenizer, 'view_weights': view_weights}
-    log = CellLog(out / 'cells.jsonl', header, options.overwrite)
+    log = cell_log(out / 'cells.jsonl', header, options.overwrite)
     if options.report_only:  # tables and plots of every cell the log holds; no model
         records = list(log.done.values())
         rows = summarize(records)

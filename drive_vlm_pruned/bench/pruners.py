@@ -1,8 +1,7 @@
 """
 ``drive-vlm bench pruners``: selection time of every pruner on synthetic six-view tokens.
 
-Also the foreground-recall diagnostic on real frames (``foreground_recall_table``): the share of
-GT-foreground patches the kept tokens cover, per pruner and keep ratio, through the pipeline.
+The foreground-recall diagnostic on real frames is eval/foreground_recall.py.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import torch
 
 from .timing import available_devices, device_label, time_call
 from ..pruning import make_pruner, prune, Pruner, Stage
-from ..pruning.foreground import foreground_recall, patch_foreground, PatchGrid, Recall
 from ..pruning.reconpruner import ReconPruner, ReconScorer, ScorerConfig
 from ..pruning.registry import PRUNERS
 from ..pruning.synthetic import synthetic_layer_state, synthetic_views
@@ -107,100 +105,6 @@ def timing_pruner(name: str, dim: int, device: torch.device, dtype: torch.dtype)
     # Selection time does not depend on the weight values, only on the layer's shape.
     scorer = ReconScorer(ScorerConfig(dim)).to(device=device, dtype=dtype).eval()
     return ReconPruner(scorer=scorer.requires_grad_(False))
-
-
-@dataclass(frozen=True)
-class RecallCell:
-    """Foreground recall of one pruner at one keep ratio over a set of frames."""
-
-    pruner: str
-    keep_ratio: float
-    prune_layer: int
-    kept: int  # GT-foreground patches kept
-    total: int  # GT-foreground patches
-    frames: int
-
-    @property
-    def recall(self) -> float:
-        return Recall(self.kept, self.total).value
-
-
-def view_foreground(mask_paths: Sequence, image_size: int, tokens: Sequence[int],
-                    threshold: float = 0.5) -> list[torch.Tensor]:
-    """Per view ``[N_v]`` bool: GT-foreground patches of each label mask (nonzero = fg)."""
-    import numpy as np
-    from PIL import Image
-
-    out = []
-    for path, n in zip(mask_paths, tokens):
-        with Image.open(path) as img:
-            mask = torch.from_numpy(np.array(img))
-        if mask.dim() == 3:
-            mask = mask.amax(dim=-1)
-        out.append(patch_foreground(mask, PatchGrid.of(image_size, n), threshold))
-    return out
-
-
-def foreground_recall_table(pipeline, frames: Sequence, pruners: Sequence[str],
-                            keep_ratios: Sequence[float], reconpruner_weights: str = '',
-                            in_llm_layer: int = 2, batch: int = 4,
-                            progress: bool = True) -> list[RecallCell]:
-    """
-    Foreground recall of each pruner at each keep ratio, through ``Pipeline.run_batch``.
-
-    ``frames``: DriveLM key frames with ``gt.masks`` (``data.drivelm.load_drivelm``). In-LLM
-    pruners run before layer ``in_llm_layer``; the kept rows are the pipeline's own result
-    (``Result.kept_indices``), one token decoded per frame. The patch grid of each mask is the
-    encoder's (``pruning.foreground``: square resize, row-major ``size // grid`` cells).
-    """
-    from tqdm.auto import tqdm
-
-    from ..data.drivelm import load_camera_set
-    from ..pipeline.pipeline import RuntimeSettings
-
-    missing = [f.where() for f in frames if f.gt is None or not f.gt.masks]
-    if missing:
-        raise ValueError(f'{missing[0]}: no gt.masks; foreground recall needs the per-camera '
-                         'masks of a `drive-vlm data synth` data set')
-    size = pipeline.adapter.image_shape[-1]
-    sets = [load_camera_set(f) for f in frames]
-    masks, totals = [], {}
-    jobs = [(name, r) for name in pruners for r in keep_ratios]
-    bar = tqdm(total=len(jobs) * len(sets), disable=not progress, desc='foreground recall')
-    for name, ratio in jobs:
-        layer = in_llm_layer if make_pruner(name).stage is Stage.IN_LLM else 0
-        settings = RuntimeSettings(keep_ratio=ratio, pruner=name, prune_layer=layer,
-                                   max_new_tokens=1, reconpruner_weights=reconpruner_weights)
-        recall = Recall(0, 0)
-        for start in range(0, len(sets), batch):
-            chunk = sets[start:start + batch]
-            results = pipeline.run_batch(chunk, [settings] * len(chunk))
-            for i, result in enumerate(results):
-                b = start + i
-                if len(masks) <= b:
-                    paths = [frames[b].gt.masks[c] for c in result.view_names]
-                    masks.append(view_foreground(paths, size, result.tokens_before))
-                recall = recall + foreground_recall(result.kept_indices, masks[b])
-            bar.update(len(chunk))
-        totals[(name, ratio)] = RecallCell(name, ratio, layer, recall.kept, recall.total,
-                                           len(sets))
-    bar.close()
-    return list(totals.values())
-
-
-def recall_table(cells: Sequence[RecallCell]) -> str:
-    """Markdown: one row per pruner, one column per keep ratio (foreground recall in %)."""
-    ratios = sorted({c.keep_ratio for c in cells}, reverse=True)
-    names = list(dict.fromkeys(c.pruner for c in cells))
-    by = {(c.pruner, c.keep_ratio): c for c in cells}
-    lines = ['| pruner | where | ' + ' | '.join(f'keep {r:g}' for r in ratios) + ' |',
-             '|---|---|' + '---|' * len(ratios)]
-    for name in names:
-        first = by[(name, ratios[0])]
-        where = 'pre-LLM' if first.prune_layer == 0 else f'layer {first.prune_layer}'
-        row = [f'{100 * by[(name, r)].recall:.1f}%' for r in ratios]
-        lines.append(f'| {name} | {where} | ' + ' | '.join(row) + ' |')
-    return '\n'.join(lines)
 
 
 def markdown_table(cells: Sequence[PrunerCell]) -> str:

@@ -7,7 +7,7 @@ still touches every object; "fg recall" is the share of object tokens it keeps.
 
 With ``--model`` and ``--data`` it also measures foreground recall on real frames: every pruner
 at each keep ratio through the pipeline, against the GT masks of a ``drive-vlm data synth`` data
-set (``bench.pruners.foreground_recall_table``).
+set (``eval.foreground_recall.foreground_recall_table``).
 """
 
 from __future__ import annotations
@@ -178,8 +178,8 @@ def run_recall(model: str, data: str, split: str, frames: int,
                keep_ratios: tuple[float, ...], reconpruner_weights: str = '',
                device: str = 'cpu') -> int:
     """Print foreground recall of every pruner at each keep ratio on real frames."""
-    from ..bench.pruners import foreground_recall_table, recall_table
     from ..data.drivelm import load_drivelm
+    from ..eval.foreground_recall import foreground_recall_table, recall_table
     from ..models.adapters import load_adapter
     from ..models.loading import LoadSpec
     from ..pipeline.pipeline import Pipeline

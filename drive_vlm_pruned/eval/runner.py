@@ -18,9 +18,9 @@ the baselines of eval/baselines.py as columns of an EvalReport.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-import json
+import itertools
 from pathlib import Path
 import time
 
@@ -33,11 +33,12 @@ from .baselines import (
     MAJORITY,
     MajorityAnswers,
 )
+from .jsonl_log import LogHints, ResumableLog
 from .language import resolve_tokenizer
 from .scoring import ColumnScores, is_trajectory_qa, score_column
 from ..data.drivelm import all_qa, KeyFrame, load_camera_set, Prediction, QA
 from ..pipeline.camera_set import CameraSet
-from ..pipeline.pipeline import Pipeline, RuntimeSettings
+from ..pipeline.pipeline import Pipeline, Result, RuntimeSettings
 
 MODEL = 'model'
 ITEM_ERRORS = (ValueError, RuntimeError)  # what one bad QA may raise; it is logged, not fatal
@@ -50,7 +51,13 @@ class RunBroken(RuntimeError):
 
 @dataclass(frozen=True)
 class ItemResult:
-    """One answered QA, as logged per line in the items file."""
+    """
+    One answered QA: what the items file logs per line, and the pipeline's Result.
+
+    ``result`` (this pass only; None for a resumed or failed QA) has the stage timings, kept
+    indices and token counts; its ``timings_ms`` are those of the whole pipeline call, shared by
+    the items with the same ``batch`` (the call's number within the pass).
+    """
 
     id: str  # noqa: A003 - DriveLM's key name
     question: str
@@ -61,9 +68,19 @@ class ItemResult:
     prefill_flops: int = 0
     prefill_flops_unpruned: int = 0
     error: str = ''
+    batch: int = -1
+    result: Result | None = field(default=None, compare=False, repr=False)
 
     def prediction(self) -> Prediction:
         return Prediction(self.id, self.question, self.answer)
+
+    def as_json(self) -> dict:
+        """Return the logged fields (not the Result)."""
+        return {k: v for k, v in asdict(self).items() if k != 'result'}
+
+    @classmethod
+    def from_json(cls, record: Mapping) -> ItemResult:
+        return cls(**record)
 
 
 @dataclass
@@ -99,53 +116,16 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-class ItemsLog:
-    """The append-only JSON-lines log of one pass, with the header that identifies the run."""
+ITEMS_LOG = LogHints(
+    'an eval items file',
+    exists='answers of an earlier run to this --out: pass --resume to continue it, --overwrite '
+           'to start again, or choose another --out',
+    not_a_log='choose another --out')
 
-    def __init__(self, path: Path, header: Mapping, resume: bool, overwrite: bool = False):
-        self.path = Path(path)
-        self.header = json.loads(json.dumps(dict(header)))  # as it reads back
-        self.done: dict[str, ItemResult] = {}
-        if self.path.exists() and not overwrite:
-            if not resume:
-                raise ValueError(
-                    f'{self.path} exists (answers of an earlier run to this --out): pass --resume '
-                    'to continue it, --overwrite to start again, or choose another --out'
-                )
-            self._read()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({'header': self.header}) + '\n')
 
-    def _read(self) -> None:
-        raw = self.path.read_bytes()
-        good = raw[:raw.rfind(b'\n') + 1]  # an interrupted write leaves a torn last line
-        lines = good.decode().splitlines()
-        if not lines:
-            raise ValueError(f'{self.path} is empty: delete it, or pass --overwrite')
-        try:
-            header = json.loads(lines[0])['header']
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f'{self.path} does not start with an eval header: not an eval '
-                             'items file; choose another --out') from None
-        diff = [k for k in sorted(set(header) | set(self.header))
-                if header.get(k) != self.header.get(k)]
-        if diff:
-            k = diff[0]
-            raise ValueError(f'{self.path} was written with {k}={header.get(k)!r}, this run has '
-                             f'{k}={self.header.get(k)!r}: resume with the same options, or '
-                             'choose another --out')
-        for line in lines[1:]:
-            item = ItemResult(**json.loads(line))
-            self.done[item.id] = item
-        if len(good) != len(raw):
-            self.path.write_bytes(good)
-
-    def append(self, items: Sequence[ItemResult]) -> None:
-        with open(self.path, 'a') as out:
-            for item in items:
-                out.write(json.dumps(asdict(item)) + '\n')
-            out.flush()
+def items_log(path: Path, header: Mapping, resume: bool, overwrite: bool) -> ResumableLog:
+    """Open the eval loop's log (eval/jsonl_log.py): one ItemResult per line, keyed by QA id."""
+    return ResumableLog(path, header, lambda r: r['id'], ITEMS_LOG, resume, overwrite)
 
 
 @dataclass(frozen=True)
@@ -173,23 +153,23 @@ def predict(pipeline: Pipeline, pairs: Sequence[tuple[KeyFrame, QA]],
     log = None
     if options.items_path is not None:
         header = dict(options.header, blank=options.blank)
-        log = ItemsLog(options.items_path, header, options.resume, options.overwrite)
-    done = dict(log.done) if log else {}
+        log = items_log(options.items_path, header, options.resume, options.overwrite)
+    done = {k: ItemResult.from_json(r) for k, r in log.done.items()} if log else {}
     # a QA that failed before is tried again; its new line supersedes the old one
     todo = [(f, qa) for f, qa in pairs if qa.id not in done or done[qa.id].error]
     bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit='QA', desc=options.desc,
                disable=not options.progress, dynamic_ncols=True)
     cache: dict[tuple[str, str], CameraSet] = {}
-    start, failures = time.perf_counter(), 0
+    start, failures, calls = time.perf_counter(), 0, itertools.count()
     for b in range(0, len(todo), options.batch_size):
         chunk = todo[b:b + options.batch_size]
         cache = _camera_sets(chunk, cache, options.blank)
-        results = _run_chunk(pipeline, chunk, cache, settings)
+        results = _run_chunk(pipeline, chunk, cache, settings, calls)
         for item in results:
             done[item.id] = item
             failures = failures + 1 if item.error else 0
         if log:
-            log.append(results)
+            log.append([item.as_json() for item in results])
         bar.update(len(chunk))
         if failures >= MAX_FAILURES_IN_A_ROW:
             bar.close()
@@ -211,7 +191,8 @@ def _camera_sets(chunk, cache, blank: bool) -> dict[tuple[str, str], CameraSet]:
     return out
 
 
-def _run_chunk(pipeline: Pipeline, chunk, cache, settings: RuntimeSettings) -> list[ItemResult]:
+def _run_chunk(pipeline: Pipeline, chunk, cache, settings: RuntimeSettings,
+               calls: Iterator[int]) -> list[ItemResult]:
     sets = [cache[(f.scene, f.frame)] for f, _ in chunk]
     per_item = [replace(settings, question=qa.question) for _, qa in chunk]
     try:
@@ -219,11 +200,13 @@ def _run_chunk(pipeline: Pipeline, chunk, cache, settings: RuntimeSettings) -> l
     except ITEM_ERRORS as err:
         if len(chunk) > 1:  # find the QA that fails by running each alone
             return [r for i in range(len(chunk))
-                    for r in _run_chunk(pipeline, chunk[i:i + 1], cache, settings)]
+                    for r in _run_chunk(pipeline, chunk[i:i + 1], cache, settings, calls)]
         _, qa = chunk[0]  # this QA alone fails: log it and go on with the rest
         return [ItemResult(qa.id, qa.question, '', error=f'{type(err).__name__}: {err}')]
+    batch = next(calls)
     return [ItemResult(qa.id, qa.question, r.answer, sum(r.tokens_after), sum(r.tokens_before),
-                       r.generated_tokens, r.prefill_flops, r.prefill_flops_unpruned)
+                       r.generated_tokens, r.prefill_flops, r.prefill_flops_unpruned,
+                       batch=batch, result=r)
             for (_, qa), r in zip(chunk, results)]
 
 
