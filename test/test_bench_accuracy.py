@@ -62,11 +62,17 @@ def test_tiny_sweep_writes_every_output_and_resumes_without_recomputing(
     assert cell['vs_random']['items'] == closed and isinstance(cell['vs_random']['stable'], bool)
     assert rows[('random', 0.25)]['vs_random'] is None
     assert result['detectable_difference'] is not None
+    assert result['processes'] == 1 and 0 < result['wall_s'] and result['cell_seconds'] > 0
+    tfps_random = [p for p in result['pairs'] if p['keep_ratio'] == 0.25]
+    assert len(tfps_random) == 1 and tfps_random[0]['items'] == closed
+    low, high = tfps_random[0]['ci']
+    assert tfps_random[0]['stable'] == (low > 0 or high < 0)
     md = (out / 'accuracy.md').read_text()
     assert '| K | pruner | keep |' in md and 'vision encoder NOT included' in md
     assert '### Verdict' in md and '### Per family' in md
     assert '### Paired, all seeds together' in md and 'could detect' in md
-    assert '### Where pruning should hurt' in md
+    assert '### Where pruning should hurt' in md and '### Pairs of pruners' in md
+    assert 'Wall time of this run' in md
     assert {'exists', 'count'} <= set(cell['by_group'])
     assert cell['trajectories'] is None  # 5 QA a cell: perception only, no trajectory asked
     for png in ('accuracy_vs_keep.png', 'accuracy_vs_speedup.png'):
@@ -203,3 +209,78 @@ def test_paired_rows_pair_items_by_id_and_resample_frames():
     assert vs['difference'] == pytest.approx(0.25) and vs['stable'] and vs['frames'] == n // 4
     assert paired['none-1.0']['retention'] is None and paired['tfps-0.1']['n_closed'] == n
     assert detectable_difference(paired) == pytest.approx(0.0)
+
+
+def test_default_plan_runs_each_method_at_its_published_layer_and_random_at_each():
+    from drive_vlm_pruned.bench.accuracy_cells import plan_cells
+    from drive_vlm_pruned.bench.accuracy_defaults import DEFAULT_KEEP_RATIOS, DEFAULT_PRUNERS
+
+    cells, notes = plan_cells(DEFAULT_PRUNERS, DEFAULT_KEEP_RATIOS, (), 4, searched=False,
+                              diversity=True)
+    at = {}
+    for c in cells:
+        at.setdefault((c.pruner, c.allocation), set()).add(c.prune_layer)
+    assert at == {('tfps', 'uniform'): {0}, ('divprune', 'uniform'): {0},
+                  ('reconpruner', 'uniform'): {0}, ('fastv', 'uniform'): {2},
+                  ('dart', 'uniform'): {2}, ('mvpruner', 'uniform'): {2},
+                  ('random', 'uniform'): {0, 2}, ('tfps', 'diversity'): {0}}
+    assert {c.keep_ratio for c in cells} == {0.5, 0.25, 0.1, 0.05}
+    assert len(cells) == 9 * 4 and not notes
+
+
+def test_pairwise_differences_are_paired_and_stable_only_when_the_interval_excludes_zero():
+    from drive_vlm_pruned.bench.accuracy_paired import pairwise, pairwise_lines
+
+    def record(pruner, layer, hits):
+        cell = {'key': f'{pruner}/uniform/0.1/K{layer}', 'pruner': pruner, 'keep_ratio': 0.1,
+                'prune_layer': layer, 'allocation': 'uniform'}
+        return {'cell': cell, 'seed': 0,
+                'closed': [[f'q{i}', f'f{i // 2}', h] for i, h in enumerate(hits)]}
+
+    n = 60
+    ref = {'cell': {'key': 'ref', 'allocation': 'none'}, 'seed': 0, 'closed': []}
+    records = [ref, record('tfps', 0, [1] * n), record('fastv', 2, [1, 0] * (n // 2)),
+               record('random', 0, [1] * (n - 1) + [0])]
+    pairs = {(p['first'], p['second']): p for p in pairwise(records, 'ref')}
+    assert len(pairs) == 3  # every pair at keep 0.1, across prune layers too
+    tf = pairs[('fastv/uniform/0.1/K2', 'tfps/uniform/0.1/K0')]
+    assert tf['difference'] == pytest.approx(-0.5) and tf['stable'] and tf['frames'] == n // 2
+    near = pairs[('random/uniform/0.1/K0', 'tfps/uniform/0.1/K0')]
+    assert near['difference'] == pytest.approx(-1 / n) and not near['stable']
+    text = pairwise_lines(list(pairs.values()), {})[0]
+    assert text.startswith('- keep 0.1: 2 of 3 pairs stable')
+    assert 'tfps/uniform/0.1/K0 > fastv/uniform/0.1/K2 by 50.0' in text
+
+
+def test_torchrun_two_processes_give_the_single_process_sweep(small_model, data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from drive_vlm_pruned.cli.main import main
+
+    single, sharded = tmp_path / 'single', tmp_path / 'sharded'
+    args = sweep_args(small_model, data, single)
+    args[args.index('--seeds') + 1] = '1'
+    args[args.index('--qa-per-cell') + 1] = '15'  # 2 key frames: one for each process
+    assert main(args) == 0
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        env.pop(key, None)
+    args[args.index('--out') + 1] = str(sharded)
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                           '--nproc_per_node', '2', '-m', 'drive_vlm_pruned.cli.main', *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def records(out):
+        return {(r['cell']['key'], r['seed']): r
+                for r in map(json.loads, lines(out / 'cells.jsonl')[1:])}
+
+    want, got = records(single), records(sharded)
+    assert set(got) == set(want) and len(want) == 6 + 1
+    for key, r in want.items():  # the same answers item for item, so the same scores
+        assert got[key].get('closed') == r.get('closed'), key
+        assert got[key]['accuracy'] == r['accuracy'], key
+    result = json.loads((sharded / 'accuracy.json').read_text())
+    assert result['processes'] == 2 and result['paired_frames'] == 2

@@ -24,6 +24,9 @@ answers ``--qa-per-cell`` QA of whole key frames. Figures are mean ± sample sta
 over the seeds; a ranking is called stable when the intervals mean ± std of the top two do not
 overlap.
 
+Data-parallel: started by torchrun or accelerate launch, every process runs every cell on its
+own key frames and the main process merges, scores and writes (eval/shards.py).
+
 Resume: each finished (cell, seed) is appended to ``OUT/cells.jsonl`` after a header naming the
 run; a rerun skips them (``--overwrite`` starts again).
 
@@ -95,6 +98,7 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
     import torch
 
     from ..eval.language import resolve_tokenizer
+    from ..eval.shards import Shard
     from ..models.adapters import load_adapter
     from ..models.loading import resolve_checkpoint
     from ..pruning.view_weights import load_view_weights
@@ -122,13 +126,17 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
               'qa_per_cell': sweep_options.qa_per_cell,
               'max_new_tokens': sweep_options.max_new_tokens,
               'tokenizer': sweep_options.tokenizer, 'view_weights': view_weights}
-    log = cell_log(out / 'cells.jsonl', header, options.overwrite)
-    if options.report_only:  # tables and plots of every cell the log holds; no model
+    shard = Shard.from_env()  # torchrun / accelerate launch: each process its key frames
+    shard.bind_device()
+    log = cell_log(out / 'cells.jsonl', header, options.overwrite) if shard.main else None
+    if options.report_only and log is not None:  # every cell the log holds; no model
         records = list(log.done.values())
         rows = summarize(records)
         print(write_report(out, rows, header, how, ['rebuilt with --report-only from '
                                                     f'{log.path}'], model, records))
         _plots(rows, out, model)
+        return 0
+    if options.report_only:
         return 0
     pipeline = Pipeline(load_adapter(replace(options.load, model=model),
                                      log=lambda text: print(text, file=sys.stderr)))
@@ -140,16 +148,21 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
     notes += probe_notes
     if view_weights is None:
         notes.append('no --view-weights-file: the searched view rates are not in this sweep')
-    print(f'model {model}; data seeds: {how}; {sum(len(all_qa(s)) for s in seeds)} QA in all, '
-          f'{[len(all_qa(s)) for s in seeds]} per seed; {len(cells)} pruned cells + references '
-          f'x {len(seeds)} seeds')
+    say = print if shard.main else (lambda *_: None)
+    say(f'model {model}; data seeds: {how}; {sum(len(all_qa(s)) for s in seeds)} QA in all, '
+        f'{[len(all_qa(s)) for s in seeds]} per seed; {len(cells)} pruned cells + references '
+        f'x {len(seeds)} seeds' + (f'; {shard.world} processes' if shard.world > 1 else ''))
     for note in notes:
-        print(note)
+        say(note)
     records = sweep(pipeline, seeds, cells, sweep_options, log, view_weights, majority,
-                    progress=options.progress)
+                    progress=options.progress, echo=say, shard=shard)
+    shard.close()
+    if not shard.main:
+        return 0
     rows = summarize(records)
-    report = write_report(out, rows, header, how, notes, model, records)
     elapsed = time.perf_counter() - started
+    report = write_report(out, rows, header, how, notes, model, records,
+                          wall_s=elapsed, processes=shard.world)
     cell_seconds = sum(r.get('seconds', 0.0) for r in records)
     print(report)
     print(f'\nthis run: {elapsed / 60:.1f} min wall; all cells together (resumed ones included): '

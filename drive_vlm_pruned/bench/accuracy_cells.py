@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from .accuracy_defaults import published_layers
 from ..pipeline.pipeline import RuntimeSettings
 
 VARIANT_PRUNER = 'tfps'  # the searched and diversity allocations run with T-FPS (Prune2Drive)
@@ -69,12 +70,17 @@ def plan_cells(pruners: Sequence[str], keep_ratios: Sequence[float], layers: Seq
     """
     Return every valid cell in sweep order, and a note per skipped (pruner, layer).
 
-    The allocation variants run at ``variant_layers`` (None: every layer of ``layers``).
+    ``layers`` empty: each pruner at its published layers (bench/accuracy_defaults.py), the
+    variants at prune layer 0. The allocation variants run at ``variant_layers`` (None: every
+    layer of ``layers``).
     """
     cells, notes = [], []
     keeps = sorted({k for k in keep_ratios if k < 1.0}, reverse=True)
-    for layer in layers:
-        names = list(pruners)
+    at = {name: tuple(layers) or published_layers(name) for name in pruners}
+    if not layers and variant_layers is None:
+        variant_layers = (0,)
+    for layer in sorted({k for ks in at.values() for k in ks}):
+        names = [name for name in pruners if layer in at[name]]
         on_here = variant_layers is None or layer in variant_layers
         variants = [(VARIANT_PRUNER, a) for a, on in ((SEARCHED, searched),
                                                       (DIVERSITY, diversity)) if on and on_here]

@@ -148,6 +148,50 @@ def frames_of(records: Sequence[dict], reference_key: str) -> int:
     return len({frame for frame, _ in _items(reference).values()})
 
 
+def pairwise(records: Sequence[dict], reference_key: str) -> list[dict]:
+    """
+    Every pair of pruned cells at the same keep ratio (uniform allocation), any prune layer.
+
+    Per pair the paired difference in closed-form accuracy (first minus second) with its
+    key-frame bootstrap interval; ``stable`` when the interval excludes zero.
+    """
+    by_key: dict[str, list[dict]] = {}
+    for r in records:
+        if r['cell']['key'] != reference_key and r['cell']['allocation'] == 'uniform':
+            by_key.setdefault(r['cell']['key'], []).append(r)
+    keys = sorted(by_key, key=lambda k: (-by_key[k][0]['cell']['keep_ratio'], k))
+    out = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            keep = by_key[a][0]['cell']['keep_ratio']
+            if by_key[b][0]['cell']['keep_ratio'] != keep:
+                continue
+            vs = compare(by_key[b], by_key[a])  # a - b
+            if vs is not None:
+                out.append({'keep_ratio': keep, 'first': a, 'second': b,
+                            'difference': vs.difference, 'ci': vs.difference_ci,
+                            'stable': vs.differs, 'items': vs.items, 'frames': vs.frames})
+    return out
+
+
+def pairwise_lines(pairs: Sequence[dict], labels: Mapping[str, str]) -> list[str]:
+    """Markdown lines: how many pairs per keep ratio, and the stable ones with their interval."""
+    lines = []
+    for keep in sorted({p['keep_ratio'] for p in pairs}, reverse=True):
+        mine = [p for p in pairs if p['keep_ratio'] == keep]
+        stable = [p for p in mine if p['stable']]
+        text = '; '.join(
+            f'{labels.get(w, w)} > {labels.get(l_, l_)} by {100 * abs(p["difference"]):.1f} '
+            f'[{100 * min(abs(p["ci"][0]), abs(p["ci"][1])):.1f}, '
+            f'{100 * max(abs(p["ci"][0]), abs(p["ci"][1])):.1f}] points'
+            for p in stable
+            for w, l_ in [(p['first'], p['second']) if p['difference'] > 0
+                          else (p['second'], p['first'])])
+        lines.append(f'- keep {keep:g}: {len(stable)} of {len(mine)} pairs stable'
+                     + (f': {text}' if stable else ''))
+    return lines
+
+
 def detectable_difference(paired: Mapping[str, dict]) -> float | None:
     """Median half-width of the intervals of the differences to random (accuracy, 0..1)."""
     widths = [(p['vs_random']['ci'][1] - p['vs_random']['ci'][0]) / 2

@@ -23,6 +23,8 @@ from .accuracy_paired import (
     MIN_FRAMES,
     paired_lines,
     paired_rows,
+    pairwise,
+    pairwise_lines,
 )
 
 BREAK_RETENTION = 0.95  # a pruner "breaks" at the largest keep ratio where it keeps less
@@ -267,10 +269,17 @@ def stat_json(value):
 
 
 def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
-                 notes: Sequence[str], model: str, records: Sequence[dict] = ()) -> str:
-    """Write accuracy.json and accuracy.md; return the markdown."""
+                 notes: Sequence[str], model: str, records: Sequence[dict] = (),
+                 wall_s: float | None = None, processes: int = 1) -> str:
+    """
+    Write accuracy.json and accuracy.md; return the markdown.
+
+    ``wall_s``: this run's wall time, start to report (None: --report-only); a resumed run's
+    earlier cells are in ``cell_seconds``.
+    """
     ranks = rankings(rows)
     paired = paired_rows(records, BASE_CELL.key)
+    pairs = pairwise(records, BASE_CELL.key)
     for row in rows:
         row.update(paired.get(row['cell']['key'], {}))
     smallest = detectable_difference(paired)
@@ -285,6 +294,9 @@ def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
         'key frames' + (f'. **Fewer than {MIN_FRAMES} key frames: a bootstrap over so few frames '
                         'gives no usable interval; give the sweep more QA per cell.**'
                         if frames < MIN_FRAMES else '.'),
+        '', '### Pairs of pruners at the same keep ratio (paired difference, 95% CI)', '',
+        'A pair is stable when the interval of its difference excludes zero; every other pair '
+        'is not ranked by this run.', '', *pairwise_lines(pairs, cell_labels),
         '', '### Where pruning should hurt: small objects and trajectories (paired, 95% CI)', '',
         *breakdown_lines(paired, cell_labels),
         '', 'Per-family retention with its interval: `by_group` of each row in accuracy.json.']
@@ -294,7 +306,9 @@ def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
         'cell / unpruned on the same QA; final = DriveLM final score with the GPT term absent, '
         "weights renormalised; prefill speed-up = unpruned (prune + prefill) ms / the cell's "
         'on the same batches, vision encoder NOT included; FLOPs share = analytic prefill '
-        'FLOPs / unpruned; fg recall = GT foreground patches kept.',
+        'FLOPs / unpruned; fg recall = GT foreground patches kept.'
+        + ('' if wall_s is None else f' Wall time of this run: {wall_s:.0f} s on {processes} '
+           f'process{"es" if processes > 1 else ""}.'),
         '', markdown(rows), *paired_text, '', '### Per family (means over seeds)', '',
         family_markdown(rows), '', '### Rankings by accuracy retention', '',
         *[f'- keep {r["keep_ratio"]:g}, K={r["prune_layer"]}: '
@@ -314,6 +328,8 @@ def write_report(out: Path, rows: Sequence[dict], header: Mapping, how: str,
                'rankings': [{k: (stat_json([label_of(x) for x in v]) if k == 'ranked' else v)
                              for k, v in r.items()} for r in ranks],
                'breaking_points': breaking_points(rows), 'verdict': verdict(rows),
-               'detectable_difference': smallest, 'paired_frames': frames}
+               'detectable_difference': smallest, 'paired_frames': frames, 'pairs': pairs,
+               'wall_s': wall_s, 'processes': processes,
+               'cell_seconds': sum(r.get('seconds', 0.0) for r in records)}
     (out / 'accuracy.json').write_text(json.dumps(payload, indent=1) + '\n')
     return text

@@ -30,6 +30,7 @@ from ..eval.foreground_recall import FrameForeground
 from ..eval.jsonl_log import LogHints, ResumableLog
 from ..eval.runner import ItemResult, predict, PredictOptions
 from ..eval.scoring import score_column
+from ..eval.shards import Shard, SINGLE
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
 from ..pruning.foreground import Recall
 from ..search.objective import score_answers
@@ -38,13 +39,20 @@ from ..search.qa_sets import batch_order, scene_subsets, take_frames
 
 def run_accuracy_cell(pipeline: Pipeline, frames: Sequence[KeyFrame],
                       settings: RuntimeSettings, *, batch_size: int, tokenizer: str,
-                      recall: FrameForeground | None = None, blank: bool = False) -> dict:
-    """Answer and score the QA of ``frames`` with ``settings``; return the cell's record."""
+                      recall: FrameForeground | None = None, blank: bool = False,
+                      shard: Shard = SINGLE) -> dict:
+    """
+    Answer and score the QA of ``frames`` with ``settings``; return the cell's record.
+
+    Sharded (eval/shards.py), each process answers its key frames and every process scores
+    the merged answers; ``seconds`` is then the slowest process's, the timings are summed.
+    """
     pairs = all_qa(frames)
     order = batch_order(pairs)
     start = time.perf_counter()
     run = predict(pipeline, order, settings,
-                  PredictOptions(batch_size=batch_size, blank=blank, progress=False))
+                  PredictOptions(batch_size=batch_size, blank=blank, progress=False,
+                                 shard=shard))
     seconds = time.perf_counter() - start
     record = score_record(pairs, run.answers(), tokenizer)
     record.update(item_scores(pairs, run.answers()))  # for the paired statistics
@@ -155,38 +163,49 @@ def cell_log(path: Path, header: Mapping, overwrite: bool) -> ResumableLog:
 
 
 def sweep(pipeline: Pipeline, seeds: Sequence[Sequence[KeyFrame]], cells: Sequence[Cell],
-          options: SweepOptions, log: ResumableLog, view_weights: Mapping[str, float] | None,
-          majority: MajorityAnswers | None, progress: bool = True,
-          echo: Callable[[str], None] = print) -> list[dict]:
-    """Run every (cell, seed) not in ``log``; return all records, finished ones included."""
+          options: SweepOptions, log: ResumableLog | None,
+          view_weights: Mapping[str, float] | None, majority: MajorityAnswers | None,
+          progress: bool = True, echo: Callable[[str], None] = print,
+          shard: Shard = SINGLE) -> list[dict]:
+    """
+    Run every (cell, seed) not in ``log``; return all records, finished ones included.
+
+    Under a data-parallel launch (eval/shards.py) every process runs every cell on its key
+    frames; the main process holds ``log`` (the others pass None), writes the merged records
+    and returns them (the others return []).
+    """
     from tqdm import tqdm
 
     base = RuntimeSettings(max_new_tokens=options.max_new_tokens)
     recall, note = FrameForeground.for_pipeline(pipeline)
-    if note:
+    if note and shard.main:
         echo(note)
     refs = [BASE_CELL] + ([BLIND_CELL] if options.blind else [])
     jobs = [(c, s) for s in range(len(seeds)) for c in refs + list(cells)]
-    todo = [(c, s) for c, s in jobs if (c.key, s) not in log.done]
-    if majority is not None:
+    done = shard.gather(set(log.done) if log is not None else set())[0]  # the main's log
+    todo = [(c, s) for c, s in jobs if (c.key, s) not in done]
+    if majority is not None and log is not None:
         for s in range(len(seeds)):
             if (MAJORITY_CELL.key, s) not in log.done:
                 log.append([{'cell': asdict(MAJORITY_CELL) | {'key': MAJORITY_CELL.key},
                              'seed': s, **majority_record(seeds[s], majority, options.tokenizer)}])
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit='cell', desc='bench accuracy',
-               disable=not progress, dynamic_ncols=True)
+               disable=not (progress and shard.main), dynamic_ncols=True)
     for cell, s in todo:
         bar.set_postfix_str(f'seed {s} {cell.key}')
         settings = cell.settings(base, view_weights)
         record = run_accuracy_cell(pipeline, seeds[s], settings,
                                    batch_size=options.batch_size, tokenizer=options.tokenizer,
                                    recall=None if cell.pruner == BLIND else recall,
-                                   blank=cell.pruner == BLIND)
-        log.append([{'cell': asdict(cell) | {'key': cell.key}, 'seed': s, **record}])
-        if record['errors']:
+                                   blank=cell.pruner == BLIND, shard=shard)
+        if log is not None:
+            log.append([{'cell': asdict(cell) | {'key': cell.key}, 'seed': s, **record}])
+        if record['errors'] and shard.main:
             bar.write(f'{cell.key} seed {s}: {record["errors"]} QA failed, e.g. '
                       f'{record["error_example"]}')
         bar.update(1)
     bar.close()
+    if log is None:
+        return []
     keys = {(c.key, s) for c, s in jobs} | {(MAJORITY_CELL.key, s) for s in range(len(seeds))}
     return [r for k, r in log.done.items() if k in keys]

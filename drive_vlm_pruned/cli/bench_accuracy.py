@@ -16,8 +16,11 @@ retention (cell / unpruned on the same QA), the measured prefill speed-up (prune
 vision encoder is not included) next to the analytic FLOPs share, and the foreground recall of
 the kept tokens. References: unpruned, blind (images black), majority answer per family.
 
-Mean ± std over --seeds data seeds: disjoint scene subsets of the split, or one data set per
-seed when --data names several. Writes OUT/accuracy.json, OUT/accuracy.md, two PNG plots and
+Paired figures (retention, differences between pruners, small objects, trajectories) with 95%
+intervals from a bootstrap over key frames; mean ± std over --seeds data seeds: disjoint scene
+subsets of the split, or one data set per seed when --data names several. Data-parallel:
+torchrun --nproc_per_node N -m drive_vlm_pruned.cli.main bench accuracy ...
+Writes OUT/accuracy.json, OUT/accuracy.md, two PNG plots and
 OUT/cells.jsonl; an interrupted sweep resumes from it (rerun the same command).
 
 example: drive-vlm bench accuracy --model DIR --data data/ --out bench-out/accuracy
@@ -50,12 +53,15 @@ def add_bench_accuracy_parser(bench_sub) -> None:
                     default=list(DEFAULT_KEEP_RATIOS),
                     help=f'fractions KEPT (default {" ".join(map(str, DEFAULT_KEEP_RATIOS))})')
     ba.add_argument('--prune-layers', nargs='+', type=int, default=list(DEFAULT_PRUNE_LAYERS),
-                    help='0: after the projector; K: before LLM layer K (default 0 2)')
+                    help='0: after the projector; K: before LLM layer K; every pruner at each '
+                         '(default: each pruner at the layer it was published at, random at '
+                         'all of them: tfps, divprune, reconpruner at 0; fastv, dart, mvpruner '
+                         'at 2)')
     ba.add_argument('--seeds', type=int, default=DEFAULT_SEEDS,
                     help=f'data seeds: disjoint scene subsets (default {DEFAULT_SEEDS})')
     ba.add_argument('--qa-per-cell', type=int, default=DEFAULT_QA_PER_CELL,
-                    help=f'QA per cell and seed, whole frames (default {DEFAULT_QA_PER_CELL}, '
-                         'sized for the default sweep in < 60 min on 2 cores; 0 = all)')
+                    help='QA per cell and seed, whole frames (default 0: all of them; the '
+                         'default sweep on the nano test split runs in < 60 min on 2 cores)')
     ba.add_argument('--view-weights-file', metavar='YAML',
                     help='searched view rates (from `search view-rates`) as an allocation')
     ba.add_argument('--variant-layers', nargs='*', type=int, default=None, metavar='K',

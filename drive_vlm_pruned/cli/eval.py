@@ -36,9 +36,15 @@ finished run only scores again, e.g. with another --majority-from). Answers stop
 --max-new-tokens (64, as the node); the run says how many were cut, so raise it for long answers
 (DriveLM's important-objects answers run to ~100 tokens).
 
+Data-parallel: start the same command with torchrun (or accelerate launch); each process
+answers every N-th key frame (on GPUs its own cuda:LOCAL_RANK) and process 0 writes the merged
+predictions, the same as one process writes (eval/shards.py). Resume logs are per process.
+
 examples:
   drive-vlm eval --model DIR --data data/ --split test --keep-ratio 0.1 --out preds.json
   drive-vlm eval --model DIR --data v1_1_val_nus_q_only.json --image-root nuscenes/ --out p.json
+  torchrun --nproc_per_node 8 -m drive_vlm_pruned.cli.main eval --model DIR --device cuda \
+      --data v1_1_val_nus_q_only.json --image-root nuscenes/ --out p.json
 """
 
 
@@ -187,6 +193,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from ..eval.language import resolve_tokenizer
     from ..eval.report import load_compare_column, run_lines, table
     from ..eval.runner import evaluate
+    from ..eval.shards import Shard
     from ..models.adapters import load_adapter
     from ..pipeline.pipeline import Pipeline, RuntimeSettings
 
@@ -203,6 +210,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                                reconpruner_weights=args.reconpruner_weights)
     check_reconpruner_weights(args.pruner, args.reconpruner_weights, model)
     majority = majority_reference(args, frames)
+    shard = Shard.from_env()  # torchrun / accelerate launch: this process's key frames
+    shard.bind_device()
     pipeline = Pipeline(load_adapter(load_spec_from_args(args, model),
                                      log=lambda text: print(text, file=sys.stderr)))
     # What makes answers differ: a resumed run must match it (batch size and --limit do not).
@@ -218,7 +227,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         blind=args.baseline == 'blind', with_blind=args.with_blind, majority=majority,
         tokenizer=tokenizer, progress=not args.no_progress,
         items_path=out.with_suffix('.items.jsonl'), header=header, resume=args.resume,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, shard=shard)
+    shard.close()
+    if not shard.main:  # every process holds the merged report; one writes it
+        return 0
     write_predictions(out, report.predictions)
     if report.blind_predictions is not None:
         write_predictions(out.with_suffix('.blind.json'), report.blind_predictions)

@@ -36,6 +36,7 @@ from .baselines import (
 from .jsonl_log import LogHints, ResumableLog
 from .language import resolve_tokenizer
 from .scoring import ColumnScores, is_trajectory_qa, score_column
+from .shards import Shard, SINGLE
 from ..data.drivelm import all_qa, KeyFrame, load_camera_set, Prediction, QA
 from ..pipeline.camera_set import CameraSet
 from ..pipeline.pipeline import Pipeline, Result, RuntimeSettings
@@ -140,11 +141,41 @@ class PredictOptions:
     resume: bool = False
     overwrite: bool = False
     desc: str = 'eval'
+    shard: Shard = SINGLE  # a data-parallel launch: this process answers its key frames only
 
 
 def predict(pipeline: Pipeline, pairs: Sequence[tuple[KeyFrame, QA]],
             settings: RuntimeSettings, options: PredictOptions = PredictOptions()) -> PredictRun:
-    """Answer every QA of ``pairs`` with the pipeline (module doc); order follows ``pairs``."""
+    """
+    Answer every QA of ``pairs`` with the pipeline (module doc); order follows ``pairs``.
+
+    Under a data-parallel launch (eval/shards.py) this process answers its key frames, logs
+    them to ``<items stem>.rank{r}of{N}.jsonl``, and returns every process's answers merged.
+    """
+    shard = options.shard
+    if shard.world == 1:
+        return _answer(pipeline, pairs, settings, options)
+    path = options.items_path
+    if path is not None:
+        path = path.with_name(path.stem + shard.suffix + path.suffix)
+    error = ''
+    try:
+        run = _answer(pipeline, shard.take(pairs), settings,
+                      replace(options, items_path=path, progress=options.progress and shard.main))
+    except (RunBroken, ValueError) as err:  # every process must reach the gather
+        run, error = PredictRun([]), f'{type(err).__name__}: {err}'
+    parts = shard.gather((run, error))
+    failed = [(rank, e) for rank, (_, e) in enumerate(parts) if e]
+    if failed:
+        rank, e = failed[0]
+        raise RunBroken(f'process {rank} of {shard.world} failed: {e}')
+    items = {i.id: i for part, _ in parts for i in part.items}
+    return PredictRun([items[qa.id] for _, qa in pairs], sum(p.new_items for p, _ in parts),
+                      max(p.seconds for p, _ in parts))
+
+
+def _answer(pipeline: Pipeline, pairs: Sequence[tuple[KeyFrame, QA]],
+            settings: RuntimeSettings, options: PredictOptions) -> PredictRun:
     from tqdm import tqdm
 
     if options.batch_size < 1:
@@ -160,7 +191,9 @@ def predict(pipeline: Pipeline, pairs: Sequence[tuple[KeyFrame, QA]],
     bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit='QA', desc=options.desc,
                disable=not options.progress, dynamic_ncols=True)
     cache: dict[tuple[str, str], CameraSet] = {}
-    start, failures, calls = time.perf_counter(), 0, itertools.count()
+    # pipeline-call numbers stay unique when the processes' items are merged
+    calls = itertools.count(options.shard.rank, options.shard.world)
+    start, failures = time.perf_counter(), 0
     for b in range(0, len(todo), options.batch_size):
         chunk = todo[b:b + options.batch_size]
         cache = _camera_sets(chunk, cache, options.blank)
@@ -251,7 +284,7 @@ def evaluate(pipeline: Pipeline, frames: Sequence[KeyFrame], settings: RuntimeSe
              majority: MajorityAnswers | None = None, tokenizer: str = 'auto',
              progress: bool = True, items_path: Path | None = None,
              header: Mapping | None = None,
-             resume: bool = False, overwrite: bool = False,
+             resume: bool = False, overwrite: bool = False, shard: Shard = SINGLE,
              log: Callable[[str], None] = lambda _: None) -> EvalReport:
     """
     Evaluate ``pipeline`` on the QA of ``frames`` and its baselines; return an EvalReport.
@@ -261,6 +294,8 @@ def evaluate(pipeline: Pipeline, frames: Sequence[KeyFrame], settings: RuntimeSe
     column. ``majority``: the majority answers to score (baselines.fit_majority); None leaves
     the column out. ``limit``: only the first N QA. ``items_path``: the resumable log (module
     doc), None for none. The tokenizer is resolved once ('auto': PTB when Java is found).
+    ``shard``: under a data-parallel launch every process answers its key frames and all of
+    them return the same report (eval/shards.py).
     """
     tokenizer = resolve_tokenizer(tokenizer)
     items_path = Path(items_path) if items_path is not None else None
@@ -271,7 +306,7 @@ def evaluate(pipeline: Pipeline, frames: Sequence[KeyFrame], settings: RuntimeSe
         raise ValueError('the data has no QA to evaluate')
     label = BLIND if blind else MODEL
     base = PredictOptions(batch_size, blind, progress, items_path, header or {}, resume,
-                          overwrite, label)
+                          overwrite, label, shard)
     run = predict(pipeline, pairs, settings, base)
     notes, columns = [], {}
     runs = {label: run}
