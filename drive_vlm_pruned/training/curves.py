@@ -1,4 +1,4 @@
-"""The loss/accuracy PNG of a training run (matplotlib, no display needed)."""
+"""The loss/accuracy PNGs of the training runs (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
@@ -45,5 +45,36 @@ def plot_curves(history: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_recon_history(history: dict, path: Path) -> Path:
+    """Draw ReconPruner's losses (total, fore, back, val) and val AUROC / positive share."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ('loss', 'fore', 'back'):
+        ax1.plot(history['step'], history[key], label=f'train {key}')
+    if history['val_step']:
+        ax1.plot(history['val_step'], history['val_loss'], 'o-', label='val loss')
+    ax1.set_xlabel('step')
+    ax1.set_ylabel('0.2 (1 - SSIM) + 0.8 MSE')
+    ax1.set_yscale('log')
+    ax1.legend()
+    ax2.plot(history['step'], history['positive_share'], label='train share S > 0')
+    if history['val_step']:
+        ax2.plot(history['val_step'], history['val_auroc'], 'o-', label='val foreground AUROC')
+        ax2.plot(history['val_step'], history['val_positive_share'], 's-',
+                 label='val share S > 0')
+    ax2.set_xlabel('step')
+    ax2.set_ylim(0, 1.02)
+    ax2.legend()
+    fig.suptitle('ReconPruner adversarial reconstruction')
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -38,6 +38,8 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 
+from .curves import plot_recon_history
+from .loop import step_rows, warmup_cosine
 from .recon_decoder import DecoderConfig, ReconDecoder
 from .ssim import ssim
 from ..pruning.reconpruner import ReconScorer, ScorerConfig
@@ -329,26 +331,6 @@ class TrainOutcome:
     stopped_by_time: bool = False
 
 
-def lr_factor(step: int, config: ReconTrainConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    t = min(1.0, (step - config.warmup_steps) / span)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int = 0,
-                  world: int = 1) -> Tensor:
-    """Rows of step ``step``: a fresh seeded permutation per epoch, so a resumed run matches."""
-    per_epoch = max(1, n // batch_size)
-    epoch, j = divmod(step, per_epoch)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=gen)
-    idx = perm[j * batch_size:(j + 1) * batch_size] if n >= batch_size else perm
-    return idx[rank::world]
-
-
 @torch.no_grad()
 def calibrate_bias(scorer: ReconScorer, data: ReconData, share: float) -> None:
     """
@@ -429,17 +411,19 @@ def train_reconpruner(train: ReconData, config: ReconTrainConfig, val: ReconData
     for group in optimizer.param_groups:  # a resumed optimizer holds the decayed rate
         group['lr'] = config.lr * group['lr_ratio']
         group.pop('initial_lr', None)
+    factor = warmup_cosine(config.steps, config.warmup_steps, config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
-        lambda s: lr_factor(s + start, config) * (s + start >= config.decoder_warmup_steps),
-        lambda s: lr_factor(s + start, config)])
+        lambda s: factor(s + start) * (s + start >= config.decoder_warmup_steps),
+        lambda s: factor(s + start)])
     # The scheduler stays outside prepare(): accelerate would step it once per process.
     objective, optimizer = accelerator.prepare(objective, optimizer)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
                disable=not progress or not accelerator.is_main_process, desc='reconpruner')
     t0, window, stopped, done = time.monotonic(), [], False, start
     for step in bar:
-        idx = batch_indices(step, len(train), config.batch_size, config.seed,
-                            accelerator.process_index, accelerator.num_processes)
+        idx = torch.from_numpy(step_rows(step, len(train), config.batch_size, config.seed,
+                                         accelerator.process_index,
+                                         accelerator.num_processes))
         tokens, images, masks = train.batch(idx, device)
         objective.train()
         with accelerator.autocast():
@@ -504,35 +488,4 @@ def _save_state(run: Path, objective: ReconObjective, optimizer, config: ReconTr
     torch.save(state, tmp)
     tmp.replace(run / STATE_FILE)  # atomic: an interrupted save leaves the last good state
     (run / HISTORY_FILE).write_text(json.dumps(history) + '\n')
-    plot_history(history, run / PLOT_FILE)
-
-
-def plot_history(history: dict, path: Path) -> Path:
-    """Loss (total, fore, back, val) and the validation AUROC / positive share, to a PNG."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ('loss', 'fore', 'back'):
-        ax1.plot(history['step'], history[key], label=f'train {key}')
-    if history['val_step']:
-        ax1.plot(history['val_step'], history['val_loss'], 'o-', label='val loss')
-    ax1.set_xlabel('step')
-    ax1.set_ylabel('0.2 (1 - SSIM) + 0.8 MSE')
-    ax1.set_yscale('log')
-    ax1.legend()
-    ax2.plot(history['step'], history['positive_share'], label='train share S > 0')
-    if history['val_step']:
-        ax2.plot(history['val_step'], history['val_auroc'], 'o-', label='val foreground AUROC')
-        ax2.plot(history['val_step'], history['val_positive_share'], 's-',
-                 label='val share S > 0')
-    ax2.set_xlabel('step')
-    ax2.set_ylim(0, 1.02)
-    ax2.legend()
-    fig.suptitle('ReconPruner adversarial reconstruction')
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    plot_recon_history(history, run / PLOT_FILE)

@@ -22,7 +22,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 import json
-import math
 from pathlib import Path
 import shutil
 import time
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from .curves import plot_curves
 from .dataset import load_frames, prepare_split, qa_texts, SplitData
+from .loop import step_rows, warmup_cosine
 from .model import build_vlm, save_checkpoint
 from .patch_labels import class_pos_weight, GroundingProbe, PATCH_CLASSES
 from .presets import get_preset, Preset
@@ -107,24 +107,6 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state['step'])
-
-
-def lr_lambda(steps: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``steps``."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
-def frame_order(step: int, frames: int, per_step: int, seed: int) -> np.ndarray:
-    """Return the frames of global step ``step``: epoch-wise seeded permutations, no repeats."""
-    per_epoch = max(1, frames // per_step)
-    epoch, offset = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(frames)
-    return perm[offset * per_step:(offset + 1) * per_step]
 
 
 def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> TrainResult:
@@ -224,7 +206,7 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
                                   betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(recipe.steps, recipe.warmup_steps, recipe.min_lr_ratio))
+        optimizer, warmup_cosine(recipe.steps, recipe.warmup_steps, recipe.min_lr_ratio))
     state = TrainState()
     net, optimizer = accelerator.prepare(net, optimizer)
     accelerator.register_for_checkpointing(scheduler, state)
@@ -264,8 +246,8 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
     bar = tqdm(total=recipe.steps, initial=state.step, desc='train', unit='step',
                disable=not accelerator.is_main_process, mininterval=5, dynamic_ncols=True)
     while state.step < recipe.steps:
-        index = frame_order(state.step, len(train), per_step * procs, recipe.seed)
-        index = index[rank * per_step:(rank + 1) * per_step].tolist()
+        index = step_rows(state.step, len(train), per_step * procs, recipe.seed)
+        index = index[rank * per_step:(rank + 1) * per_step].tolist()  # contiguous per rank
         images, turns = train.batch(index)
         text = pack_text(turns, pad).to(accelerator.device)
         labelled = recipe.patch_loss or recipe.object_loss
