@@ -7,7 +7,7 @@ import re
 from drive_vlm_pruned.cameras import NUSCENES_CAMERAS
 from drive_vlm_pruned.cli.main import main
 from drive_vlm_pruned.data import synth
-from drive_vlm_pruned.data.qa_rules import CATEGORIES, FAMILIES
+from drive_vlm_pruned.data.frame_qa import CATEGORIES, FAMILIES
 from drive_vlm_pruned.data.synth import DataOptions, scene_seeds, token, write_dataset
 from drive_vlm_pruned.pipeline.trajectory import parse_trajectory
 from drive_vlm_pruned.scenes import Label

@@ -4,6 +4,7 @@ import math
 import re
 
 from drive_vlm_pruned.cameras import NUSCENES_CAMERAS
+from drive_vlm_pruned.data import frame_qa
 from drive_vlm_pruned.data import qa_rules as rules
 from drive_vlm_pruned.data.qa_rules import FrameFacts, SeenObject
 from drive_vlm_pruned.data.synth import capture_times
@@ -132,12 +133,12 @@ SINGULAR = {plural: label for label, plural in rules.PLURALS.items()}
 def test_every_generated_question_has_the_hand_answer(hand, seed):
     """Each QA that frame_qa draws, checked against the hand table, not against the rules."""
     _, _, facts = hand
-    qa = rules.frame_qa(facts, np.random.default_rng(seed))
+    qa = frame_qa.frame_qa(facts, np.random.default_rng(seed))
     tags = list(qa.key_object_infos)
     for category, items in qa.qa.items():
         for item in items:
             family, question, answer = item['type'], item['Q'], item['A']
-            assert rules.FAMILIES[family] == (category, item['tag'][0])
+            assert frame_qa.FAMILIES[family] == (category, item['tag'][0])
             if family == 'exists':
                 m = re.fullmatch(r'Is there a (\w+) in the (.+)\?', question)
                 n = EXPECTED_COUNTS.get((VIEWS[m[2]], m[1]), 0)
@@ -194,7 +195,7 @@ def test_visibility_thresholds_count_marginal_and_ignore():
     assert rules.exists_answer(f, 'CAM_FRONT', 'sign') == 'No.'
     # A marginal pair is never asked about.
     for seed in range(20):
-        qa = rules.frame_qa(f, np.random.default_rng(seed))
+        qa = frame_qa.frame_qa(f, np.random.default_rng(seed))
         asked = [q['Q'] for q in qa.qa['perception'] if q['type'] in ('exists', 'count')]
         assert not any('pedestrian' in q and 'front view' in q for q in asked)
 

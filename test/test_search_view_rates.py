@@ -40,7 +40,7 @@ def pipeline(small_model):
 
 def test_planted_data_asks_only_about_one_camera_in_the_data_sets_grammar(planted):
     from drive_vlm_pruned.data.drivelm import all_qa, load_drivelm
-    from drive_vlm_pruned.data.qa_rules import count_question, exists_question, PLURALS
+    from drive_vlm_pruned.data.frame_qa import count_question, exists_question, PLURALS
 
     frames = load_drivelm(planted, split='val')
     pairs = all_qa(frames)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..bag.synth import scene_config, SynthOptions
 from ..bag.topics import read_ground_truth
 from ..cameras import HALF_FRAME_NS
-from ..data import qa_rules
+from ..data import frame_qa, qa_rules
 from ..eval.families import answers_match
 from ..eval.planning import score_trajectory
 from ..pipeline.trajectory import parse_trajectory
@@ -42,8 +42,8 @@ class DemoTruth:
         self.truth = read_ground_truth(bag)
         first = self.truth.frames[0]
         facts = self._facts(first.index)
-        self.exists_question = qa_rules.exists_question(FRONT, 'vehicle')
-        self.count_question = qa_rules.count_question(FRONT, 'vehicle')
+        self.exists_question = frame_qa.exists_question(FRONT, 'vehicle')
+        self.count_question = frame_qa.count_question(FRONT, 'vehicle')
         # Speed and curvature are constant in a synthetic bag, so the ego history, and with it
         # the planning question, is the same at every frame.
         self.planning_question = qa_rules.planning_question(facts.history)

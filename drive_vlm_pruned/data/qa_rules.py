@@ -5,7 +5,7 @@ docs/qa_rules.md states each rule and threshold for a reader to check; the const
 the ones it names. The flow: :func:`frame_facts` turns a rendered key frame (a
 ``scenes.FrameSet`` of its ``Scene``) into :class:`FrameFacts` (what each camera shows, with
 pixel counts, plus the ego motion); the ``*_answer`` functions compute one family's answer from
-facts; :func:`frame_qa` picks the questions of a key frame (seeded) and returns them in
+facts; ``data/frame_qa.py`` picks the questions of a key frame (seeded) and returns them in
 DriveLM-nuScenes shape, with the key objects and their c-tags.
 
 Visibility is decided from the rendered image: an object counts in a camera when at least
@@ -17,16 +17,15 @@ question whose answer they could change is not asked.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import math
 
 import numpy as np
 
 from ..cameras import NUSCENES_CAMERAS
-from ..models.prompts import PLANNING, VIEW_WORDS
+from ..models.prompts import PLANNING
 from ..pipeline.trajectory import format_trajectory
 from ..scenes import FrameSet, Scene
-from ..scenes.world import OBJECT_LABELS
 
 # --- visibility (docs/qa_rules.md, "Visibility") -------------------------------------------
 REFERENCE_SIZE = (448, 252)     # image size the pixel thresholds are stated for
@@ -77,25 +76,6 @@ STOPPED_MPS = 0.5               # current speed below this: remain stopped
 MIN_TIME_GAP_S = 4.0            # a lead object closer than this many seconds: keep distance
 MAX_LATERAL_ACCEL = 1.0         # v^2 * curvature above this (m/s^2): slow for the curve
 
-# --- question families: (category, DriveLM tag) ---------------------------------------------
-FAMILIES: dict[str, tuple[str, int]] = {
-    'important_objects': ('perception', 3),
-    'exists': ('perception', 0),
-    'count': ('perception', 0),
-    'nearest_ahead': ('perception', 0),
-    'in_moving_direction': ('prediction', 0),
-    'safe_action': ('planning', 0),
-    'planning_trajectory': ('planning', 2),
-    'behavior_mc': ('behavior', 0),
-    'behavior': ('behavior', 2),
-}
-CATEGORIES = ('perception', 'prediction', 'planning', 'behavior')
-EXISTS_PER_FRAME = 3            # exists questions per key frame, each on another camera
-COUNT_PER_FRAME = 2             # count questions per key frame, each on another camera
-MAX_COUNT = 6                   # count questions are asked for answers 0..MAX_COUNT
-EXISTS_YES_SHARE = 0.5          # target share of "Yes." among exists questions
-SMALL_WEIGHT = 3.0              # a yes-pair whose objects are all small is drawn 3x as often
-MOVING_YES_DRAW = 0.6           # ask about an object in the moving direction this often
 KEY_OBJECTS_MAX = 4
 
 PLURALS = {'vehicle': 'vehicles', 'pedestrian': 'pedestrians', 'sign': 'signs',
@@ -462,129 +442,3 @@ def important_objects_answer(objects: Sequence[SeenObject]) -> str:
         return f'There is {parts[0]}. The ID of this object is {tags[0]}.'
     return (f'There is {", ".join(parts[:-1])} and {parts[-1]}. The IDs of these objects are '
             f'{", ".join(tags[:-1])} and {tags[-1]}.')
-
-
-# --- question text -----------------------------------------------------------------------------
-
-IMPORTANT_Q = ('What are the important objects in the current scene? Those objects will be '
-               'considered for the future reasoning and driving decision.')
-NEAREST_Q = 'What is the nearest object in the front view, and how far is it from the ego vehicle?'
-SAFE_Q = 'In this scenario, what is the safe action for the ego vehicle?'
-BEHAVIOR_Q = 'Predict the behavior of the ego vehicle.'
-
-
-def exists_question(camera: str, label: str) -> str:
-    return f'Is there a {label} in the {VIEW_WORDS[camera]}?'
-
-
-def count_question(camera: str, label: str) -> str:
-    return f'How many {PLURALS[label]} are in the {VIEW_WORDS[camera]}?'
-
-
-def moving_direction_question(tag: str) -> str:
-    return f'Would {tag} be in the moving direction of the ego vehicle?'
-
-
-def behavior_mc_question(history: Sequence[Sequence[float]], options: Sequence[str]) -> str:
-    listing = ' '.join(f'{letter}. {text}' for letter, text in zip('ABCD', options))
-    return (f'{history_sentence(history)} {BEHAVIOR_Q} Please select the correct answer from '
-            f'the following options: {listing}')
-
-
-# --- one key frame's QA --------------------------------------------------------------------------
-
-@dataclass
-class FrameQA:
-    """A key frame's key objects (c-tag -> info) and QA lists by category, DriveLM-shaped."""
-
-    key_object_infos: dict[str, dict] = field(default_factory=dict)
-    qa: dict[str, list[dict]] = field(
-        default_factory=lambda: {category: [] for category in CATEGORIES})
-
-    def add(self, family: str, question: str, answer: str, **extra) -> None:
-        category, tag = FAMILIES[family]
-        item = {'Q': question, 'A': answer, 'C': None, 'con_up': None, 'con_down': None,
-                'cluster': None, 'layer': None, 'tag': [tag], 'type': family}
-        item.update(extra)
-        self.qa[category].append(item)
-
-
-def _exists_questions(facts: FrameFacts, rng: np.random.Generator, out: FrameQA) -> None:
-    cameras = list(NUSCENES_CAMERAS)
-    for _ in range(EXISTS_PER_FRAME):
-        pairs = [(c, lab) for c in cameras for lab in OBJECT_LABELS
-                 if pair_is_clear(facts, c, lab)]
-        if not pairs:
-            return
-        yes = [p for p in pairs if facts.counted(*p)]
-        no = [p for p in pairs if not facts.counted(*p)]
-        want_yes = rng.random() < EXISTS_YES_SHARE
-        pool = yes if (want_yes and yes) or not no else no
-        weights = np.array([SMALL_WEIGHT if pair_is_small(facts, *p) else 1.0 for p in pool])
-        camera, label = pool[int(rng.choice(len(pool), p=weights / weights.sum()))]
-        cameras.remove(camera)
-        out.add('exists', exists_question(camera, label), exists_answer(facts, camera, label),
-                camera=camera, small=pair_is_small(facts, camera, label))
-
-
-def _count_questions(facts: FrameFacts, rng: np.random.Generator, out: FrameQA) -> None:
-    cameras = list(NUSCENES_CAMERAS)
-    for _ in range(COUNT_PER_FRAME):
-        by_count: dict[int, list[tuple[str, str]]] = {}
-        for c in cameras:
-            for lab in OBJECT_LABELS:
-                n = len(facts.counted(c, lab))
-                if n <= MAX_COUNT and pair_is_clear(facts, c, lab):
-                    by_count.setdefault(n, []).append((c, lab))
-        if not by_count:
-            return
-        # Draw the answer first, uniformly over the counts this frame offers, then a pair with
-        # that count: zeros abound in any frame, so drawing pairs directly would make '0' the
-        # majority answer.
-        values = sorted(by_count)
-        pool = by_count[values[int(rng.integers(len(values)))]]
-        camera, label = pool[int(rng.integers(len(pool)))]
-        cameras.remove(camera)
-        out.add('count', count_question(camera, label), count_answer(facts, camera, label),
-                camera=camera, small=pair_is_small(facts, camera, label))
-
-
-def frame_qa(facts: FrameFacts, rng: np.random.Generator) -> FrameQA:
-    """
-    Return a key frame's key objects and QA (docs/qa_rules.md lists the families and order).
-
-    perception: important_objects, exists x3, count x2, nearest_ahead (when unambiguous);
-    prediction: in_moving_direction (when there are key objects); planning: safe_action,
-    planning_trajectory; behavior: behavior_mc, behavior.
-    """
-    out = FrameQA()
-    objects = key_objects(facts)
-    tags = [ctag(i + 1, o) for i, o in enumerate(objects)]
-    for tag, obj in zip(tags, objects):
-        out.key_object_infos[tag] = {
-            'Category': CATEGORY_NAMES[obj.label],
-            'Status': 'Moving' if obj.moving else 'Stationary',
-            'Visual_description': obj.phrase[0].upper() + obj.phrase[1:] + '.',
-            '2d_bbox': [round(v, 1) for v in obj.box],
-        }
-    out.add('important_objects', IMPORTANT_Q, important_objects_answer(objects))
-    _exists_questions(facts, rng, out)
-    _count_questions(facts, rng, out)
-    nearest = nearest_ahead_answer(facts)
-    if nearest is not None:
-        out.add('nearest_ahead', NEAREST_Q, nearest, camera='CAM_FRONT')
-    if objects:
-        yes = [i for i, o in enumerate(objects) if in_moving_direction(o)]
-        no = [i for i, o in enumerate(objects) if not in_moving_direction(o)]
-        pool = yes if (rng.random() < MOVING_YES_DRAW and yes) or not no else no
-        pick = pool[int(rng.integers(len(pool)))]
-        out.add('in_moving_direction', moving_direction_question(tags[pick]),
-                yes_no(in_moving_direction(objects[pick])), camera=objects[pick].camera)
-    history = facts.history
-    out.add('safe_action', f'{history_sentence(history)} {SAFE_Q}', safe_action_answer(facts))
-    out.add('planning_trajectory', planning_question(history), planning_answer(facts.future))
-    sentence = behavior_answer(facts.future)
-    options, letter = behavior_choices(sentence, rng)
-    out.add('behavior_mc', behavior_mc_question(history, options), letter)
-    out.add('behavior', f'{history_sentence(history)} {BEHAVIOR_Q}', sentence)
-    return out

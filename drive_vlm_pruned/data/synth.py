@@ -29,14 +29,8 @@ import time
 
 import numpy as np
 
-from .qa_rules import (
-    CATEGORIES,
-    FAMILIES,
-    frame_facts,
-    frame_qa,
-    marginal_px,
-    min_visible_px,
-)
+from .frame_qa import CATEGORIES, FAMILIES, frame_qa
+from .qa_rules import frame_facts, marginal_px, min_visible_px
 from ..cameras import NUSCENES_CAMERAS
 from ..scenes import (
     make_scene,

@@ -29,16 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cameras import NUSCENES_CAMERAS
-from ..data.qa_rules import (
-    count_answer,
-    count_question,
-    exists_answer,
-    exists_question,
-    FAMILIES,
-    frame_facts,
-    MAX_COUNT,
-    pair_is_clear,
-)
+from ..data.frame_qa import count_question, exists_question, FAMILIES, MAX_COUNT
+from ..data.qa_rules import count_answer, exists_answer, frame_facts, pair_is_clear
 from ..data.synth import (
     capture_times,
     JPEG_QUALITY,
