@@ -26,7 +26,7 @@ OVERRIDES = {
     'camera_namespace': (str, "prefix for the six camera topics, e.g. '/car1'"),
     'device': (str, "'auto', 'cpu' or 'cuda[:N]'"),
     'vision_backend': (str, 'torch | compile | onnxruntime | tensorrt'),
-    'llm_weights': (str, "the LLM's linear weights: native | int8 | int4 (CUDA sm80+, e.g. Orin)"),
+    'llm_weights': (str, "the LLM's linear weights: native | int8 | int4 (CUDA sm80+ or CPU)"),
     'decode_backend': (str, 'auto | eager | compiled (static KV cache + torch.compile)'),
     'record_path': (str, 'FILE.mcap to record inputs and outputs to (Foxglove, rosbags)'),
     'calibration_file': (str, "the rig's calibration.json, for the plan overlays"),

@@ -18,6 +18,7 @@ from ros_harness import (
     STAMP0,
     wait_for,
 )
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def run_node(*ros_args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ)
 
 
-@pytest.mark.parametrize('case', ['missing', 'broken', 'bad_keep_ratio', 'int4_on_cpu'])
+@pytest.mark.parametrize('case', ['missing', 'broken', 'bad_keep_ratio', 'int4_without_cuda'])
 def test_a_bad_model_or_parameter_fails_fast_with_the_reason(case, tmp_path, tiny_llava):
     broken = tmp_path / 'broken'
     broken.mkdir()
@@ -75,14 +76,17 @@ def test_a_bad_model_or_parameter_fails_fast_with_the_reason(case, tmp_path, tin
         'missing': ['-p', f'model:={tmp_path / "nowhere"}'],
         'broken': ['-p', f'model:={broken}'],
         'bad_keep_ratio': ['-p', f'model:={tiny_llava}', '-p', 'keep_ratio:=1'],
-        'int4_on_cpu': ['-p', f'model:={tiny_llava}', '-p', 'device:=cpu',
-                        '-p', 'llm_weights:=int4'],
+        'int4_without_cuda': ['-p', f'model:={tiny_llava}', '-p', 'device:=cuda',
+                              '-p', 'llm_weights:=int4'],
     }[case]
+    if case == 'int4_without_cuda' and torch.cuda.is_available():
+        pytest.skip('this machine has CUDA: int4 on cuda has a kernel here')
     out = run_node(*args)
     assert out.returncode != 0
     expected = {'missing': 'nowhere', 'broken': 'not valid JSON',
                 'bad_keep_ratio': 'write 1.0 for a double',
-                'int4_on_cpu': "llm_weights int4 has no kernel on device 'cpu'"}[case]
+                'int4_without_cuda': "llm_weights int4 needs CUDA, and torch sees no CUDA "
+                                     "device ('cuda')"}[case]
     assert expected in out.stderr, out.stderr[-2000:]
     assert 'Traceback' not in out.stderr
 

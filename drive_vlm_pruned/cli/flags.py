@@ -85,8 +85,8 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     add_llm_weights_argument(parser)
 
 
-LLM_WEIGHTS_HELP = ("the LLM's linear weights: native, int8 (CUDA and CPU) or int4 (CUDA "
-                    'compute capability 8.0+, bfloat16); torchao, models/llm_weights.py')
+LLM_WEIGHTS_HELP = ("the LLM's linear weights: native, int8 or int4 (CUDA compute capability "
+                    '8.0+ in bfloat16, or the CPU); torchao, models/llm_weights.py')
 
 
 def add_llm_weights_argument(parser: argparse.ArgumentParser, several: bool = False) -> None:

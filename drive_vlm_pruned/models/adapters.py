@@ -10,7 +10,7 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTo
 from .base import VLMAdapter
 from .internvl import InternVLAdapter
 from .llava_onevision import LlavaOnevisionAdapter
-from .llm_weights import check_llm_weights, quantize_llm
+from .llm_weights import check_llm_weights, llm_weights_note, quantize_llm
 from .loading import check_checkpoint, check_family, LoadSpec, resolve_checkpoint
 from .qwen2_5_vl import Qwen25VLAdapter
 from ..vision.backends import BackendRequest, choose_backend
@@ -52,6 +52,9 @@ def load_adapter(spec: LoadSpec, log: Callable[[str], None] = print) -> VLMAdapt
     adapter = ADAPTERS[family](model, tokenizer, processor, device, dtype)
     quantized = quantize_llm(adapter.decoder_layers, spec.llm_weights)
     adapter.llm_weights = spec.llm_weights
+    note = llm_weights_note(spec.llm_weights, spec.device, dtype)
+    if note:
+        log(note)
     if quantized.skipped:
         log(f'llm_weights {spec.llm_weights}: {len(quantized.skipped)} linear layers kept '
             f'native (their shape does not fit the layout): {", ".join(quantized.skipped)}')

@@ -102,8 +102,9 @@ PARAMETERS: dict[str, Spec] = {
                         live=False),
     'vision_engine': Spec('', 'TensorRT engine file (drive-vlm build-engine)', live=False),
     'llm_weights': Spec('native', "the LLM's linear weights: native | int8 (CUDA and CPU) | "
-                                  'int4 (CUDA compute capability 8.0+, bfloat16); one without a '
-                                  'kernel on the device fails at start', live=False),
+                                  'int4 (CUDA compute capability 8.0+ in bfloat16, or the CPU); '
+                                  'one without a kernel on the device fails at start',
+                        live=False),
     'camera_topics': Spec(list(camera_topics()), 'the six camera topics in nuScenes order '
                                                  f'({", ".join(NUSCENES_CAMERAS)})', live=False),
     'camera_namespace': Spec('', "prefix for every camera topic, e.g. '/vehicle1' gives "
