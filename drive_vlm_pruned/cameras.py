@@ -32,3 +32,14 @@ def camera_topic(name: str, compressed: bool = False) -> str:
 def camera_topics(compressed: bool = False) -> tuple[str, ...]:
     """Return the six default camera topics, in nuScenes order."""
     return tuple(camera_topic(name, compressed) for name in NUSCENES_CAMERAS)
+
+
+def namespaced(topic: str, namespace: str = '') -> str:
+    """
+    Return ``topic`` under ``namespace``: '/car1' (or 'car1', 'car1/') gives /car1/cam_front/...
+
+    No namespace leaves the topic as given. The node's ``camera_namespace`` parameter and
+    ``drive-vlm run --camera-namespace`` both read their topics through this.
+    """
+    prefix = namespace.strip('/')
+    return f'/{prefix}/{topic.lstrip("/")}' if prefix else topic

@@ -208,3 +208,25 @@ def test_latest_wins_worker_runs_the_newest_and_counts_the_replaced():
         pass
     worker.stop()
     assert seen == [0, 3] and not worker.alive
+
+
+def test_one_namespace_rule_for_the_node_and_the_offline_runner():
+    from drive_vlm_pruned.cameras import camera_topic, namespaced
+
+    topic = camera_topic('CAM_FRONT')
+    for ns in ('/car1', 'car1', 'car1/', '/car1/'):
+        assert namespaced(topic, ns) == '/car1/cam_front/image_raw'
+    assert namespaced(topic, '') == namespaced(topic, '/') == topic
+    assert namespaced('cam_front/image_raw', 'car1') == '/car1/cam_front/image_raw'
+
+
+def test_stamps_round_trip_through_sec_and_nanosec():
+    from types import SimpleNamespace
+
+    from drive_vlm_pruned.frames.stamps import header_stamp_ns, stamp_fields
+
+    for ns in (0, 1, 999_999_999, 1_000_000_000, 1_700_000_000_123_456_789):
+        fields = stamp_fields(ns)
+        assert 0 <= fields['nanosec'] < 1_000_000_000
+        msg = SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(**fields)))
+        assert header_stamp_ns(msg) == ns

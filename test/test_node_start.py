@@ -85,7 +85,7 @@ def test_a_bad_model_or_parameter_fails_fast_with_the_reason(case, tmp_path, tin
     assert out.returncode != 0
     expected = {'missing': 'nowhere', 'broken': 'not valid JSON',
                 'bad_keep_ratio': 'write 1.0 for a double',
-                'int4_without_cuda': "llm_weights int4 needs CUDA, and torch sees no CUDA "
+                'int4_without_cuda': 'llm_weights int4 needs CUDA, and torch sees no CUDA '
                                      "device ('cuda')"}[case]
     assert expected in out.stderr, out.stderr[-2000:]
     assert 'Traceback' not in out.stderr

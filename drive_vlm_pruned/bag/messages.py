@@ -25,6 +25,7 @@ from .topics import (
     TF_TYPE,
     typestore,
 )
+from ..frames.stamps import stamp_fields
 
 STORAGES = ('mcap', 'sqlite3')
 
@@ -70,8 +71,7 @@ def make(ts, typename: str, **fields):
 
 
 def stamp(ts, stamp_ns: int):
-    return make(ts, 'builtin_interfaces/msg/Time', sec=stamp_ns // 1_000_000_000,
-                nanosec=stamp_ns % 1_000_000_000)
+    return make(ts, 'builtin_interfaces/msg/Time', **stamp_fields(stamp_ns))
 
 
 def header(ts, stamp_ns: int, frame_id: str):

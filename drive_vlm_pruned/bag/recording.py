@@ -56,6 +56,7 @@ from .topics import (
 )
 from ..cameras import camera_topic
 from ..frames.calibration import CameraCalibration
+from ..frames.stamps import header_stamp_ns
 
 NODE_NAMESPACE = '/drive_vlm'
 ANSWER_TOPIC = NODE_NAMESPACE + '/answer'
@@ -170,7 +171,7 @@ def camera_inputs(names: Sequence[str], messages: Sequence, images: Sequence[np.
     for name, msg in zip(names, messages):
         if msg is None:
             continue
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = header_stamp_ns(msg)
         if hasattr(msg, 'format'):
             data, fmt = bytes(np.asarray(msg.data, dtype=np.uint8)), msg.format
         else:

@@ -22,10 +22,11 @@ from .reading import BagReader
 from .recording import camera_inputs, Diagnostics, RecordedSet, Recorder, view_overlays
 from .rig_calibration import bag_calibration, first_camera_infos
 from .topics import camera_info_topic, FrameTruth, GroundTruth, read_ground_truth, TF_STATIC_TOPIC
-from ..cameras import camera_topic, HALF_FRAME_NS, NUSCENES_CAMERAS
+from ..cameras import camera_topic, HALF_FRAME_NS, namespaced, NUSCENES_CAMERAS
 from ..eval.planning import HORIZONS_S, score_trajectory
 from ..frames.approximate_sync import ApproximateTimeSynchronizer, DEFAULT_SLOP_S, SyncedSet
 from ..frames.assembly import assemble, FrameError
+from ..frames.stamps import header_stamp_ns, stamp_fields
 from ..models.adapters import load_adapter
 from ..models.loading import LoadSpec
 from ..models.prompts import PLANNING
@@ -114,9 +115,8 @@ def _median(values) -> str:
 
 def camera_streams(namespace: str = '') -> dict[str, int]:
     """Map every camera topic, raw and compressed, to its stream index in nuScenes order."""
-    prefix = ('/' + namespace.strip('/')) if namespace.strip('/') else ''
-    return {prefix + camera_topic(name, c): i for i, name in enumerate(NUSCENES_CAMERAS)
-            for c in (False, True)}
+    return {namespaced(camera_topic(name, c), namespace): i
+            for i, name in enumerate(NUSCENES_CAMERAS) for c in (False, True)}
 
 
 def run_bag(options: RunOptions, log: Callable[[str], None] = print) -> RunSummary:
@@ -140,8 +140,7 @@ def run_bag(options: RunOptions, log: Callable[[str], None] = print) -> RunSumma
                 if m.topic not in streams:
                     recording.keep_info(m)
                     continue
-                stamp = m.msg.header.stamp.sec * 1_000_000_000 + m.msg.header.stamp.nanosec
-                synced = sync.add(streams[m.topic], stamp, m.msg)
+                synced = sync.add(streams[m.topic], header_stamp_ns(m.msg), m.msg)
                 if synced is None:
                     continue
                 line, ran = _run_set(pipeline, options.settings, synced, truth, summary)
@@ -172,9 +171,8 @@ def _info_topics(options: RunOptions) -> dict[str, str]:
     """Return the CameraInfo topics a recording copies (topic -> camera); none without one."""
     if not options.record:
         return {}
-    namespace = options.camera_namespace.strip('/')
-    prefix = '/' + namespace if namespace else ''
-    return {prefix + camera_info_topic(name): name for name in NUSCENES_CAMERAS}
+    return {namespaced(camera_info_topic(name), options.camera_namespace): name
+            for name in NUSCENES_CAMERAS}
 
 
 @dataclass
@@ -211,8 +209,7 @@ class _Recording:
                                  truth_xy)
         cameras = camera_inputs(NUSCENES_CAMERAS, synced.messages, frame.images, frame.names,
                                 self.infos)
-        stamped = dict(line, stamp={'sec': result.stamp_ns // 1_000_000_000,
-                                    'nanosec': result.stamp_ns % 1_000_000_000})
+        stamped = dict(line, stamp=stamp_fields(result.stamp_ns))
         self.recorder.record(RecordedSet(
             result.stamp_ns, result.answer, json.dumps(stamped),
             result.trajectory.points if result.trajectory.ok else None, cameras, overlays,

@@ -14,18 +14,18 @@ import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
+from ..frames.stamps import stamp_fields
 from ..pipeline.pipeline import Result
 
 
 def stamp_msg(stamp_ns: int) -> Time:
-    return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+    return Time(**stamp_fields(stamp_ns))
 
 
 def result_json(result: Result, latency_ms: float, camera_stamps_ns: Sequence[int | None]) -> str:
     """Return the ~/result payload: Result.summary() plus stamps and end-to-end latency."""
     out = result.summary()
-    out['stamp'] = {'sec': result.stamp_ns // 1_000_000_000,
-                    'nanosec': result.stamp_ns % 1_000_000_000}
+    out['stamp'] = stamp_fields(result.stamp_ns)
     out['camera_stamps_ns'] = list(camera_stamps_ns)
     out['latency_ms'] = latency_ms
     return json.dumps(out)

@@ -25,6 +25,7 @@ from ..bag.recording import (
 )
 from ..cameras import HALF_FRAME_NS, NUSCENES_CAMERAS
 from ..frames.calibration import CameraCalibration
+from ..frames.stamps import header_stamp_ns
 
 TRUTH_KEPT = 64
 
@@ -66,7 +67,7 @@ class NodeRecording:
         self.infos[NUSCENES_CAMERAS[index]] = serialize_message(msg)
 
     def on_truth(self, msg) -> None:
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = header_stamp_ns(msg)
         self.truth.append((stamp, [(p.pose.position.x, p.pose.position.y) for p in msg.poses]))
 
     def record(self, synced, frame, result, result_json: str, views: list[str],

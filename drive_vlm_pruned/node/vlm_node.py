@@ -35,11 +35,12 @@ from .parameters import check_record_views, llm_hidden_size, PARAMETERS, setting
 from .recording import camera_info_topic_of, NodeRecording
 from ..bag.recording import Diagnostics
 from ..bag.topics import GT_TRAJECTORY_TOPIC
-from ..cameras import NUSCENES_CAMERAS
+from ..cameras import namespaced, NUSCENES_CAMERAS
 from ..frames.approximate_sync import ApproximateTimeSynchronizer, SyncedSet
 from ..frames.assembly import assemble, FrameError
 from ..frames.calibration import read_calibration
 from ..frames.mosaic import render_mosaic
+from ..frames.stamps import header_stamp_ns
 from ..models.loading import check_spec, LoadSpec
 from ..pipeline.pipeline import Pipeline
 
@@ -111,11 +112,8 @@ class VlmNode(Node):
         if len(topics) != len(NUSCENES_CAMERAS):
             raise ValueError(f'camera_topics has {len(topics)} entries; give '
                              f'{len(NUSCENES_CAMERAS)}, in order {", ".join(NUSCENES_CAMERAS)}')
-        prefix = self.values['camera_namespace'].rstrip('/')
-        if prefix and not prefix.startswith('/'):
-            prefix = '/' + prefix
         suffix = '/compressed' if self.values['use_compressed'] else ''
-        topics = [prefix + (t if t.startswith('/') else '/' + t) if prefix else t for t in topics]
+        topics = [namespaced(t, self.values['camera_namespace']) for t in topics]
         return [t + suffix if suffix and not t.endswith(suffix) else t for t in topics]
 
     def _start_recording(self) -> None:
@@ -214,8 +212,7 @@ class VlmNode(Node):
         self.health.cameras[index].mark(now)
         if not self.sync.active[index]:
             self._set_active(self._wanted_active(now))
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        synced = self.sync.add(index, stamp, msg)
+        synced = self.sync.add(index, header_stamp_ns(msg), msg)
         if synced is not None:
             self._submit(synced, now)
 
