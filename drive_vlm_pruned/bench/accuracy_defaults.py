@@ -7,7 +7,7 @@ FastV and DART inside it at K=2; MVPruner's stage 2 is instruction-guided at a d
 here K=2), the random pruner at each of those layers as the floor, and keep 0.5, 0.25, 0.1 and
 0.05 (1.0 is the reference). Every cell answers every QA of the test split: 3 data seeds of 4
 scenes each, 60 key frames and 522 closed-form QA in all on the nano data, so each paired
-figure has a key-frame interval; the sweep measured ~30 min on the 2 cores (docs/accuracy.md).
+figure has a key-frame interval; the sweep took 38.6 min on the 2 cores (docs/accuracy.md).
 """
 
 PUBLISHED_LAYERS: dict[str, tuple[int, ...]] = {
