@@ -39,7 +39,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 
 from .curves import plot_recon_history
-from .loop import step_rows, warmup_cosine
+from .loop import optimizer_step, step_rows, warmup_cosine
 from .recon_decoder import DecoderConfig, ReconDecoder
 from .ssim import ssim
 from ..pruning.reconpruner import ReconScorer, ScorerConfig
@@ -428,12 +428,7 @@ def train_reconpruner(train: ReconData, config: ReconTrainConfig, val: ReconData
         objective.train()
         with accelerator.autocast():
             parts = objective(tokens, images, masks, warmup_mask(step, tokens, config))
-        accelerator.backward(parts.total)
-        if config.grad_clip:
-            accelerator.clip_grad_norm_(objective.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, parts.total, objective, optimizer, scheduler, config.grad_clip)
         window.append(torch.stack([parts.total.detach(), parts.fore.detach(),
                                    parts.back.detach(), parts.positive_share]).float().cpu())
         done = step + 1

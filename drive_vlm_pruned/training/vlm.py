@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .curves import plot_curves
 from .dataset import load_frames, prepare_split, qa_texts, SplitData
-from .loop import step_rows, warmup_cosine
+from .loop import optimizer_step, step_rows, warmup_cosine
 from .model import build_vlm, save_checkpoint
 from .patch_labels import class_pos_weight, GroundingProbe, PATCH_CLASSES
 from .presets import get_preset, Preset
@@ -259,12 +259,7 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         module.object_weight = recipe.object_loss if attending else 0.0
         with accelerator.autocast():
             output = net(images.to(accelerator.device), text, patches)
-        accelerator.backward(output.loss)
-        if recipe.grad_clip:
-            accelerator.clip_grad_norm_(net.parameters(), recipe.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, output.loss, net, optimizer, scheduler, recipe.grad_clip)
         state.step += 1
         loss = accelerator.reduce(output.answer_loss.detach(), 'mean').item()
         history['train'].append([state.step, loss])
