@@ -140,6 +140,32 @@ def test_a_failing_compiler_falls_back_to_eager_and_says_why(llava):
     assert 'compiled is unavailable' in messages[0] and 'no_such_backend' in messages[0]
 
 
+@pytest.mark.parametrize('full_guards', [False, True])
+def test_switching_shapes_back_and_forth_keeps_compiled_equal_to_eager(pipeline, full_guards):
+    """
+    After a step's first call only the guards that tell graphs apart run (decoding.py doc).
+
+    Shapes switch A, B, A, C, B (keep ratio, batch size): each frame must still run its own
+    slot's graph, so every answer equals eager's, with and without the full guards.
+    """
+    compiled = Pipeline(pipeline.adapter,
+                        compile_options=CompileOptions(backend='eager', full_guards=full_guards))
+    plan = [(1.0, 1), (0.1, 1), (1.0, 1), (0.1, 2), (0.1, 1)]
+    for keep, batch in plan:
+        settings = [RuntimeSettings(keep_ratio=keep, max_new_tokens=6, stop_at_eos=False,
+                                    question=f'q{i}')
+                    for i in range(batch)]
+        frames = FRAMES[:batch]
+        fast = compiled.run_batch(frames, [replace(x, decode_backend='compiled')
+                                           for x in settings])
+        eager = pipeline.run_batch(frames, [replace(x, decode_backend='eager') for x in settings])
+        assert [r.decode_backend for r in fast] == ['compiled'] * batch
+        assert [r.answer for r in fast] == [r.answer for r in eager], (keep, batch)
+    # batch 1 and batch 2 are two slots at least (keep ratios share one where their cache
+    # capacities round to the same quantum), so frames switched between graphs
+    assert len(compiled.decoder.slots) >= 2
+
+
 def test_inductor_compiled_decode_equals_eager(llava):
     """Compile with the backend the node runs: inductor (C++ kernels on CPU), once."""
     adapter = llava
