@@ -5,6 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _pyplot():
+    """Return matplotlib.pyplot on the Agg backend (no display)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_curves(history: dict, path: Path) -> Path:
     """
     Draw training loss (raw and a 50-step running mean) and validation loss/accuracy by step.
@@ -12,12 +22,9 @@ def plot_curves(history: dict, path: Path) -> Path:
     ``history`` holds ``train``: ``[[step, loss], ...]`` and ``val``: ``[{"step", "loss",
     "exact", ...}, ...]`` as ``train_vlm`` records them.
     """
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     train = np.array(history.get('train') or [[0, np.nan]], dtype=float)
     ax_loss.plot(train[:, 0], train[:, 1], color='0.8', lw=0.8, label='train (step)')
@@ -51,10 +58,7 @@ def plot_curves(history: dict, path: Path) -> Path:
 
 def plot_recon_history(history: dict, path: Path) -> Path:
     """Draw ReconPruner's losses (total, fore, back, val) and val AUROC / positive share."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for key in ('loss', 'fore', 'back'):
