@@ -280,3 +280,26 @@ def test_planning_answer_parses_and_never_writes_minus_zero():
     assert '-0.0' not in answer and answer.startswith('[5.0,0.0],[10.0,0.0]')
     assert parse_trajectory(answer).points == ((5.0, 0.0), (10.0, 0.0), (15.0, 0.2), (20.0, 0.5),
                                                (25.0, 1.0), (30.0, 2.0))
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_view_counts_and_drill_questions_have_the_hand_answers(hand, seed):
+    """gt.view_counts and the training drills, checked against the hand table, not the rules."""
+    _, _, facts = hand
+    counts = frame_qa.view_counts(facts)
+    assert set(counts) == set(NUSCENES_CAMERAS)
+    for camera, by_label in counts.items():
+        for label, n in by_label.items():
+            assert n in (None, EXPECTED_COUNTS.get((camera, label), 0)), (camera, label)
+    drills = frame_qa.drill_qa(counts, np.random.default_rng(seed), exists=6, count=5)
+    exists = [(q, a) for family, q, a in drills if family == 'exists']
+    count = [(q, a) for family, q, a in drills if family == 'count']
+    assert len(exists) == 6 and len(count) == 5
+    # yes and no alternate while both last: this scene has 3 yes pairs
+    assert [a for _, a in exists] == ['Yes.', 'No.'] * 3
+    for question, answer in exists:
+        m = re.fullmatch(r'Is there a (\w+) in the (.+)\?', question)
+        assert answer == ('Yes.' if EXPECTED_COUNTS.get((VIEWS[m[2]], m[1])) else 'No.')
+    for question, answer in count:
+        m = re.fullmatch(r'How many (\w+) are in the (.+)\?', question)
+        assert answer == str(EXPECTED_COUNTS.get((VIEWS[m[2]], SINGULAR[m[1]]), 0))

@@ -484,3 +484,23 @@ def test_object_routing_loss_trains_on_the_label_masks(data_dir, tmp_path, monke
     with pytest.raises(ValueError, match='object-routing layer 7'):
         train_vlm(config(data_dir, tmp_path / 'bad', preset='test-grounded', steps=None),
                   log=said.append)
+
+
+def test_drill_turns_follow_the_frames_own_qa_and_need_view_counts(data_dir):
+    frames = load_frames(data_dir, 'train')
+    adapter = make_adapter(frames)
+    plain = tokenise_frames(adapter, frames)
+    drilled = tokenise_frames(adapter, frames, drills=(4, 3), seed=0)
+    for frame, own, more in zip(frames, plain, drilled):
+        assert more.turns[:len(own.turns)] == own.turns  # the frame's own QA first, unchanged
+        extra = more.turns[len(own.turns):]
+        families = [t.family for t in extra]
+        clear = [n for by_label in frame.gt.view_counts.values() for n in by_label.values()
+                 if n is not None]
+        countable = [n for n in clear if n <= 6]
+        assert families == ['exists'] * min(4, len(clear)) + ['count'] * min(3, len(countable))
+        assert all(t.view >= 0 and t.object_class >= 0 for t in extra)  # routing reads them
+    assert tokenise_frames(adapter, frames, drills=(4, 3), seed=0) == drilled  # seeded
+    bare = [replace(f, gt=replace(f.gt, view_counts={})) for f in frames]
+    with pytest.raises(ValueError, match='no gt.view_counts.*data synth'):
+        tokenise_frames(adapter, bare, drills=(4, 3))

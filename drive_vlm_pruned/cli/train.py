@@ -118,6 +118,12 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                      help='weight of the object-routing loss: a question that names a class and '
                           'a camera attends to the tokens of that class there (default: the '
                           'preset; nano-grounded 1.0)')
+    vlm.add_argument('--drill-exists', type=int, metavar='N',
+                     help='extra exists questions per train frame from its gt.view_counts '
+                          '(default: the preset; nano-sees-drilled 12)')
+    vlm.add_argument('--drill-count', type=int, metavar='N',
+                     help='extra count questions per train frame (default: the preset; '
+                          'nano-sees-drilled 8)')
     vlm.add_argument('--vision-init', metavar='DIR',
                      help='start the vision tower from a vision-stage tower (drive-vlm train '
                           'vision: OUT/vision_tower)')
@@ -189,7 +195,8 @@ def _run_vlm(args) -> int:
         init_from=Path(args.init_from) if args.init_from else None, patch_loss=args.patch_loss,
         route_loss=args.route_loss, exclude_loss=args.exclude_loss, object_loss=args.object_loss,
         vision_init=Path(args.vision_init) if args.vision_init else None,
-        freeze_vision=args.freeze_vision,
+        freeze_vision=args.freeze_vision, drill_exists=args.drill_exists,
+        drill_count=args.drill_count,
     )
     try:
         result = train_vlm(config)

@@ -22,7 +22,7 @@ Every problem with a file (a missing image, an unknown camera, a malformed c-tag
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import json
 from pathlib import Path
 import re
@@ -91,6 +91,8 @@ class FrameGT:
     future_agents: tuple[tuple[AgentBox, ...], ...]  # per future step
     masks: dict[str, Path]
     image_size: tuple[int, int] | None  # width, height
+    # camera -> class -> objects that count (None: unclear); format 3 on (frame_qa.view_counts)
+    view_counts: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,9 @@ def _frame_gt(base: Path, gt, where: str) -> FrameGT:
             future_agents=agents,
             masks={c: (base / p).resolve() for c, p in (gt.get('masks') or {}).items()},
             image_size=(int(size[0]), int(size[1])) if size else None,
+            view_counts={str(c): {str(lab): None if n is None else int(n)
+                                  for lab, n in by_label.items()}
+                         for c, by_label in (gt.get('view_counts') or {}).items()},
         )
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise DriveLMError(f'{where}: malformed "gt" ({type(err).__name__}: {err}); its fields '

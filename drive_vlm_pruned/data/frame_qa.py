@@ -87,6 +87,58 @@ def behavior_mc_question(history: Sequence[Sequence[float]], options: Sequence[s
             f'the following options: {listing}')
 
 
+# --- the per-camera object counts behind the exists and count answers ---------------------------
+
+def view_counts(facts: FrameFacts) -> dict[str, dict[str, int | None]]:
+    """
+    Per camera and class: how many objects count (the count answer); None where unclear.
+
+    None where a marginal object could change the answer (``pair_is_clear``). Written to
+    ``gt.view_counts``: what every exists and count question of the frame would answer, so a
+    trainer can ask any of them.
+    """
+    return {camera: {label: len(facts.counted(camera, label))
+                     if pair_is_clear(facts, camera, label) else None
+                     for label in OBJECT_LABELS}
+            for camera in NUSCENES_CAMERAS}
+
+
+def drill_qa(counts: dict[str, dict[str, int | None]], rng: np.random.Generator,
+             exists: int, count: int) -> list[tuple[str, str, str]]:
+    """
+    Extra exists and count questions on one frame, as ``(family, question, answer)``.
+
+    Training only (``Recipe.drill_exists``/``drill_count``): the frame's own 3 exists and 2
+    count questions are a few of its 24 camera x class pairs; these ask more of the clear pairs
+    (``view_counts``), with the rules' answers and words. Exists draws alternate "Yes." and "No."
+    pairs while both remain; count draws, like the frame's own, take a count uniformly from the
+    counts the frame offers (up to ``MAX_COUNT``), then a pair with it, so '0' does not dominate.
+    """
+    pairs = [(c, lab, n) for c, by_label in counts.items() for lab, n in by_label.items()
+             if n is not None]
+    out: list[tuple[str, str, str]] = []
+    yes = [p for p in pairs if p[2] > 0]
+    no = [p for p in pairs if p[2] == 0]
+    rng.shuffle(yes)
+    rng.shuffle(no)
+    for k in range(min(exists, len(yes) + len(no))):
+        pool = yes if (k % 2 == 0 and yes) or not no else no
+        camera, label, n = pool.pop()
+        out.append(('exists', exists_question(camera, label), yes_no(n > 0)))
+    by_count: dict[int, list[tuple[str, str, int]]] = {}
+    for pair in pairs:
+        if pair[2] <= MAX_COUNT:
+            by_count.setdefault(pair[2], []).append(pair)
+    for _ in range(min(count, sum(map(len, by_count.values())))):
+        values = sorted(by_count)
+        pool = by_count[values[int(rng.integers(len(values)))]]
+        camera, label, n = pool.pop(int(rng.integers(len(pool))))
+        if not pool:
+            del by_count[n]
+        out.append(('count', count_question(camera, label), str(n)))
+    return out
+
+
 # --- one key frame's QA --------------------------------------------------------------------------
 
 @dataclass

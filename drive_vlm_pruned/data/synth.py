@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from .frame_qa import CATEGORIES, FAMILIES, frame_qa
+from .frame_qa import CATEGORIES, FAMILIES, frame_qa, view_counts
 from .qa_rules import frame_facts, marginal_px, min_visible_px
 from ..cameras import NUSCENES_CAMERAS
 from ..scenes import (
@@ -50,7 +50,7 @@ FIRST_KEY_FRAME_S = 1.5          # the first key frame has 1.5 s of history behi
 KEY_FRAME_DT_S = 0.5             # nuScenes' key frames come at 2 Hz
 BASE_TIMESTAMP_US = 1_700_000_000_000_000
 JPEG_QUALITY = 95
-FORMAT_VERSION = 2               # bump when a rule changes what a seed writes
+FORMAT_VERSION = 3               # bump when a rule changes what a seed writes (3: gt.view_counts)
 
 # Scene mix: (share, low, high) ego speed in m/s per class, drawn away from the class edges of
 # qa_rules.SPEED_BANDS so the behavior answer is stable; then the heading change the road
@@ -239,6 +239,7 @@ def render_scene(scene_seed: int, options: DataOptions, out: Path) -> tuple[str,
                 'future_agents': _future_agents(frames),
                 'masks': {cam: masks[cam] for cam in NUSCENES_CAMERAS},
                 'image_size': [options.width, options.height],
+                'view_counts': view_counts(facts),
             },
         }
     return scene_token, {'scene_description': scene_description(scene), 'key_frames': key_frames}

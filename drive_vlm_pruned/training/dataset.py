@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .samples import FrameTurns, prefix_prompt, tokenise_turn
 from ..cameras import NUSCENES_CAMERAS
 from ..data.drivelm import data_file, KeyFrame, load_camera_set, load_drivelm
+from ..data.frame_qa import drill_qa
 from ..models.base import VLMAdapter
 
 
@@ -65,17 +66,33 @@ def qa_texts(frames: list[KeyFrame]) -> list[str]:
     return [text for f in frames for qa in f.qa for text in (qa.question, qa.answer)]
 
 
-def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame]) -> list[FrameTurns]:
+def frame_texts(frame: KeyFrame, index: int, drills: tuple[int, int] = (0, 0),
+                seed: int = 0) -> list[tuple[str, str, str]]:
+    """``(family, question, answer)`` of a frame's QA, then its drill turns (``drill_qa``)."""
+    texts = [(qa.family or qa.category, qa.question, qa.answer) for qa in frame.qa]
+    if any(drills):
+        counts = frame.gt.view_counts if frame.gt is not None else {}
+        if not counts:
+            raise ValueError(f'{frame.where()}: no gt.view_counts for the drill questions; '
+                             'write the data with `drive-vlm data synth` (format 3 or later), '
+                             'or train with --drill-exists 0 --drill-count 0')
+        texts += drill_qa(counts, np.random.default_rng([seed, 7, index]), *drills)
+    return texts
+
+
+def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame], drills: tuple[int, int] = (0, 0),
+                    seed: int = 0) -> list[FrameTurns]:
     names = NUSCENES_CAMERAS
     prefix = prefix_prompt(adapter, names)
-    return [FrameTurns(tuple(tokenise_turn(adapter, names, qa.question, qa.answer,
-                                           qa.family or qa.category, prefix) for qa in f.qa))
-            for f in frames]
+    return [FrameTurns(tuple(tokenise_turn(adapter, names, question, answer, family, prefix)
+                             for family, question, answer in frame_texts(f, i, drills, seed)))
+            for i, f in enumerate(frames)]
 
 
 def prepare_split(adapter: VLMAdapter, data: Path, split: str, cache_dir: Path,
                   frames: list[KeyFrame] | None = None,
-                  log: Callable[[str], None] = print, with_labels: bool = False) -> SplitData:
+                  log: Callable[[str], None] = print, with_labels: bool = False,
+                  drills: tuple[int, int] = (0, 0), seed: int = 0) -> SplitData:
     """Load, pre-render (or reuse the cache) and tokenise one split; per-patch labels too."""
     frames = frames if frames is not None else load_frames(data, split)
     images = _view_cache(adapter, data_file(data, split), frames, cache_dir / split, log)
@@ -83,7 +100,7 @@ def prepare_split(adapter: VLMAdapter, data: Path, split: str, cache_dir: Path,
     if with_labels:
         labels = _label_cache(adapter, data_file(data, split), frames,
                               cache_dir / f'{split}-labels', log)
-    return SplitData(split, frames, images, tokenise_frames(adapter, frames), labels)
+    return SplitData(split, frames, images, tokenise_frames(adapter, frames, drills, seed), labels)
 
 
 def _label_cache(adapter: VLMAdapter, source: Path, frames: list[KeyFrame], stem: Path,

@@ -69,6 +69,11 @@ class Recipe:
     object_loss: float = 0.0
     object_at: tuple[int, int] = (2, 1)
     route_from: int = 0  # the routing, exclusion and object losses count from this step on
+    # extra exists / count turns per train frame, drawn from its gt.view_counts (data format 3;
+    # data/frame_qa.drill_qa): the frame's 5 camera questions cover 5 of its 24 camera x class
+    # pairs, the drills ask more of them. Train split only; val and test keep their own QA.
+    drill_exists: int = 0
+    drill_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,11 @@ PRESETS = {
     'nano-sees-routed': Preset('nano-sees-routed', ModelPreset(prompt_format='named-views'),
                                Recipe(steps=1000, match_visual_scale=True, visual_norm_ratio=2.0,
                                       route_loss=1.0, object_loss=1.0)),
+    # nano-sees-routed plus 12 exists and 8 count drill turns per train frame.
+    'nano-sees-drilled': Preset('nano-sees-drilled', ModelPreset(prompt_format='named-views'),
+                                Recipe(steps=3000, match_visual_scale=True,
+                                       visual_norm_ratio=2.0, route_loss=1.0, object_loss=1.0,
+                                       drill_exists=12, drill_count=8)),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,

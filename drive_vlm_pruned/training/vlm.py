@@ -77,13 +77,16 @@ class VLMTrainConfig:
     object_loss: float | None = None  # weight of the object-routing loss (view_routing.py)
     vision_init: Path | None = None  # a vision-stage tower (vision_stage.py) to start from
     freeze_vision: bool = False  # keep the tower fixed: train the projector and the LLM
+    drill_exists: int | None = None  # extra exists turns per train frame (Recipe.drill_exists)
+    drill_count: int | None = None  # extra count turns per train frame (Recipe.drill_count)
 
     def preset_values(self) -> Preset:
         return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
                           lr=self.lr, eval_every=self.eval_every, eval_frames=self.eval_frames,
                           save_every=self.save_every, seed=self.seed,
                           patch_loss=self.patch_loss, route_loss=self.route_loss,
-                          exclude_loss=self.exclude_loss, object_loss=self.object_loss)
+                          exclude_loss=self.exclude_loss, object_loss=self.object_loss,
+                          drill_exists=self.drill_exists, drill_count=self.drill_count)
 
 
 @dataclass
@@ -159,7 +162,9 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
                                     torch.float32)
     labels = recipe.patch_loss > 0 or recipe.object_loss > 0  # both read the label masks
     with accelerator.main_process_first():
-        train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say, labels)
+        train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say, labels,
+                              drills=(recipe.drill_exists, recipe.drill_count),
+                              seed=recipe.seed)
         val = prepare_split(adapter, data, 'val', out / 'cache', log=say, with_labels=labels)
     say(f'train: {len(train)} frames, {sum(len(t.turns) for t in train.turns)} QA; '
         f'val: {len(val)} frames; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M '
