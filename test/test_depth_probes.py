@@ -11,6 +11,7 @@ from drive_vlm_pruned.eval.depth_probes import (
     probe_table,
 )
 from drive_vlm_pruned.eval.linear_probe import linear_probe_accuracy
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,47 @@ def test_the_hooks_read_the_named_view_and_the_answer_row_of_every_camera_questi
     assert torch.allclose(feats['projector'][0], pooled(tokens[view][0].float()), atol=1e-5)
     # the LLM rows differ from layer to layer: each hook reads its own layer
     assert not torch.allclose(feats['llm.1'], feats[f'llm.{layers}'])
+
+
+def _frames_of(root, images_per_frame) -> list:
+    """Return key frames whose six views are the given RGB arrays (PNG files under ``root``)."""
+    from drive_vlm_pruned.data.drivelm import KeyFrame
+    from PIL import Image
+
+    frames = []
+    for k, images in enumerate(images_per_frame):
+        paths = {}
+        for camera, image in zip(NUSCENES_CAMERAS, images):
+            paths[camera] = root / f'{k}_{camera}.png'
+            Image.fromarray(image).save(paths[camera])
+        frames.append(KeyFrame('scene', f'frame{k}', paths, {}, ()))
+    return frames
+
+
+def test_the_view_identity_probe_reads_which_view_a_token_comes_from(small_model, tmp_path):
+    from drive_vlm_pruned.eval.depth_probes import view_identity_features, view_identity_table
+    from drive_vlm_pruned.models.adapters import load_adapter
+    from drive_vlm_pruned.models.loading import LoadSpec
+
+    adapter = load_adapter(LoadSpec(str(small_model)), log=lambda s: None)
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (6, 3), dtype=np.uint8)
+    # each view its own colour (plus noise): the tokens themselves say which view they are
+    own = [[np.clip(colours[v] + rng.normal(0, 8, (36, 64, 3)), 0, 255).astype(np.uint8)
+            for v in range(6)] for _ in range(4)]
+    # the same picture in all six views: only the prompt and the positions can tell them apart
+    same = [[rng.integers(0, 256, (36, 64, 3), dtype=np.uint8)] * 6 for _ in range(4)]
+    for name, frames in (('own', own), ('same', same)):
+        (tmp_path / name).mkdir()
+        views, feats = view_identity_features(adapter, _frames_of(tmp_path / name, frames))
+        layers = len(adapter.decoder_layers)
+        assert list(feats) == [f'llm.{k}' for k in range(layers + 1)]
+        assert len(views) == len(feats['llm.0']) and set(views.tolist()) == set(range(6))
+        half = len(views) // 2  # frames 0-1 fit, 2-3 held out (every view in both)
+        fit = (views[:half], {d: f[:half] for d, f in feats.items()})
+        held = (views[half:], {d: f[half:] for d, f in feats.items()})
+        acc = view_identity_table(fit, held)
+        if name == 'own':
+            assert acc['llm.0'] > 0.95, acc
+        else:
+            assert acc['llm.0'] < 0.3, acc  # identical inputs: chance, 1/6

@@ -16,8 +16,15 @@ position (keep 1.0), fit one linear probe per class on the --fit-split frames an
 the --split frames, beside the class majority and the question prior (the majority answer of
 the same class and camera). A LLaVA-style model only (the embedded model, LLaVA-OneVision).
 
+A second table says whether each depth can tell which view a visual token comes from (a linear
+probe of the view id over the visual tokens of the first 20 frames of each split; chance 1/6):
+a question about one camera can only be answered from that camera's tokens once they carry it.
+
 example: drive-vlm bench probes --data data/drive --fit-frames 300
 """
+
+
+VIEW_ID_FRAMES = 20  # frames per split for the view-identity probe (x 6 views x 28 tokens)
 
 
 def add_probes_parser(bench_sub) -> argparse.ArgumentParser:
@@ -48,7 +55,13 @@ def run_probes(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..data.drivelm import DriveLMError, load_drivelm
-    from ..eval.depth_probes import collect_features, format_table, probe_table
+    from ..eval.depth_probes import (
+        collect_features,
+        format_table,
+        probe_table,
+        view_identity_features,
+        view_identity_table,
+    )
     from ..models.adapters import load_adapter
     from ..pipeline.pipeline import Pipeline
 
@@ -76,6 +89,12 @@ def run_probes(args: argparse.Namespace) -> int:
               'read `drive-vlm data synth` question families)', file=sys.stderr)
         return 2
     print(format_table(rows))
+    adapter = pipeline.adapter
+    views = view_identity_table(view_identity_features(adapter, fit_frames[:VIEW_ID_FRAMES]),
+                                view_identity_features(adapter, held_frames[:VIEW_ID_FRAMES]))
+    print('\n| depth (visual tokens) | view id probe |\n| --- | --- |')
+    print('\n'.join(f'| {depth} | {100 * acc:.1f}% |' for depth, acc in views.items()))
+    print('| (chance) | 16.7% |')
     if args.json_out:
         Path(args.json_out).write_text(json.dumps([asdict(r) for r in rows], indent=1) + '\n')
     return 0

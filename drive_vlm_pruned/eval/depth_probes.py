@@ -35,6 +35,7 @@ from ..data.drivelm import KeyFrame, load_camera_set, QA
 from ..data.qa_rules import PLURALS
 from ..models.prompts import VIEW_WORDS
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
+from ..pruning import keep_all
 
 FAMILIES = ('exists', 'count')
 _VIEW = '|'.join(re.escape(w) for w in VIEW_WORDS.values())
@@ -231,3 +232,40 @@ def format_table(rows: Sequence[ProbeRow]) -> str:
     counts = ', '.join(f'{f}: {first[f].fit_items} fit / {first[f].eval_items} held out'
                        for f in families)
     return '\n'.join(lines) + f'\n\nitems: {counts}'
+
+
+def view_identity_features(adapter, frames: Sequence[KeyFrame], every: int = 7,
+                           ) -> tuple[Tensor, dict[str, Tensor]]:
+    """
+    Visual tokens by depth, labelled with the view they come from (keep 1.0, no question).
+
+    To answer "Is there a sign in the back left view?" a layer must tell the back left view's
+    tokens from the others; the tower sees each image alone, so what the LLM knows of a token's
+    view it must take from the view names before it (named-views prompt) or from its position.
+    Returns ``(views [n], {depth: [n, D]})`` for every ``every``-th token of each view, at
+    ``llm.0`` (the visual tokens as the LLM gets them) and after each LLM layer ``llm.K``: the
+    keys that layer K+1 attends over.
+    """
+    names = NUSCENES_CAMERAS
+    pieces = adapter.prompt('', names)
+    labels, feats = [], defaultdict(list)
+    with torch.inference_mode():
+        for frame in frames:
+            visual = adapter.encode(adapter.preprocess(list(load_camera_set(frame).images)), 1)
+            inputs = adapter.build_inputs(visual, keep_all(visual.tokens.valid_counts(),
+                                                           adapter.device), [pieces])
+            rows = torch.stack(inputs.visual_rows, 1)[0, :, ::every]  # [V, n]
+            out = adapter.model.get_decoder()(
+                inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids, output_hidden_states=True)
+            for k, hidden in enumerate(out.hidden_states):
+                feats[f'llm.{k}'].append(hidden[0, rows.flatten()].float().cpu())
+            labels.append(torch.arange(len(names)).repeat_interleave(rows.shape[1]))
+    return torch.cat(labels), {depth: torch.cat(v) for depth, v in feats.items()}
+
+
+def view_identity_table(fit: tuple[Tensor, dict[str, Tensor]],
+                        held_out: tuple[Tensor, dict[str, Tensor]]) -> dict[str, float]:
+    """Held-out accuracy of a linear probe of the view id at each depth (chance: 1/6)."""
+    return {depth: linear_probe_accuracy(fit[1][depth], fit[0], held_out[1][depth], held_out[0])
+            for depth in fit[1]}
