@@ -158,3 +158,13 @@ def test_camera_set_reads_rgb_and_blank_never_reads_a_pixel(tmp_path):
     with pytest.raises(DriveLMError, match='cannot read the CAM_FRONT image') as err:
         load_camera_set(cut)
     assert str(image) in str(err.value)
+
+
+def test_malformed_view_counts_name_the_frame_and_the_gt_field(tmp_path):
+    path, data = _copy_fixture(tmp_path)
+    _, frame, record = _first_frame(data)
+    record['gt'] = {'view_counts': {'CAM_FRONT': ['vehicle', 2]}}  # a list, not class -> count
+    path.write_text(json.dumps(data))
+    with pytest.raises(DriveLMError, match='malformed "gt"') as err:
+        load_drivelm(path)
+    assert frame in str(err.value)

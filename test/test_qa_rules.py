@@ -303,3 +303,5 @@ def test_view_counts_and_drill_questions_have_the_hand_answers(hand, seed):
     for question, answer in count:
         m = re.fullmatch(r'How many (\w+) are in the (.+)\?', question)
         assert answer == str(EXPECTED_COUNTS.get((VIEWS[m[2]], SINGULAR[m[1]]), 0))
+    with pytest.raises(ValueError, match='--drill-exists'):
+        frame_qa.drill_qa(counts, np.random.default_rng(seed), exists=-1, count=0)

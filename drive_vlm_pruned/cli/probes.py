@@ -90,8 +90,13 @@ def run_probes(args: argparse.Namespace) -> int:
         return 2
     print(format_table(rows))
     adapter = pipeline.adapter
-    views = view_identity_table(view_identity_features(adapter, fit_frames[:VIEW_ID_FRAMES]),
-                                view_identity_features(adapter, held_frames[:VIEW_ID_FRAMES]))
+    try:
+        views = view_identity_table(
+            view_identity_features(adapter, fit_frames[:VIEW_ID_FRAMES]),
+            view_identity_features(adapter, held_frames[:VIEW_ID_FRAMES]))
+    except ValueError as err:  # DriveLMError: an image that cannot be read
+        print(f'drive-vlm bench probes: {err}', file=sys.stderr)
+        return 2
     print('\n| depth (visual tokens) | view id probe |\n| --- | --- |')
     print('\n'.join(f'| {depth} | {100 * acc:.1f}% |' for depth, acc in views.items()))
     print('| (chance) | 16.7% |')

@@ -296,7 +296,7 @@ def _frame_gt(base: Path, gt, where: str) -> FrameGT:
                                   for lab, n in by_label.items()}
                          for c, by_label in (gt.get('view_counts') or {}).items()},
         )
-    except (KeyError, TypeError, ValueError, IndexError) as err:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise DriveLMError(f'{where}: malformed "gt" ({type(err).__name__}: {err}); its fields '
                            'are in docs/qa_rules.md, "Ground truth per key frame"') from None
 

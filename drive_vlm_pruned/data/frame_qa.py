@@ -114,6 +114,9 @@ def drill_qa(counts: dict[str, dict[str, int | None]], rng: np.random.Generator,
     pairs while both remain; count draws, like the frame's own, take a count uniformly from the
     counts the frame offers (up to ``MAX_COUNT``), then a pair with it, so '0' does not dominate.
     """
+    if exists < 0 or count < 0:
+        raise ValueError(f'drill questions per frame must be >= 0, got {exists} exists and '
+                         f'{count} count (--drill-exists, --drill-count)')
     pairs = [(c, lab, n) for c, by_label in counts.items() for lab, n in by_label.items()
              if n is not None]
     out: list[tuple[str, str, str]] = []
