@@ -504,3 +504,42 @@ def test_drill_turns_follow_the_frames_own_qa_and_need_view_counts(data_dir):
     bare = [replace(f, gt=replace(f.gt, view_counts={})) for f in frames]
     with pytest.raises(ValueError, match='no gt.view_counts.*data synth'):
         tokenise_frames(adapter, bare, drills=(4, 3))
+
+
+def test_family_weight_raises_that_familys_share_of_the_answer_loss(data_dir):
+    frames = load_frames(data_dir, 'train')
+    adapter = make_adapter(frames)
+    turns = tokenise_frames(adapter, frames)
+    plain = pack_text(turns, adapter.pad_token_id)
+    family = plain.families[0]
+    weighted = pack_text(turns, adapter.pad_token_id, {family: 5.0})
+    owner = weighted.turn_of_row
+    for t, name in enumerate(plain.families):
+        turn_weight = weighted.weight[owner == t].sum().item()
+        assert turn_weight == pytest.approx(5.0 if name == family else 1.0)
+        assert plain.weight[owner == t].sum().item() == pytest.approx(1.0)
+    heavy = plain.families.count(family)
+    assert plain.norm == len(plain.families)
+    assert weighted.norm == pytest.approx(len(plain.families) + 4.0 * heavy)
+    # The loss stays a weighted mean: equal token losses give the same loss either way.
+    ones = (plain.labels != IGNORE).float()
+    assert (ones * plain.weight).sum() / plain.norm == pytest.approx(1.0)
+    assert (ones * weighted.weight).sum() / weighted.norm == pytest.approx(1.0)
+
+
+def test_family_weight_for_a_family_no_turn_has_is_refused(data_dir, tmp_path):
+    with pytest.raises(ValueError, match='no train turn has the family planning_trajectori'):
+        train_vlm(config(data_dir, tmp_path / 'run',
+                         family_weights=(('planning_trajectori', 8.0),)), log=lambda _: None)
+
+
+@pytest.mark.parametrize('bad', ['planning_trajectory', 'planning_trajectory=0', '=8',
+                                 'planning_trajectory=x'])
+def test_family_weight_flag_names_its_form_when_malformed(bad):
+    import argparse
+
+    from drive_vlm_pruned.cli.train import _family_weight
+
+    assert _family_weight('planning_trajectory=8') == ('planning_trajectory', 8.0)
+    with pytest.raises(argparse.ArgumentTypeError, match='FAMILY=W with W > 0'):
+        _family_weight(bad)

@@ -124,6 +124,11 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
     vlm.add_argument('--drill-count', type=int, metavar='N',
                      help='extra count questions per train frame (default: the preset; '
                           'nano-sees-drilled 8)')
+    vlm.add_argument('--family-weight', type=_family_weight, action='append',
+                     metavar='FAMILY=W',
+                     help="that question family's turns weigh W turns each in the answer loss "
+                          '(repeatable; e.g. planning_trajectory=8; default: the preset, every '
+                          'turn 1)')
     vlm.add_argument('--vision-init', metavar='DIR',
                      help='start the vision tower from a vision-stage tower (drive-vlm train '
                           'vision: OUT/vision_tower)')
@@ -132,6 +137,19 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
     vlm.add_argument('--storage', default='float16', choices=['float16', 'bfloat16', 'float32'],
                      help='dtype of the final safetensors (default float16)')
     return vlm
+
+
+def _family_weight(text: str) -> tuple[str, float]:
+    """Parse ``FAMILY=W`` (W a positive number) for --family-weight."""
+    family, sep, value = text.partition('=')
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = -1.0
+    if not sep or not family or weight <= 0:
+        raise argparse.ArgumentTypeError(f'{text!r}: give FAMILY=W with W > 0, e.g. '
+                                         'planning_trajectory=8')
+    return family, weight
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -197,6 +215,7 @@ def _run_vlm(args) -> int:
         vision_init=Path(args.vision_init) if args.vision_init else None,
         freeze_vision=args.freeze_vision, drill_exists=args.drill_exists,
         drill_count=args.drill_count,
+        family_weights=tuple(args.family_weight) if args.family_weight else None,
     )
     try:
         result = train_vlm(config)

@@ -74,6 +74,9 @@ class Recipe:
     # pairs, the drills ask more of them. Train split only; val and test keep their own QA.
     drill_exists: int = 0
     drill_count: int = 0
+    # (family, weight) pairs: that family's turns weigh this many turns in the answer loss
+    # (samples.pack_text); the others weigh 1
+    family_weights: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

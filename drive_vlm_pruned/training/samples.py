@@ -22,7 +22,7 @@ the one-token yes/no answers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,24 +88,40 @@ class PackedText:
     offsets: Tensor  # [B, T] position offset from the prefix end (restarts at 0 per turn)
     segment: Tensor  # [B, T] turn number 1..n; -1 at padding
     labels: Tensor  # [B, T] next-token target or IGNORE
-    weight: Tensor  # [B, T] float: 1 / answer length at label rows (each turn weighs 1)
+    weight: Tensor  # [B, T] float: turn weight / answer length at label rows (pack_text)
     turn_of_row: Tensor  # [B, T] index into ``families`` of the row's turn, -1 elsewhere
     families: tuple[str, ...]  # family per turn of the batch (flattened over frames)
     views: tuple[int, ...] = ()  # named camera per turn (-1: none), like ``families``
     classes: tuple[int, ...] = ()  # named object class per turn (-1: none), like ``families``
+    total_weight: float = 0.0  # sum of the turn weights (0: one per turn)
 
     @property
     def turns(self) -> int:
         return len(self.families)
 
+    @property
+    def norm(self) -> float:
+        """Return what the answer loss is divided by: the turns' total weight, at least 1."""
+        return max(self.total_weight or self.turns, 1.0)
+
     def to(self, device: torch.device) -> PackedText:
         return PackedText(self.ids.to(device), self.offsets.to(device), self.segment.to(device),
                           self.labels.to(device), self.weight.to(device),
-                          self.turn_of_row.to(device), self.families, self.views, self.classes)
+                          self.turn_of_row.to(device), self.families, self.views, self.classes,
+                          self.total_weight)
 
 
-def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
-    """Lay out the turns of each frame after its prefix (module doc); right-pad the batch."""
+def pack_text(frames: Sequence[FrameTurns], pad_id: int,
+              family_weights: Mapping[str, float] | None = None) -> PackedText:
+    """
+    Lay out the turns of each frame after its prefix (module doc); right-pad the batch.
+
+    Each turn weighs 1 in the answer loss, or ``family_weights[family]``: a turn's weight is
+    spread evenly over its answer tokens, and the loss is divided by the batch's total weight,
+    so a weight raises that family's share of the loss without changing its scale.
+    """
+    weights = family_weights or {}
+    total = 0.0
     rows = []
     families: list[str] = []
     views: list[int] = []
@@ -119,7 +135,10 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
             offsets += range(len(text))
             segment += [number] * len(text)
             labels += targets
-            weight += [0.0] * (len(turn.prompt) - 1) + [1.0 / len(turn.answer)] * len(turn.answer)
+            share = weights.get(turn.family, 1.0)
+            total += share
+            answer = [share / len(turn.answer)] * len(turn.answer)
+            weight += [0.0] * (len(turn.prompt) - 1) + answer
             owner += [len(families)] * len(text)
             families.append(turn.family)
             views.append(turn.view)
@@ -133,7 +152,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int) -> PackedText:
 
     return PackedText(column(0, torch.long), column(1, torch.long), column(2, torch.long),
                       column(3, torch.long), column(4, torch.float32), column(5, torch.long),
-                      tuple(families), tuple(views), tuple(classes))
+                      tuple(families), tuple(views), tuple(classes), total)
 
 
 def packed_mask(segment: Tensor, attn_implementation: str, dtype: torch.dtype) -> Tensor:
@@ -165,7 +184,7 @@ class PackedOutput:
     logits: Tensor  # [B, K, vocab] at the label rows ``rows``
     labels: Tensor  # [B, K]
     turn_of_row: Tensor  # [B, K]
-    answer_loss: Tensor  # mean over turns of each turn's mean token cross-entropy
+    answer_loss: Tensor  # turn-weighted mean of each turn's mean token cross-entropy
     # probe_weight x grounding probes (patch_labels.py) + visual norm penalty (visual_scale.py)
     aux_loss: Tensor | None = None
 
@@ -269,7 +288,7 @@ class PackedVLM(nn.Module):
         labels, weight = text.labels[:, rows], text.weight[:, rows]
         token_loss = F.cross_entropy(out.logits.float().transpose(1, 2), labels,
                                      ignore_index=IGNORE, reduction='none')
-        answer_loss = (token_loss * weight).sum() / max(text.turns, 1)
+        answer_loss = (token_loss * weight).sum() / text.norm
         loss = answer_loss if aux_loss is None else answer_loss + aux_loss
         return PackedOutput(loss, out.logits, labels, text.turn_of_row[:, rows], answer_loss,
                             aux_loss)

@@ -35,7 +35,7 @@ from .dataset import load_frames, prepare_split, qa_texts, SplitData
 from .loop import optimizer_step, step_rows, warmup_cosine
 from .model import build_vlm, save_checkpoint
 from .patch_labels import class_pos_weight, GroundingProbe, PATCH_CLASSES
-from .presets import get_preset, Preset
+from .presets import get_preset, Preset, Recipe
 from .samples import pack_text, PackedVLM, turn_exact
 from .tokenizer import check_round_trip, train_tokenizer
 from .visual_scale import rescale_projector
@@ -79,6 +79,7 @@ class VLMTrainConfig:
     freeze_vision: bool = False  # keep the tower fixed: train the projector and the LLM
     drill_exists: int | None = None  # extra exists turns per train frame (Recipe.drill_exists)
     drill_count: int | None = None  # extra count turns per train frame (Recipe.drill_count)
+    family_weights: tuple[tuple[str, float], ...] | None = None  # Recipe.family_weights
 
     def preset_values(self) -> Preset:
         return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
@@ -86,7 +87,8 @@ class VLMTrainConfig:
                           save_every=self.save_every, seed=self.seed,
                           patch_loss=self.patch_loss, route_loss=self.route_loss,
                           exclude_loss=self.exclude_loss, object_loss=self.object_loss,
-                          drill_exists=self.drill_exists, drill_count=self.drill_count)
+                          drill_exists=self.drill_exists, drill_count=self.drill_count,
+                          family_weights=self.family_weights)
 
 
 @dataclass
@@ -171,6 +173,7 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
         f'params, vocab {len(tokenizer)}, {preset.model.tokens_per_view} tokens per view; '
         f'{accelerator.num_processes} process(es) on {accelerator.device}, precision '
         f'{accelerator.mixed_precision}')
+    _check_family_weights(recipe, train)
     if len(train) < recipe.frames_per_step * accelerator.num_processes:
         raise ValueError(f'{len(train)} train frames cannot fill a step of '
                          f'{recipe.frames_per_step} frames x {accelerator.num_processes} '
@@ -254,7 +257,7 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         index = step_rows(state.step, len(train), per_step * procs, recipe.seed)
         index = index[rank * per_step:(rank + 1) * per_step].tolist()  # contiguous per rank
         images, turns = train.batch(index)
-        text = pack_text(turns, pad).to(accelerator.device)
+        text = pack_text(turns, pad, dict(recipe.family_weights)).to(accelerator.device)
         labelled = recipe.patch_loss or recipe.object_loss
         patches = train.patch_labels(index).to(accelerator.device) if labelled else None
         attending = state.step >= recipe.route_from
@@ -342,6 +345,15 @@ def _precision(config: VLMTrainConfig) -> str:
         return 'bf16'
     # bf16 autocast on our 2-core CPU was slower than fp32 (measured), so fp32 there.
     return 'no'
+
+
+def _check_family_weights(recipe: Recipe, train: SplitData) -> None:
+    """Raise ValueError if a weighted family names no train turn (a typo would weigh nothing)."""
+    present = {turn.family for frame in train.turns for turn in frame.turns}
+    unknown = sorted({family for family, _ in recipe.family_weights} - present)
+    if unknown:
+        raise ValueError(f'--family-weight: no train turn has the family {", ".join(unknown)}; '
+                         f'the families are {", ".join(sorted(present))}')
 
 
 def _match_visual_scale(net: PackedVLM, train: SplitData, say) -> None:
