@@ -135,6 +135,11 @@ def test_two_steps_lower_the_loss_then_save_and_resume(data_dir, tmp_path):
     (s1, loss1), (s2, loss2) = whole.history['train']
     assert (s1, s2) == (1, 2) and loss2 < loss1
     assert whole.history['val'] and 0.0 <= whole.history['val'][-1]['exact'] <= 1.0
+    # The validation pass also plans greedily through the Pipeline: every val frame of the
+    # subset has a planning question, and the baseline it is read beside is scored.
+    planning = whole.history['val'][-1]['planning']
+    assert planning['items'] == 2 and 0 <= planning['parsed'] <= 2
+    assert planning['constant_velocity_3s'] is not None
     assert (tmp_path / 'whole' / 'curves.png').stat().st_size > 1000
     expected = weights(tmp_path / 'whole')
 

@@ -38,6 +38,7 @@ from .patch_labels import class_pos_weight, GroundingProbe, PATCH_CLASSES
 from .presets import get_preset, Preset, Recipe
 from .samples import pack_text, PackedVLM, turn_exact
 from .tokenizer import check_round_trip, train_tokenizer
+from .val_planning import planning_check, PlanningCheck
 from .visual_scale import rescale_projector
 from ..cameras import NUSCENES_CAMERAS
 from ..models.llava_onevision import LlavaOnevisionAdapter
@@ -302,7 +303,7 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
 @torch.no_grad()
 def _evaluate(accelerator, net, val: SplitData, index: list[int], pad: int, step: int,
               history: dict, say) -> None:
-    """Record validation loss and teacher-forced exact match on the fixed subset."""
+    """Record validation loss, teacher-forced exact match and greedy planning L2 (subset)."""
     if accelerator.is_main_process and index:
         module = accelerator.unwrap_model(net)
         module.eval()
@@ -315,16 +316,28 @@ def _evaluate(accelerator, net, val: SplitData, index: list[int], pad: int, step
             losses.append(output.answer_loss.item())
             for family, ok in zip(text.families, turn_exact(output, text.turns).tolist()):
                 hits[family].append(ok)
+        planning = planning_check(module.adapter, [val.frames[i] for i in index])
         module.train()
         every = [h for v in hits.values() for h in v]
         record = {'step': step, 'loss': float(np.mean(losses)),
                   'exact': float(np.mean(every)), 'turns': len(every),
-                  'families': {f: float(np.mean(v)) for f, v in sorted(hits.items())}}
+                  'families': {f: float(np.mean(v)) for f, v in sorted(hits.items())},
+                  'planning': planning.as_json()}
         history['val'].append(record)
         per_family = ', '.join(f'{f} {100 * a:.0f}%' for f, a in record['families'].items())
         say(f'step {step}: val loss {record["loss"]:.4f}, exact {100 * record["exact"]:.1f}% '
-            f'of {len(every)} turns ({per_family})')
+            f'of {len(every)} turns ({per_family}); {_planning_line(planning)}')
     accelerator.wait_for_everyone()
+
+
+def _planning_line(check: PlanningCheck) -> str:
+    if not check.items:
+        return 'no planning question to check'
+    model = f'{check.l2_3s:.2f} m' if check.l2_3s is not None else 'n/a'
+    velocity = (f'{check.constant_velocity_3s:.2f} m' if check.constant_velocity_3s is not None
+                else 'n/a')
+    return (f'greedy planning L2 at 3 s {model} ({check.parsed}/{check.items} parsed; '
+            f'constant velocity {velocity})')
 
 
 def _save(accelerator, out: Path, step: int, history: dict, keep: int = 2) -> None:

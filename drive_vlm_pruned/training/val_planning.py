@@ -1,0 +1,66 @@
+"""
+Free-running planning check for the validation pass: greedy trajectories, scored by L2 at 3 s.
+
+Teacher-forced exact match cannot see how well a model plans: it stays at the share of stopped
+frames (all-zero answers) whether or not the model reads the ego history. The drilled model of
+issue 28 kept 12% there, like the shipped model, while its greedy trajectories were 5x worse
+(model card). So each validation pass also answers the planning question of the fixed val frames
+through the ``Pipeline``, the path the node and ``drive-vlm eval`` run (keep 1.0, greedy), and
+scores the parsed waypoints as ``eval/scoring.py`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.drivelm import KeyFrame, load_camera_set
+from ..eval.baselines import constant_velocity
+from ..eval.planning import score_trajectory
+from ..eval.scoring import is_trajectory_qa, planning_truth
+from ..models.base import VLMAdapter
+from ..pipeline.pipeline import Pipeline, RuntimeSettings
+
+# A whole trajectory is at most 56 tokens (model card); a few more show a model that runs on.
+MAX_NEW_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class PlanningCheck:
+    items: int  # frames with a planning question and a GT trajectory
+    parsed: int  # answers that parse as six waypoints
+    l2_3s: float | None  # mean L2 at 3 s (m) over the parsed answers; None if none parsed
+    constant_velocity_3s: float | None  # the same frames, the last history step held
+
+    def as_json(self) -> dict:
+        return {'items': self.items, 'parsed': self.parsed, 'l2_3s': self.l2_3s,
+                'constant_velocity_3s': self.constant_velocity_3s}
+
+
+def planning_check(adapter: VLMAdapter, frames: Sequence[KeyFrame],
+                   max_new_tokens: int = MAX_NEW_TOKENS) -> PlanningCheck:
+    """Answer each frame's planning QA greedily at keep 1.0 and score it (module doc)."""
+    pipeline = Pipeline(adapter)
+    items, model_l2, cv_l2 = 0, [], []
+    for frame in frames:
+        qa = next((q for q in frame.qa if is_trajectory_qa(frame, q)), None)
+        if qa is None or frame.gt is None or not frame.gt.future_trajectory:
+            continue
+        items += 1
+        truth = planning_truth(frame.gt)
+        settings = RuntimeSettings(keep_ratio=1.0, question=qa.question,
+                                   max_new_tokens=max_new_tokens)
+        result = pipeline.run(load_camera_set(frame), settings)
+        if result.trajectory.ok:
+            model_l2.append(score_trajectory(result.trajectory.points, truth).l2['3s'])
+        baseline = constant_velocity(frame.gt.ego_history)
+        if baseline is not None:
+            cv_l2.append(score_trajectory(baseline, truth).l2['3s'])
+    return PlanningCheck(items, len(model_l2), _mean(model_l2), _mean(cv_l2))
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
