@@ -224,3 +224,18 @@ def test_trajectory_answers_of_a_family_are_scored_by_l2():
                           'simple', drivelm=False)
     assert column.planning.l2['avg'] == pytest.approx(0.0)
     assert np.isclose(column.families['planning_trajectory'].value, 0.0)
+
+
+def test_family_filter_keeps_that_familys_qa_and_names_the_families_when_unknown():
+    from drive_vlm_pruned.data.drivelm import KeyFrame
+    from drive_vlm_pruned.eval.runner import only_families
+
+    plan = QA('s_f_0', 'Plan.', 'x', 'planning', (2,), 'planning_trajectory')
+    seen = QA('s_f_1', 'Is there a car?', 'Yes.', 'perception', (0,), 'exists')
+    frame = KeyFrame('s', 'f', {}, {}, (plan, seen), None, None)
+    pairs = [(frame, plan), (frame, seen)]
+    assert only_families(pairs, ()) == pairs
+    assert only_families(pairs, ['planning_trajectory']) == [(frame, plan)]
+    assert only_families(pairs, ['exists', 'planning_trajectory']) == pairs
+    with pytest.raises(ValueError, match='--family count: .* it has exists, planning_trajectory'):
+        only_families(pairs, ['count'])

@@ -79,6 +79,9 @@ def add_eval_parser(sub) -> None:
                     help='per-camera keep weights file (config/view_weights.yaml)')
     ev.add_argument('--batch-size', type=int, default=8, help='QA per pipeline call (default 8)')
     ev.add_argument('--limit', type=int, default=0, help='only the first N QA (default: all)')
+    ev.add_argument('--family', action='append', default=[], metavar='NAME',
+                    help='only the QA of this question family (repeatable), e.g. '
+                         'planning_trajectory: a quick planning check (default: all)')
     ev.add_argument('--baseline', choices=['blind'],
                     help='blind: run the model with every image blanked (this run IS the '
                          'blind baseline)')
@@ -224,7 +227,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                            'reconpruner_weights': _resolved(settings.reconpruner_weights)}}
     report = evaluate(
         pipeline, frames, settings, batch_size=args.batch_size, limit=args.limit,
-        blind=args.baseline == 'blind', with_blind=args.with_blind, majority=majority,
+        families=args.family, blind=args.baseline == 'blind', with_blind=args.with_blind, majority=majority,
         tokenizer=tokenizer, progress=not args.no_progress,
         items_path=out.with_suffix('.items.jsonl'), header=header, resume=args.resume,
         overwrite=args.overwrite, shard=shard)

@@ -279,8 +279,22 @@ def baseline_columns(pairs: Sequence[tuple[KeyFrame, QA]], majority: MajorityAns
     return columns
 
 
+def only_families(pairs: list[tuple[KeyFrame, QA]], families: Sequence[str]
+                  ) -> list[tuple[KeyFrame, QA]]:
+    """Keep the QA of ``families`` (all when empty); ValueError naming those the data has."""
+    if not families:
+        return pairs
+    present = {qa.family for _, qa in pairs if qa.family}
+    unknown = sorted(set(families) - present)
+    if unknown:
+        raise ValueError(f'--family {", ".join(unknown)}: no QA of the data has that family; '
+                         f'it has {", ".join(sorted(present)) or "no families (DriveLM tags only)"}')
+    return [(frame, qa) for frame, qa in pairs if qa.family in families]
+
+
 def evaluate(pipeline: Pipeline, frames: Sequence[KeyFrame], settings: RuntimeSettings, *,
-             batch_size: int = 8, limit: int = 0, blind: bool = False, with_blind: bool = False,
+             batch_size: int = 8, limit: int = 0, families: Sequence[str] = (),
+             blind: bool = False, with_blind: bool = False,
              majority: MajorityAnswers | None = None, tokenizer: str = 'auto',
              progress: bool = True, items_path: Path | None = None,
              header: Mapping | None = None,
@@ -292,14 +306,15 @@ def evaluate(pipeline: Pipeline, frames: Sequence[KeyFrame], settings: RuntimeSe
     ``blind``: this pass itself runs on blanked images (its column is 'blind');
     ``with_blind``: also run a blind pass (items log ``<items stem>.blind.jsonl``) for a 'blind'
     column. ``majority``: the majority answers to score (baselines.fit_majority); None leaves
-    the column out. ``limit``: only the first N QA. ``items_path``: the resumable log (module
+    the column out. ``limit``: only the first N QA. ``families``: only the QA of these
+    question families (all when empty), e.g. the planning question alone. ``items_path``: the resumable log (module
     doc), None for none. The tokenizer is resolved once ('auto': PTB when Java is found).
     ``shard``: under a data-parallel launch every process answers its key frames and all of
     them return the same report (eval/shards.py).
     """
     tokenizer = resolve_tokenizer(tokenizer)
     items_path = Path(items_path) if items_path is not None else None
-    pairs = all_qa(frames)
+    pairs = only_families(all_qa(frames), families)
     if limit:
         pairs = pairs[:limit]
     if not pairs:
