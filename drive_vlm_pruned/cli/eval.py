@@ -227,7 +227,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                            'reconpruner_weights': _resolved(settings.reconpruner_weights)}}
     report = evaluate(
         pipeline, frames, settings, batch_size=args.batch_size, limit=args.limit,
-        families=args.family, blind=args.baseline == 'blind', with_blind=args.with_blind, majority=majority,
+        families=args.family, blind=args.baseline == 'blind', with_blind=args.with_blind,
+        majority=majority,
         tokenizer=tokenizer, progress=not args.no_progress,
         items_path=out.with_suffix('.items.jsonl'), header=header, resume=args.resume,
         overwrite=args.overwrite, shard=shard)

@@ -287,8 +287,9 @@ def only_families(pairs: list[tuple[KeyFrame, QA]], families: Sequence[str]
     present = {qa.family for _, qa in pairs if qa.family}
     unknown = sorted(set(families) - present)
     if unknown:
+        have = ', '.join(sorted(present)) or 'no families (DriveLM tags only)'
         raise ValueError(f'--family {", ".join(unknown)}: no QA of the data has that family; '
-                         f'it has {", ".join(sorted(present)) or "no families (DriveLM tags only)"}')
+                         f'it has {have}')
     return [(frame, qa) for frame, qa in pairs if qa.family in families]
 
 
@@ -307,10 +308,10 @@ def evaluate(pipeline: Pipeline, frames: Sequence[KeyFrame], settings: RuntimeSe
     ``with_blind``: also run a blind pass (items log ``<items stem>.blind.jsonl``) for a 'blind'
     column. ``majority``: the majority answers to score (baselines.fit_majority); None leaves
     the column out. ``limit``: only the first N QA. ``families``: only the QA of these
-    question families (all when empty), e.g. the planning question alone. ``items_path``: the resumable log (module
-    doc), None for none. The tokenizer is resolved once ('auto': PTB when Java is found).
-    ``shard``: under a data-parallel launch every process answers its key frames and all of
-    them return the same report (eval/shards.py).
+    question families (all when empty), e.g. the planning question alone. ``items_path``: the
+    resumable log (module doc), None for none. The tokenizer is resolved once ('auto': PTB when
+    Java is found). ``shard``: under a data-parallel launch every process answers its key
+    frames and all of them return the same report (eval/shards.py).
     """
     tokenizer = resolve_tokenizer(tokenizer)
     items_path = Path(items_path) if items_path is not None else None
