@@ -548,3 +548,58 @@ def test_family_weight_flag_names_its_form_when_malformed(bad):
     assert _family_weight('planning_trajectory=8') == ('planning_trajectory', 8.0)
     with pytest.raises(argparse.ArgumentTypeError, match='FAMILY=W with W > 0'):
         _family_weight(bad)
+
+
+def test_text_focus_loss_is_the_planning_rows_attention_on_the_views(data_dir):
+    """-log(1 - mass on all visual tokens), every layer, head and planning row, as eager."""
+    from drive_vlm_pruned.training.view_routing import AttentionInputs
+
+    frames = load_frames(data_dir, 'train')
+    adapter = make_adapter(frames, 'eager', 'named-views')
+    turns = tokenise_frames(adapter, frames)
+    net = PackedVLM(adapter, NUSCENES_CAMERAS, focus_weight=1.0,
+                    focus_families=('planning_trajectory',))
+    text = pack_text(turns, adapter.pad_token_id)
+    assert 'planning_trajectory' in text.families
+    images = torch.randint(0, 256, (2, 6, *adapter.image_shape), dtype=torch.uint8)
+    with torch.no_grad():
+        feats = adapter.encode(net.pixels(images), 2)
+        prefix = adapter.build_inputs(feats, keep_all(feats.tokens.valid_counts(), 'cpu'),
+                                      [net.prefix] * 2)
+        start = prefix.full_length[0]
+        embeds = torch.cat([prefix.inputs_embeds, adapter.embed(text.ids)], dim=1)
+        positions = torch.cat([prefix.position_ids, start + text.offsets], dim=1)
+        segment = torch.cat([torch.zeros_like(prefix.position_ids), text.segment], dim=1)
+        seen = {k: AttentionInputs(layer.self_attn)
+                for k, layer in enumerate(adapter.decoder_layers)}
+        out = adapter.model(inputs_embeds=embeds, position_ids=positions, use_cache=False,
+                            attention_mask=packed_mask(segment, 'eager', embeds.dtype),
+                            output_attentions=True)
+        for hook in seen.values():
+            hook.close()
+        loss = net._focus_loss(seen, prefix, text, segment, start)
+        visual = torch.zeros(embeds.shape[:2], dtype=torch.bool)
+        for b in range(2):
+            for rows in prefix.visual_rows:
+                visual[b, rows[b]] = True
+        planning = [t for t, f in enumerate(text.families) if f == 'planning_trajectory']
+        frame, row = torch.isin(text.turn_of_row, torch.tensor(planning)).nonzero(as_tuple=True)
+        per_layer = []
+        for weights in out.attentions:  # [B, heads, T, T]
+            rows = weights[frame, :, start + row]  # [n, heads, T]
+            leak = (rows * visual[frame][:, None]).sum(-1)
+            per_layer.append(-torch.log(1 - leak).mean())
+        torch.testing.assert_close(loss, torch.stack(per_layer).mean(), atol=1e-5, rtol=1e-4)
+        assert loss > 0
+
+
+def test_text_focus_loss_trains_with_the_answer_loss(data_dir, tmp_path, monkeypatch):
+    focused = replace(PRESETS['test'], name='test-focused', recipe=replace(
+        PRESETS['test'].recipe, focus_loss=1.0, steps=4, lr=1e-2))
+    monkeypatch.setitem(PRESETS, 'test-focused', focused)
+    said = []
+    run = train_vlm(config(data_dir, tmp_path / 'run', preset='test-focused', steps=None),
+                    log=said.append)
+    assert any('text focus: planning_trajectory turns' in line for line in said), said
+    aux = [loss for _, loss in run.history['aux']]
+    assert len(aux) == 4 and aux[-1] < aux[0]

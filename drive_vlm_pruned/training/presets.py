@@ -69,6 +69,10 @@ class Recipe:
     object_loss: float = 0.0
     object_at: tuple[int, int] = (2, 1)
     route_from: int = 0  # the routing, exclusion and object losses count from this step on
+    # text focus: every row of these families' turns, in every LLM layer and head, leaves the
+    # visual tokens alone (view_routing.exclusion_loss): loss weight (0: off), from step 1
+    focus_loss: float = 0.0
+    focus_families: tuple[str, ...] = ('planning_trajectory',)
     # extra exists / count turns per train frame, drawn from its gt.view_counts (data format 3;
     # data/frame_qa.drill_qa): the frame's 5 camera questions cover 5 of its 24 camera x class
     # pairs, the drills ask more of them. Train split only; val and test keep their own QA.

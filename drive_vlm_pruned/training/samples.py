@@ -202,7 +202,8 @@ class PackedVLM(nn.Module):
                  probe_layers: tuple[int, int] = (2, 3), norm_ratio: float = 0.0,
                  route_weight: float = 0.0, route_at: tuple[int, int] = (2, 0),
                  exclude_weight: float = 0.0, object_weight: float = 0.0,
-                 object_at: tuple[int, int] = (2, 1)) -> None:
+                 object_at: tuple[int, int] = (2, 1), focus_weight: float = 0.0,
+                 focus_families: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
@@ -217,6 +218,9 @@ class PackedVLM(nn.Module):
         self.route_at = route_at
         # weight of the view-exclusion loss (view_routing.py), every layer and head
         self.exclude_weight = exclude_weight
+        # weight of the text-focus loss (view_routing.py) and the families whose turns it asks
+        self.focus_weight = focus_weight
+        self.focus_families = frozenset(focus_families)
         # weight of the object-routing loss (view_routing.py; needs patch labels), where it acts
         self.object_weight = object_weight
         self.object_at = object_at
@@ -260,8 +264,9 @@ class PackedVLM(nn.Module):
         excluding = self.exclude_weight > 0 and named
         finding = self.object_weight > 0 and patch_labels is not None and \
             any(c >= 0 for c in text.classes)
+        focusing = self.focus_weight > 0 and not self.focus_families.isdisjoint(text.families)
         layers = adapter.decoder_layers
-        watched = set(range(len(layers))) if excluding else set()
+        watched = set(range(len(layers))) if excluding or focusing else set()
         watched |= {self.route_at[0]} if routing else set()
         watched |= {self.object_at[0]} if finding else set()
         seen = {k: AttentionInputs(layers[k].self_attn) for k in sorted(watched)}
@@ -279,6 +284,8 @@ class PackedVLM(nn.Module):
         if excluding:
             aux.append(self.exclude_weight * self._exclusion_loss(seen, prefix, text, segment,
                                                                   start))
+        if focusing:
+            aux.append(self.focus_weight * self._focus_loss(seen, prefix, text, segment, start))
         if probing:
             aux.append(self.probe_weight * self._probe_loss(out.hidden_states, prefix, text,
                                                             start, patch_labels))
@@ -340,6 +347,18 @@ class PackedVLM(nn.Module):
         return torch.stack([exclusion_loss(attention_probs(hook, frame, row, allowed), others)
                             for hook in seen.values()]).mean()
 
+    def _focus_loss(self, seen: dict[int, AttentionInputs], prefix, text: PackedText,
+                    segment: Tensor, start: int) -> Tensor:
+        frame, row = (text.turn_of_row >= 0).nonzero(as_tuple=True)
+        turn = text.turn_of_row[frame, row]
+        asked = torch.tensor([f in self.focus_families for f in text.families],
+                             device=turn.device)[turn]
+        frame, row = frame[asked], (start + row)[asked]
+        allowed = _turn_keys(frame, row, segment)
+        visual = _view_of_key(prefix, segment)[frame] >= 0
+        return torch.stack([exclusion_loss(attention_probs(hook, frame, row, allowed), visual)
+                            for hook in seen.values()]).mean()
+
     def _probe_loss(self, hidden: tuple[Tensor, ...], prefix, text: PackedText, start: int,
                     labels: Tensor) -> Tensor:
         token_layer, scene_layer = self.probe_layers
@@ -363,17 +382,26 @@ def _named_view_keys(frame: Tensor, row: Tensor, turn: Tensor, text: PackedText,
     names, ``others`` those of the other cameras.
     """
     view = torch.tensor(text.views, device=frame.device)[turn]
+    allowed = _turn_keys(frame, row, segment) & (view >= 0)[:, None]
+    seen = _view_of_key(prefix, segment)[frame]
+    return allowed, seen == view[:, None], (seen >= 0) & (seen != view[:, None])
+
+
+def _turn_keys(frame: Tensor, row: Tensor, segment: Tensor) -> Tensor:
+    """Bool ``[n, T]``: the packed mask's row of each query (the prefix and its turn, causal)."""
     keys = torch.arange(segment.shape[1], device=segment.device)
     own = segment[frame, row][:, None]
-    allowed = ((segment[frame] == 0) | (segment[frame] == own)) & (keys <= row[:, None])
-    allowed &= (view >= 0)[:, None]
+    return ((segment[frame] == 0) | (segment[frame] == own)) & (keys <= row[:, None])
+
+
+def _view_of_key(prefix, segment: Tensor) -> Tensor:
+    """Long ``[B, T]``: the camera index of each visual-token key, -1 for every other key."""
     rows_of = torch.stack(prefix.visual_rows, dim=1)  # [B, V, N]: every token is kept
     batch, views = rows_of.shape[:2]
     view_of_key = torch.full_like(segment, -1)
     view_of_key[torch.arange(batch, device=segment.device)[:, None, None], rows_of] = \
         torch.arange(views, device=segment.device)[None, :, None]
-    seen = view_of_key[frame]
-    return allowed, seen == view[:, None], (seen >= 0) & (seen != view[:, None])
+    return view_of_key
 
 
 def object_targets(named: Tensor, asked: Tensor, class_keys: Tensor) -> Tensor:

@@ -76,6 +76,7 @@ class VLMTrainConfig:
     route_loss: float | None = None  # weight of the view-routing loss (view_routing.py)
     exclude_loss: float | None = None  # weight of the view-exclusion loss (view_routing.py)
     object_loss: float | None = None  # weight of the object-routing loss (view_routing.py)
+    focus_loss: float | None = None  # weight of the text-focus loss (Recipe.focus_loss)
     vision_init: Path | None = None  # a vision-stage tower (vision_stage.py) to start from
     freeze_vision: bool = False  # keep the tower fixed: train the projector and the LLM
     drill_exists: int | None = None  # extra exists turns per train frame (Recipe.drill_exists)
@@ -88,6 +89,7 @@ class VLMTrainConfig:
                           save_every=self.save_every, seed=self.seed,
                           patch_loss=self.patch_loss, route_loss=self.route_loss,
                           exclude_loss=self.exclude_loss, object_loss=self.object_loss,
+                          focus_loss=self.focus_loss,
                           drill_exists=self.drill_exists, drill_count=self.drill_count,
                           family_weights=self.family_weights)
 
@@ -200,6 +202,9 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     if recipe.exclude_loss:
         say(f'view exclusion: every LLM layer and head, loss weight {recipe.exclude_loss} '
             f'from step {recipe.route_from}')
+    if recipe.focus_loss:
+        say(f'text focus: {", ".join(recipe.focus_families)} turns leave the visual tokens '
+            f'alone in every LLM layer and head, loss weight {recipe.focus_loss}')
     if recipe.route_loss:
         say(f'view routing: LLM layer {recipe.route_at[0]}, query head {recipe.route_at[1]}, '
             f'loss weight {recipe.route_loss} from step {recipe.route_from}')
@@ -209,7 +214,8 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
             f'{recipe.route_from}')
     net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers,
                     recipe.visual_norm_ratio, recipe.route_loss, recipe.route_at,
-                    recipe.exclude_loss, recipe.object_loss, recipe.object_at)
+                    recipe.exclude_loss, recipe.object_loss, recipe.object_at,
+                    recipe.focus_loss, recipe.focus_families)
     if recipe.match_visual_scale and not config.resume:
         _match_visual_scale(net, train, say)
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
