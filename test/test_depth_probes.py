@@ -1,5 +1,7 @@
 """Linear probes at each depth of a VLM (eval/depth_probes.py, issue 28)."""
 
+from dataclasses import replace
+
 from drive_vlm_pruned.cameras import NUSCENES_CAMERAS
 from drive_vlm_pruned.data.drivelm import load_camera_set, load_drivelm, QA
 from drive_vlm_pruned.data.synth import DataOptions, write_dataset
@@ -129,3 +131,23 @@ def test_the_view_identity_probe_reads_which_view_a_token_comes_from(small_model
             assert acc['llm.0'] > 0.95, acc
         else:
             assert acc['llm.0'] < 0.3, acc  # identical inputs: chance, 1/6
+
+
+def test_planning_view_attention_is_a_mass_per_layer_and_head(small_model, frames):
+    from drive_vlm_pruned.eval.depth_probes import planning_view_attention
+    from drive_vlm_pruned.models.adapters import load_adapter
+    from drive_vlm_pruned.models.loading import LoadSpec
+
+    adapter = load_adapter(LoadSpec(str(small_model), attn_implementation='sdpa'),
+                           log=lambda s: None)
+    attention = planning_view_attention(adapter, frames)
+    heads = adapter.model.config.text_config.num_attention_heads
+    assert list(attention) == [f'llm.{k}' for k in range(1, len(adapter.decoder_layers) + 1)]
+    assert all(len(m) == heads and all(0.0 <= h <= 1.0 + 1e-6 for h in m)
+               for m in attention.values())
+    # a random model's rows spread over its 96 visual and ~300 text keys: some on each
+    assert 0.02 < sum(attention['llm.1']) / heads < 0.98
+    assert adapter.model.config._attn_implementation == 'sdpa'  # switched back
+    no_planning = [replace(f, qa=tuple(q for q in f.qa if q.family != 'planning_trajectory'))
+                   for f in frames]
+    assert planning_view_attention(adapter, no_planning) == {}

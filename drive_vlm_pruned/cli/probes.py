@@ -20,6 +20,10 @@ A second table says whether each depth can tell which view a visual token comes 
 probe of the view id over the visual tokens of the first 20 frames of each split; chance 1/6):
 a question about one camera can only be answered from that camera's tokens once they carry it.
 
+A third table gives, per LLM layer, the attention mass that the end of the planning question
+puts on the six views (the same 20 frames of --split): a planning answer copies the ego
+history from the question text, and a layer that looks mostly at the views reads little of it.
+
 example: drive-vlm bench probes --data data/drive --fit-frames 300
 """
 
@@ -58,6 +62,7 @@ def run_probes(args: argparse.Namespace) -> int:
     from ..eval.depth_probes import (
         collect_features,
         format_table,
+        planning_view_attention,
         probe_table,
         view_identity_features,
         view_identity_table,
@@ -100,6 +105,17 @@ def run_probes(args: argparse.Namespace) -> int:
     print('\n| depth (visual tokens) | view id probe |\n| --- | --- |')
     print('\n'.join(f'| {depth} | {100 * acc:.1f}% |' for depth, acc in views.items()))
     print('| (chance) | 16.7% |')
+    try:
+        attention = planning_view_attention(adapter, held_frames[:VIEW_ID_FRAMES])
+    except ValueError as err:
+        print(f'drive-vlm bench probes: {err}', file=sys.stderr)
+        return 2
+    if attention:
+        print('\n| LLM layer | attention of the planning question on the views (mean) '
+              '| per query head |\n| --- | --- | --- |')
+        for depth, heads in attention.items():
+            print(f'| {depth} | {100 * sum(heads) / len(heads):.0f}% | '
+                  + ' '.join(f'{100 * h:.0f}' for h in heads) + ' |')
     if args.json_out:
         Path(args.json_out).write_text(json.dumps([asdict(r) for r in rows], indent=1) + '\n')
     return 0
