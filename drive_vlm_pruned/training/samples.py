@@ -17,7 +17,7 @@ tokens are paid once per frame instead of once per question.
 Labels: only the answer tokens and the end-of-turn token ``<|im_end|>`` (the stop token that
 ``Pipeline`` decodes until) carry a target; every other row is ignored (-100). Each turn weighs
 the same in the loss (its token losses are averaged), so a 70-token trajectory does not drown
-the one-token yes/no answers.
+the one-token yes/no answers; ``pack_text``'s family weights change that share on purpose.
 """
 
 from __future__ import annotations
