@@ -305,6 +305,34 @@ def test_named_views_preset_writes_a_checkpoint_the_pipeline_prompts_by_view_nam
     assert holds(label) and holds(asked)
 
 
+def eager_forward(adapter, net, text, images, layers):
+    """
+    Run the packed sequence through the model with eager attention and its weights.
+
+    Returns ``(prefix, start, segment, out, seen)``: ``seen`` maps each of ``layers`` to the
+    inputs its attention module got (view_routing.AttentionInputs), for the recomputed scores.
+    """
+    from drive_vlm_pruned.training.view_routing import AttentionInputs
+
+    batch = images.shape[0]
+    feats = adapter.encode(net.pixels(images), batch)
+    prefix = adapter.build_inputs(feats, keep_all(feats.tokens.valid_counts(), 'cpu'),
+                                  [net.prefix] * batch)
+    start = prefix.full_length[0]
+    embeds = torch.cat([prefix.inputs_embeds, adapter.embed(text.ids)], dim=1)
+    positions = torch.cat([prefix.position_ids, start + text.offsets], dim=1)
+    segment = torch.cat([torch.zeros_like(prefix.position_ids), text.segment], dim=1)
+    seen = {k: AttentionInputs(adapter.decoder_layers[k].self_attn) for k in layers}
+    try:
+        out = adapter.model(inputs_embeds=embeds, position_ids=positions, use_cache=False,
+                            attention_mask=packed_mask(segment, 'eager', embeds.dtype),
+                            output_attentions=True)
+    finally:
+        for hook in seen.values():
+            hook.close()
+    return prefix, start, segment, out, seen
+
+
 def test_asked_view_finds_the_one_camera_a_question_names():
     from drive_vlm_pruned.training.view_routing import asked_view
 
@@ -322,7 +350,6 @@ def test_routing_loss_is_the_attention_the_model_pays_the_named_view(data_dir, p
     from drive_vlm_pruned.training.samples import _named_view_keys, answer_rows
     from drive_vlm_pruned.training.view_routing import (
         attention_probs,
-        AttentionInputs,
         exclusion_loss,
         routing_loss,
     )
@@ -336,18 +363,8 @@ def test_routing_loss_is_the_attention_the_model_pays_the_named_view(data_dir, p
     images = torch.randint(0, 256, (2, 6, *adapter.image_shape), dtype=torch.uint8)
     layer, head = 1, 3
     with torch.no_grad():
-        feats = adapter.encode(net.pixels(images), 2)
-        prefix = adapter.build_inputs(feats, keep_all(feats.tokens.valid_counts(), 'cpu'),
-                                      [net.prefix] * 2)
-        start = prefix.full_length[0]
-        embeds = torch.cat([prefix.inputs_embeds, adapter.embed(text.ids)], dim=1)
-        positions = torch.cat([prefix.position_ids, start + text.offsets], dim=1)
-        segment = torch.cat([torch.zeros_like(prefix.position_ids), text.segment], dim=1)
-        seen = AttentionInputs(adapter.decoder_layers[layer].self_attn)
-        out = adapter.model(inputs_embeds=embeds, position_ids=positions, use_cache=False,
-                            attention_mask=packed_mask(segment, 'eager', embeds.dtype),
-                            output_attentions=True)
-        seen.close()
+        prefix, start, segment, out, seen = eager_forward(adapter, net, text, images, [layer])
+        seen = seen[layer]
         frame, row, turn = answer_rows(text)
         view = torch.tensor(text.views)[turn]
         # The keys the training forward uses (below, rebuilt by hand for each row).
@@ -524,8 +541,8 @@ def test_family_weight_raises_that_familys_share_of_the_answer_loss(data_dir):
         assert turn_weight == pytest.approx(5.0 if name == family else 1.0)
         assert plain.weight[owner == t].sum().item() == pytest.approx(1.0)
     heavy = plain.families.count(family)
-    assert plain.norm == len(plain.families)
-    assert weighted.norm == pytest.approx(len(plain.families) + 4.0 * heavy)
+    assert plain.norm.item() == pytest.approx(len(plain.families))
+    assert weighted.norm.item() == pytest.approx(len(plain.families) + 4.0 * heavy)
     # The loss stays a weighted mean: equal token losses give the same loss either way.
     ones = (plain.labels != IGNORE).float()
     assert (ones * plain.weight).sum() / plain.norm == pytest.approx(1.0)
@@ -552,8 +569,6 @@ def test_family_weight_flag_names_its_form_when_malformed(bad):
 
 def test_text_focus_loss_is_the_planning_rows_attention_on_the_views(data_dir):
     """-log(1 - mass on all visual tokens), every layer, head and planning row, as eager."""
-    from drive_vlm_pruned.training.view_routing import AttentionInputs
-
     frames = load_frames(data_dir, 'train')
     adapter = make_adapter(frames, 'eager', 'named-views')
     turns = tokenise_frames(adapter, frames)
@@ -563,22 +578,10 @@ def test_text_focus_loss_is_the_planning_rows_attention_on_the_views(data_dir):
     assert 'planning_trajectory' in text.families
     images = torch.randint(0, 256, (2, 6, *adapter.image_shape), dtype=torch.uint8)
     with torch.no_grad():
-        feats = adapter.encode(net.pixels(images), 2)
-        prefix = adapter.build_inputs(feats, keep_all(feats.tokens.valid_counts(), 'cpu'),
-                                      [net.prefix] * 2)
-        start = prefix.full_length[0]
-        embeds = torch.cat([prefix.inputs_embeds, adapter.embed(text.ids)], dim=1)
-        positions = torch.cat([prefix.position_ids, start + text.offsets], dim=1)
-        segment = torch.cat([torch.zeros_like(prefix.position_ids), text.segment], dim=1)
-        seen = {k: AttentionInputs(layer.self_attn)
-                for k, layer in enumerate(adapter.decoder_layers)}
-        out = adapter.model(inputs_embeds=embeds, position_ids=positions, use_cache=False,
-                            attention_mask=packed_mask(segment, 'eager', embeds.dtype),
-                            output_attentions=True)
-        for hook in seen.values():
-            hook.close()
+        layers = range(len(adapter.decoder_layers))
+        prefix, start, segment, out, seen = eager_forward(adapter, net, text, images, layers)
         loss = net._focus_loss(seen, prefix, text, segment, start)
-        visual = torch.zeros(embeds.shape[:2], dtype=torch.bool)
+        visual = torch.zeros_like(segment, dtype=torch.bool)
         for b in range(2):
             for rows in prefix.visual_rows:
                 visual[b, rows[b]] = True

@@ -93,22 +93,21 @@ class PackedText:
     families: tuple[str, ...]  # family per turn of the batch (flattened over frames)
     views: tuple[int, ...] = ()  # named camera per turn (-1: none), like ``families``
     classes: tuple[int, ...] = ()  # named object class per turn (-1: none), like ``families``
-    total_weight: float = 0.0  # sum of the turn weights (0: one per turn)
 
     @property
     def turns(self) -> int:
         return len(self.families)
 
     @property
-    def norm(self) -> float:
+    def norm(self) -> Tensor:
         """Return what the answer loss is divided by: the turns' total weight, at least 1."""
-        return max(self.total_weight or self.turns, 1.0)
+        # each turn's weight is spread over its answer rows, so the rows sum to the turn weights
+        return self.weight.sum().clamp_min(1.0)
 
     def to(self, device: torch.device) -> PackedText:
         return PackedText(self.ids.to(device), self.offsets.to(device), self.segment.to(device),
                           self.labels.to(device), self.weight.to(device),
-                          self.turn_of_row.to(device), self.families, self.views, self.classes,
-                          self.total_weight)
+                          self.turn_of_row.to(device), self.families, self.views, self.classes)
 
 
 def pack_text(frames: Sequence[FrameTurns], pad_id: int,
@@ -121,7 +120,6 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int,
     so a weight raises that family's share of the loss without changing its scale.
     """
     weights = family_weights or {}
-    total = 0.0
     rows = []
     families: list[str] = []
     views: list[int] = []
@@ -136,7 +134,6 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int,
             segment += [number] * len(text)
             labels += targets
             share = weights.get(turn.family, 1.0)
-            total += share
             answer = [share / len(turn.answer)] * len(turn.answer)
             weight += [0.0] * (len(turn.prompt) - 1) + answer
             owner += [len(families)] * len(text)
@@ -152,7 +149,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int,
 
     return PackedText(column(0, torch.long), column(1, torch.long), column(2, torch.long),
                       column(3, torch.long), column(4, torch.float32), column(5, torch.long),
-                      tuple(families), tuple(views), tuple(classes), total)
+                      tuple(families), tuple(views), tuple(classes))
 
 
 def packed_mask(segment: Tensor, attn_implementation: str, dtype: torch.dtype) -> Tensor:
