@@ -414,11 +414,9 @@ def test_route_and_exclusion_losses_train_with_the_answer_loss(data_dir, tmp_pat
     assert any('view exclusion: every LLM layer and head' in line for line in said), said
     aux = [loss for _, loss in run.history['aux']]
     assert len(aux) == 4 and aux[-1] < aux[0]
-    # route_from: the loss counts from that step on (nano-routed starts it at step 1200).
-    monkeypatch.setitem(PRESETS, 'test-routed',
-                        replace(routed, recipe=replace(routed.recipe, route_from=2)))
-    late = train_vlm(config(data_dir, tmp_path / 'late', preset='test-routed', steps=None),
-                     log=said.append)
+    # route_from (--route-from): the loss counts from that step on (nano-routed: step 1200).
+    late = train_vlm(config(data_dir, tmp_path / 'late', preset='test-routed', steps=None,
+                            route_from=2), log=said.append)
     assert [step for step, _ in late.history['aux']] == [3, 4]
     monkeypatch.setitem(PRESETS, 'test-routed',
                         replace(routed, recipe=replace(routed.recipe, route_at=(5, 0))))

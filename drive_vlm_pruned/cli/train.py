@@ -118,6 +118,10 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                      help='weight of the object-routing loss: a question that names a class and '
                           'a camera attends to the tokens of that class there (default: the '
                           'preset; nano-grounded 1.0)')
+    vlm.add_argument('--route-from', type=int, metavar='STEP',
+                     help='the routing, exclusion and object losses count from the step after '
+                          'this one, so a question-answering circuit can form first (default: '
+                          'the preset; nano-routed 1200, the others 0)')
     vlm.add_argument('--focus-loss', type=float, metavar='W',
                      help='weight of the text-focus loss: the planning turn leaves the visual '
                           'tokens alone in every layer and head, so it reads the ego history '
@@ -216,7 +220,7 @@ def _run_vlm(args) -> int:
         storage=args.storage, threads=args.threads,
         init_from=Path(args.init_from) if args.init_from else None, patch_loss=args.patch_loss,
         route_loss=args.route_loss, exclude_loss=args.exclude_loss, object_loss=args.object_loss,
-        focus_loss=args.focus_loss,
+        focus_loss=args.focus_loss, route_from=args.route_from,
         vision_init=Path(args.vision_init) if args.vision_init else None,
         freeze_vision=args.freeze_vision, drill_exists=args.drill_exists,
         drill_count=args.drill_count,

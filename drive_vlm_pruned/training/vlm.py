@@ -77,6 +77,7 @@ class VLMTrainConfig:
     exclude_loss: float | None = None  # weight of the view-exclusion loss (view_routing.py)
     object_loss: float | None = None  # weight of the object-routing loss (view_routing.py)
     focus_loss: float | None = None  # weight of the text-focus loss (Recipe.focus_loss)
+    route_from: int | None = None  # the routing terms count from this step on (Recipe.route_from)
     vision_init: Path | None = None  # a vision-stage tower (vision_stage.py) to start from
     freeze_vision: bool = False  # keep the tower fixed: train the projector and the LLM
     drill_exists: int | None = None  # extra exists turns per train frame (Recipe.drill_exists)
@@ -89,7 +90,7 @@ class VLMTrainConfig:
                           save_every=self.save_every, seed=self.seed,
                           patch_loss=self.patch_loss, route_loss=self.route_loss,
                           exclude_loss=self.exclude_loss, object_loss=self.object_loss,
-                          focus_loss=self.focus_loss,
+                          focus_loss=self.focus_loss, route_from=self.route_from,
                           drill_exists=self.drill_exists, drill_count=self.drill_count,
                           family_weights=self.family_weights)
 
