@@ -10,6 +10,7 @@ from drive_vlm_pruned.training.dataset import load_frames, qa_texts, tokenise_fr
 from drive_vlm_pruned.training.model import build_vlm
 from drive_vlm_pruned.training.presets import PRESETS
 from drive_vlm_pruned.training.samples import (
+    FrameTurns,
     IGNORE,
     pack_text,
     packed_mask,
@@ -604,3 +605,47 @@ def test_text_focus_loss_trains_with_the_answer_loss(data_dir, tmp_path, monkeyp
     assert any('text focus: planning_trajectory turns' in line for line in said), said
     aux = [loss for _, loss in run.history['aux']]
     assert len(aux) == 4 and aux[-1] < aux[0]
+
+
+def test_language_stage_reads_the_turns_alone_and_no_view(data_dir):
+    frames = load_frames(data_dir, 'train')
+    adapter = make_adapter(frames)
+    turns = tokenise_frames(adapter, frames)
+    text = pack_text(turns, adapter.pad_token_id)
+    language = PackedVLM(adapter, NUSCENES_CAMERAS, text_only=True)
+    views = PackedVLM(adapter, NUSCENES_CAMERAS)
+    shape = (len(frames), 6, 3, SHAPE.image_size, SHAPE.image_size)
+    black = torch.zeros(shape, dtype=torch.uint8)
+    noise = torch.randint(0, 256, shape, dtype=torch.uint8)
+    with torch.no_grad():
+        out, other = language(black, text), language(noise, text)
+        seen = views(noise, text)
+        # the first turn packed by itself gives the same logits: a turn sees only itself
+        alone = language(black[:1], pack_text([FrameTurns(turns[0].turns[:1])],
+                                              adapter.pad_token_id))
+    assert out.loss.item() == other.loss.item()  # no pixel reaches it
+    assert abs(seen.loss.item() - out.loss.item()) > 1e-4  # and no visual token
+    first = (out.turn_of_row == 0) & (out.labels != IGNORE)
+    assert torch.allclose(out.logits[first], alone.logits[alone.labels != IGNORE], atol=2e-5)
+
+
+def test_language_stage_trains_refuses_view_terms_and_hands_over_to_the_vlm_stage(
+        data_dir, tmp_path, monkeypatch):
+    text = replace(PRESETS['test'], name='test-text', recipe=replace(
+        PRESETS['test'].recipe, text_only=True, steps=4, lr=1e-2))
+    monkeypatch.setitem(PRESETS, 'test-text', text)
+    run = train_vlm(config(data_dir, tmp_path / 'text', preset='test-text', steps=None),
+                    log=lambda _: None)
+    losses = [loss for _, loss in run.history['train']]
+    assert losses[-1] < losses[0]
+    planning = run.history['val'][-1]['planning']
+    assert planning['items'] > 0  # the text-only planning check ran on the val frames
+    before = load_file(run.final_dir / 'model.safetensors')
+    vlm = train_vlm(config(data_dir, tmp_path / 'vlm', init_from=run.final_dir),
+                    log=lambda _: None)
+    after = load_file(vlm.final_dir / 'model.safetensors')
+    llm = [k for k in before if 'language_model' in k]
+    assert llm and any(not torch.equal(before[k], after[k]) for k in llm)
+    with pytest.raises(ValueError, match='--route-loss need the views'):
+        train_vlm(config(data_dir, tmp_path / 'bad', preset='test-text', steps=None,
+                         route_loss=1.0), log=lambda _: None)

@@ -81,6 +81,9 @@ class Recipe:
     # (family, weight) pairs: that family's turns weigh this many turns in the answer loss
     # (samples.pack_text); the others weigh 1
     family_weights: tuple[tuple[str, float], ...] = ()
+    # the language stage: the LLM learns the QA turns without the views (no tower, no
+    # projector, no visual tokens), as a real VLM's LLM is pretrained on text before any image
+    text_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ PRESETS = {
                                 Recipe(steps=3000, match_visual_scale=True,
                                        visual_norm_ratio=2.0, route_loss=1.0, object_loss=1.0,
                                        drill_exists=12, drill_count=8)),
+    # The language stage (issue 28): the LLM learns the questions and the ego-history arithmetic
+    # of planning from text alone, before the drilled VLM stage (--init-from) adds the views.
+    'nano-text': Preset('nano-text', ModelPreset(prompt_format='named-views'),
+                        Recipe(steps=2000, frames_per_step=2, eval_every=400, text_only=True)),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,

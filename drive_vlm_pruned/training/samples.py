@@ -200,7 +200,7 @@ class PackedVLM(nn.Module):
                  route_weight: float = 0.0, route_at: tuple[int, int] = (2, 0),
                  exclude_weight: float = 0.0, object_weight: float = 0.0,
                  object_at: tuple[int, int] = (2, 1), focus_weight: float = 0.0,
-                 focus_families: Sequence[str] = ()) -> None:
+                 focus_families: Sequence[str] = (), text_only: bool = False) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
@@ -221,6 +221,8 @@ class PackedVLM(nn.Module):
         # weight of the object-routing loss (view_routing.py; needs patch labels), where it acts
         self.object_weight = object_weight
         self.object_at = object_at
+        # the language stage (Recipe.text_only): every turn alone, without the views' prefix
+        self.text_only = text_only
         self.prefix = prefix_prompt(adapter, names)
         proc = adapter.image_processor
         self.register_buffer('mean', torch.tensor(proc.image_mean).view(1, 1, 3, 1, 1),
@@ -239,8 +241,10 @@ class PackedVLM(nn.Module):
         Return the answer loss plus the auxiliary losses that are on.
 
         ``patch_labels`` bool ``[B, V, C, g, g]`` adds the probe's loss (needs a probe) and the
-        object-routing loss (needs ``object_weight``).
+        object-routing loss (needs ``object_weight``). The language stage reads no images.
         """
+        if self.text_only:
+            return self._language_forward(text)
         adapter, batch = self.adapter, images.shape[0]
         feats = adapter.encode(self.pixels(images), batch)
         probing = patch_labels is not None and self.probe is not None
@@ -288,14 +292,21 @@ class PackedVLM(nn.Module):
                                                             start, patch_labels))
         if capped:
             aux.append(norm_penalty(prefix, out.hidden_states[1], self.norm_ratio))
-        aux_loss = sum(aux) if aux else None
-        labels, weight = text.labels[:, rows], text.weight[:, rows]
-        token_loss = F.cross_entropy(out.logits.float().transpose(1, 2), labels,
-                                     ignore_index=IGNORE, reduction='none')
-        answer_loss = (token_loss * weight).sum() / text.norm
-        loss = answer_loss if aux_loss is None else answer_loss + aux_loss
-        return PackedOutput(loss, out.logits, labels, text.turn_of_row[:, rows], answer_loss,
-                            aux_loss)
+        return _packed_output(out.logits, text, rows, sum(aux) if aux else None)
+
+    def _language_forward(self, text: PackedText) -> PackedOutput:
+        """
+        Return the answer loss of the turns alone: the language stage, before any view.
+
+        Each turn sees only itself, from position 0 (rotary attention depends on relative
+        positions only, so a turn reads the same after the 1,200-token prefix later on).
+        """
+        embeds = self.adapter.embed(text.ids)
+        mask = packed_mask(text.segment, self.adapter.attn_implementation, embeds.dtype)
+        rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=text.offsets,
+                         logits_to_keep=rows, use_cache=False)
+        return _packed_output(out.logits, text, rows, None)
 
     def _answer_routing_losses(self, seen: dict[int, AttentionInputs], prefix,
                                text: PackedText, segment: Tensor, start: int,
@@ -367,6 +378,17 @@ class PackedVLM(nn.Module):
         answer = hidden[scene_layer][frame, start + row]
         return self.probe.token_loss(tokens, labels) + \
             self.probe.scene_loss(answer, frame, labels)
+
+
+def _packed_output(logits: Tensor, text: PackedText, rows: Tensor,
+                   aux_loss: Tensor | None) -> PackedOutput:
+    """Add the answer loss (turn-weighted mean, ``pack_text``) to the auxiliary terms."""
+    labels, weight = text.labels[:, rows], text.weight[:, rows]
+    token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
+                                 reduction='none')
+    answer_loss = (token_loss * weight).sum() / text.norm
+    loss = answer_loss if aux_loss is None else answer_loss + aux_loss
+    return PackedOutput(loss, logits, labels, text.turn_of_row[:, rows], answer_loss, aux_loss)
 
 
 def _named_view_keys(frame: Tensor, row: Tensor, turn: Tensor, text: PackedText, prefix,

@@ -15,13 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from .samples import FrameTurns
 from ..data.drivelm import KeyFrame, load_camera_set
 from ..eval.baselines import constant_velocity
 from ..eval.planning import score_trajectory
 from ..eval.scoring import is_trajectory_qa, planning_truth
 from ..models.base import VLMAdapter
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
+from ..pipeline.trajectory import parse_trajectory
+
+PLANNING = 'planning_trajectory'  # the question family whose answer is the trajectory
 
 # A whole trajectory is at most 56 tokens (model card); a few more show a model that runs on.
 MAX_NEW_TOKENS = 64
@@ -55,6 +60,38 @@ def planning_check(adapter: VLMAdapter, frames: Sequence[KeyFrame],
         result = pipeline.run(load_camera_set(frame), settings)
         if result.trajectory.ok:
             model_l2.append(score_trajectory(result.trajectory.points, truth).l2['3s'])
+        baseline = constant_velocity(frame.gt.ego_history)
+        if baseline is not None:
+            cv_l2.append(score_trajectory(baseline, truth).l2['3s'])
+    return PlanningCheck(items, len(model_l2), _mean(model_l2), _mean(cv_l2))
+
+
+def language_planning_check(adapter: VLMAdapter, frames: Sequence[KeyFrame],
+                            turns: Sequence[FrameTurns],
+                            max_new_tokens: int = MAX_NEW_TOKENS) -> PlanningCheck:
+    """
+    Answer each planning turn's own prompt greedily, without any view: the language stage.
+
+    A text-only LLM has never seen a visual token, so the ``Pipeline``'s prompt would test
+    something it was not taught; its turn alone is what it learned (samples.py).
+    """
+    items, model_l2, cv_l2 = 0, [], []
+    for frame, frame_turns in zip(frames, turns):
+        turn = next((t for t in frame_turns.turns if t.family == PLANNING), None)
+        if turn is None or frame.gt is None or not frame.gt.future_trajectory:
+            continue
+        items += 1
+        truth = planning_truth(frame.gt)
+        prompt = torch.tensor([turn.prompt], device=adapter.device)
+        with torch.no_grad():
+            ids = adapter.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                         max_new_tokens=max_new_tokens, do_sample=False,
+                                         eos_token_id=adapter.eos_token_ids,
+                                         pad_token_id=adapter.pad_token_id)
+        answer = adapter.tokenizer.decode(ids[0, prompt.shape[1]:], skip_special_tokens=True)
+        parsed = parse_trajectory(answer)
+        if parsed.ok:
+            model_l2.append(score_trajectory(parsed.points, truth).l2['3s'])
         baseline = constant_velocity(frame.gt.ego_history)
         if baseline is not None:
             cv_l2.append(score_trajectory(baseline, truth).l2['3s'])

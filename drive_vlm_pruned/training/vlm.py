@@ -38,7 +38,7 @@ from .patch_labels import class_pos_weight, GroundingProbe, PATCH_CLASSES
 from .presets import get_preset, Preset, Recipe
 from .samples import pack_text, PackedVLM, turn_exact
 from .tokenizer import check_round_trip, train_tokenizer
-from .val_planning import planning_check, PlanningCheck
+from .val_planning import language_planning_check, planning_check, PlanningCheck
 from .visual_scale import rescale_projector
 from ..cameras import NUSCENES_CAMERAS
 from ..models.llava_onevision import LlavaOnevisionAdapter
@@ -178,6 +178,7 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
         f'{accelerator.num_processes} process(es) on {accelerator.device}, precision '
         f'{accelerator.mixed_precision}')
     _check_family_weights(recipe, train)
+    _check_language_stage(recipe, config)
     if len(train) < recipe.frames_per_step * accelerator.num_processes:
         raise ValueError(f'{len(train)} train frames cannot fill a step of '
                          f'{recipe.frames_per_step} frames x {accelerator.num_processes} '
@@ -216,7 +217,7 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers,
                     recipe.visual_norm_ratio, recipe.route_loss, recipe.route_at,
                     recipe.exclude_loss, recipe.object_loss, recipe.object_at,
-                    recipe.focus_loss, recipe.focus_families)
+                    recipe.focus_loss, recipe.focus_families, recipe.text_only)
     if recipe.match_visual_scale and not config.resume:
         _match_visual_scale(net, train, say)
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
@@ -323,7 +324,9 @@ def _evaluate(accelerator, net, val: SplitData, index: list[int], pad: int, step
             losses.append(output.answer_loss.item())
             for family, ok in zip(text.families, turn_exact(output, text.turns).tolist()):
                 hits[family].append(ok)
-        planning = planning_check(module.adapter, [val.frames[i] for i in index])
+        frames = [val.frames[i] for i in index]
+        planning = (language_planning_check(module.adapter, frames, [val.turns[i] for i in index])
+                    if module.text_only else planning_check(module.adapter, frames))
         module.train()
         every = [h for v in hits.values() for h in v]
         record = {'step': step, 'loss': float(np.mean(losses)),
@@ -365,6 +368,24 @@ def _precision(config: VLMTrainConfig) -> str:
         return 'bf16'
     # bf16 autocast on our 2-core CPU was slower than fp32 (measured), so fp32 there.
     return 'no'
+
+
+def _check_language_stage(recipe: Recipe, config: VLMTrainConfig) -> None:
+    """Refuse what needs the views in a text-only stage: it would do nothing, silently."""
+    if not recipe.text_only:
+        return
+    visual = {'--patch-loss': recipe.patch_loss, '--route-loss': recipe.route_loss,
+              '--exclude-loss': recipe.exclude_loss, '--object-loss': recipe.object_loss,
+              '--focus-loss': recipe.focus_loss, '--drill-exists': recipe.drill_exists,
+              '--drill-count': recipe.drill_count, '--vision-init': config.vision_init,
+              '--freeze-vision': config.freeze_vision,
+              'visual norm cap': recipe.visual_norm_ratio,
+              'visual scale match': recipe.match_visual_scale}
+    used = [name for name, value in visual.items() if value]
+    if used:
+        raise ValueError(f'preset {config.preset} is a language stage (text only, no views): '
+                         f'{", ".join(used)} need the views; leave them to the VLM stage that '
+                         'starts from it (--init-from)')
 
 
 def _check_family_weights(recipe: Recipe, train: SplitData) -> None:
