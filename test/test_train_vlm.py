@@ -640,6 +640,7 @@ def test_language_stage_trains_refuses_view_terms_and_hands_over_to_the_vlm_stag
     assert losses[-1] < losses[0]
     planning = run.history['val'][-1]['planning']
     assert planning['items'] > 0  # the text-only planning check ran on the val frames
+    assert not list((tmp_path / 'text' / 'cache').glob('*.u8'))  # no view was rendered
     before = load_file(run.final_dir / 'model.safetensors')
     vlm = train_vlm(config(data_dir, tmp_path / 'vlm', init_from=run.final_dir),
                     log=lambda _: None)
@@ -649,3 +650,4 @@ def test_language_stage_trains_refuses_view_terms_and_hands_over_to_the_vlm_stag
     with pytest.raises(ValueError, match='--route-loss need the views'):
         train_vlm(config(data_dir, tmp_path / 'bad', preset='test-text', steps=None,
                          route_loss=1.0), log=lambda _: None)
+    assert not (tmp_path / 'bad').exists()  # refused before any work

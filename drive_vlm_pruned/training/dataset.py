@@ -34,7 +34,7 @@ class SplitData:
 
     split: str
     frames: list[KeyFrame]
-    images: np.ndarray  # uint8 [N, V, 3, H, W] (memory-mapped)
+    images: np.ndarray  # uint8 [N, V, 3, H, W] (memory-mapped; V = 0 in the language stage)
     turns: list[FrameTurns]
     labels: np.ndarray | None = None  # bool [N, V, C, g, g] per-patch classes (patch_labels.py)
 
@@ -92,10 +92,16 @@ def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame], drills: tuple[i
 def prepare_split(adapter: VLMAdapter, data: Path, split: str, cache_dir: Path,
                   frames: list[KeyFrame] | None = None,
                   log: Callable[[str], None] = print, with_labels: bool = False,
-                  drills: tuple[int, int] = (0, 0), seed: int = 0) -> SplitData:
-    """Load, pre-render (or reuse the cache) and tokenise one split; per-patch labels too."""
+                  drills: tuple[int, int] = (0, 0), seed: int = 0,
+                  with_views: bool = True) -> SplitData:
+    """
+    Load, pre-render (or reuse the cache) and tokenise one split; per-patch labels too.
+
+    ``with_views=False`` (the language stage) renders nothing: its images have zero views.
+    """
     frames = frames if frames is not None else load_frames(data, split)
-    images = _view_cache(adapter, data_file(data, split), frames, cache_dir / split, log)
+    images = (_view_cache(adapter, data_file(data, split), frames, cache_dir / split, log)
+              if with_views else np.empty((len(frames), 0, *adapter.image_shape), np.uint8))
     labels = None
     if with_labels:
         labels = _label_cache(adapter, data_file(data, split), frames,

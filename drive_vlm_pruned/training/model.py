@@ -1,5 +1,5 @@
 """
-Build the from-scratch LLaVA-OneVision of a preset, and write it as a checkpoint directory.
+Build the from-scratch LLaVA-OneVision of a preset, seat a pretrained tower, write a checkpoint.
 
 The model is the real ``LlavaOnevisionForConditionalGeneration`` (SigLIP vision tower, 2-layer
 projector, Qwen2 LM) made from a config, as models/tiny.py builds the random tiny ones: only the
@@ -64,3 +64,20 @@ def save_checkpoint(model, tokenizer, processor, out: Path,
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def load_vision_tower(model, directory: Path) -> None:
+    """Copy a vision-stage tower (SiglipVisionModel directory) into the VLM's tower."""
+    from transformers import SiglipVisionModel
+
+    directory = Path(directory)
+    if not (directory / 'config.json').is_file():
+        raise FileNotFoundError(f'{directory} holds no vision tower: pass OUT/vision_tower of a '
+                                'finished `drive-vlm train vision` run')
+    tower = SiglipVisionModel.from_pretrained(directory, local_files_only=True)
+    target = model.model.vision_tower
+    missing, unexpected = target.load_state_dict(tower.state_dict(), strict=False)
+    # the VLM's tower has no pooling head (vision_use_head False); anything else must match
+    if missing or [k for k in unexpected if '.head.' not in k]:
+        raise ValueError(f"{directory} does not fit this preset's tower (missing {missing[:3]}, "
+                         f'unexpected {unexpected[:3]}): train vision with the same --preset')

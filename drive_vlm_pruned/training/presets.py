@@ -85,6 +85,15 @@ class Recipe:
     # projector, no visual tokens), as a real VLM's LLM is pretrained on text before any image
     text_only: bool = False
 
+    def view_settings(self) -> list[str]:
+        """Return the settings that are on and need the views (a text-only stage refuses them)."""
+        named = {'--patch-loss': self.patch_loss, '--route-loss': self.route_loss,
+                 '--exclude-loss': self.exclude_loss, '--object-loss': self.object_loss,
+                 '--focus-loss': self.focus_loss, '--drill-exists': self.drill_exists,
+                 '--drill-count': self.drill_count, 'visual norm cap': self.visual_norm_ratio,
+                 'visual scale match': self.match_visual_scale}
+        return [name for name, value in named.items() if value]
+
 
 @dataclass(frozen=True)
 class Preset:

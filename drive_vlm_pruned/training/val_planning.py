@@ -11,7 +11,7 @@ scores the parsed waypoints as ``eval/scoring.py`` does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +21,10 @@ from .samples import FrameTurns
 from ..data.drivelm import KeyFrame, load_camera_set
 from ..eval.baselines import constant_velocity
 from ..eval.planning import score_trajectory
-from ..eval.scoring import is_trajectory_qa, planning_truth
+from ..eval.scoring import is_trajectory_qa, planning_truth, TRAJECTORY_FAMILY
 from ..models.base import VLMAdapter
 from ..pipeline.pipeline import Pipeline, RuntimeSettings
-from ..pipeline.trajectory import parse_trajectory
-
-PLANNING = 'planning_trajectory'  # the question family whose answer is the trajectory
+from ..pipeline.trajectory import parse_trajectory, TrajectoryParse
 
 # A whole trajectory is at most 56 tokens (model card); a few more show a model that runs on.
 MAX_NEW_TOKENS = 64
@@ -48,22 +46,16 @@ def planning_check(adapter: VLMAdapter, frames: Sequence[KeyFrame],
                    max_new_tokens: int = MAX_NEW_TOKENS) -> PlanningCheck:
     """Answer each frame's planning QA greedily at keep 1.0 and score it (module doc)."""
     pipeline = Pipeline(adapter)
-    items, model_l2, cv_l2 = 0, [], []
-    for frame in frames:
-        qa = next((q for q in frame.qa if is_trajectory_qa(frame, q)), None)
-        if qa is None or frame.gt is None or not frame.gt.future_trajectory:
-            continue
-        items += 1
-        truth = planning_truth(frame.gt)
-        settings = RuntimeSettings(keep_ratio=1.0, question=qa.question,
-                                   max_new_tokens=max_new_tokens)
-        result = pipeline.run(load_camera_set(frame), settings)
-        if result.trajectory.ok:
-            model_l2.append(score_trajectory(result.trajectory.points, truth).l2['3s'])
-        baseline = constant_velocity(frame.gt.ego_history)
-        if baseline is not None:
-            cv_l2.append(score_trajectory(baseline, truth).l2['3s'])
-    return PlanningCheck(items, len(model_l2), _mean(model_l2), _mean(cv_l2))
+
+    def answers() -> Iterator[tuple[KeyFrame, TrajectoryParse]]:
+        for frame in frames:
+            qa = next((q for q in frame.qa if is_trajectory_qa(frame, q)), None)
+            if qa is not None and _has_truth(frame):
+                settings = RuntimeSettings(keep_ratio=1.0, question=qa.question,
+                                           max_new_tokens=max_new_tokens)
+                yield frame, pipeline.run(load_camera_set(frame), settings).trajectory
+
+    return _score(answers())
 
 
 def language_planning_check(adapter: VLMAdapter, frames: Sequence[KeyFrame],
@@ -75,23 +67,39 @@ def language_planning_check(adapter: VLMAdapter, frames: Sequence[KeyFrame],
     A text-only LLM has never seen a visual token, so the ``Pipeline``'s prompt would test
     something it was not taught; its turn alone is what it learned (samples.py).
     """
+    def answers() -> Iterator[tuple[KeyFrame, TrajectoryParse]]:
+        for frame, frame_turns in zip(frames, turns):
+            turn = next((t for t in frame_turns.turns if t.family == TRAJECTORY_FAMILY), None)
+            if turn is not None and _has_truth(frame):
+                yield frame, parse_trajectory(_greedy(adapter, turn.prompt, max_new_tokens))
+
+    return _score(answers())
+
+
+def _has_truth(frame: KeyFrame) -> bool:
+    """Return True when the frame has a GT future trajectory to score against."""
+    return frame.gt is not None and bool(frame.gt.future_trajectory)
+
+
+@torch.no_grad()
+def _greedy(adapter: VLMAdapter, prompt: Sequence[int], max_new_tokens: int) -> str:
+    """Decode greedily from token ids alone, through the model's own ``generate``."""
+    ids = torch.tensor([list(prompt)], device=adapter.device)
+    out = adapter.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=adapter.eos_token_ids,
+                                 pad_token_id=adapter.pad_token_id)
+    return adapter.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _score(answers: Iterable[tuple[KeyFrame, TrajectoryParse]]) -> PlanningCheck:
+    """L2 at 3 s of the parsed answers, and of constant velocity on the same frames."""
     items, model_l2, cv_l2 = 0, [], []
-    for frame, frame_turns in zip(frames, turns):
-        turn = next((t for t in frame_turns.turns if t.family == PLANNING), None)
-        if turn is None or frame.gt is None or not frame.gt.future_trajectory:
-            continue
+    for frame, trajectory in answers:
         items += 1
         truth = planning_truth(frame.gt)
-        prompt = torch.tensor([turn.prompt], device=adapter.device)
-        with torch.no_grad():
-            ids = adapter.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                         max_new_tokens=max_new_tokens, do_sample=False,
-                                         eos_token_id=adapter.eos_token_ids,
-                                         pad_token_id=adapter.pad_token_id)
-        answer = adapter.tokenizer.decode(ids[0, prompt.shape[1]:], skip_special_tokens=True)
-        parsed = parse_trajectory(answer)
-        if parsed.ok:
-            model_l2.append(score_trajectory(parsed.points, truth).l2['3s'])
+        if trajectory.ok:
+            model_l2.append(score_trajectory(trajectory.points, truth).l2['3s'])
         baseline = constant_velocity(frame.gt.ego_history)
         if baseline is not None:
             cv_l2.append(score_trajectory(baseline, truth).l2['3s'])

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .curves import plot_curves
 from .dataset import load_frames, prepare_split, qa_texts, SplitData
 from .loop import optimizer_step, step_rows, warmup_cosine
-from .model import build_vlm, save_checkpoint
+from .model import build_vlm, load_vision_tower, save_checkpoint
 from .patch_labels import class_pos_weight, GroundingProbe, PATCH_CLASSES
 from .presets import get_preset, Preset, Recipe
 from .samples import pack_text, PackedVLM, turn_exact
@@ -128,6 +128,7 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     if preset.needs_init and config.init_from is None:
         raise ValueError(f'preset {preset.name} is a second stage: pass --init-from DIR, the '
                          'trained checkpoint to start from (the embedded drive-vlm-nano)')
+    _check_language_stage(recipe, config)
     out = Path(config.out)
     checkpoints = out / 'checkpoints'
     latest = _latest_checkpoint(checkpoints)
@@ -170,15 +171,15 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     with accelerator.main_process_first():
         train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say, labels,
                               drills=(recipe.drill_exists, recipe.drill_count),
-                              seed=recipe.seed)
-        val = prepare_split(adapter, data, 'val', out / 'cache', log=say, with_labels=labels)
+                              seed=recipe.seed, with_views=not recipe.text_only)
+        val = prepare_split(adapter, data, 'val', out / 'cache', log=say, with_labels=labels,
+                            with_views=not recipe.text_only)
     say(f'train: {len(train)} frames, {sum(len(t.turns) for t in train.turns)} QA; '
         f'val: {len(val)} frames; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M '
         f'params, vocab {len(tokenizer)}, {preset.model.tokens_per_view} tokens per view; '
         f'{accelerator.num_processes} process(es) on {accelerator.device}, precision '
         f'{accelerator.mixed_precision}')
     _check_family_weights(recipe, train)
-    _check_language_stage(recipe, config)
     if len(train) < recipe.frames_per_step * accelerator.num_processes:
         raise ValueError(f'{len(train)} train frames cannot fill a step of '
                          f'{recipe.frames_per_step} frames x {accelerator.num_processes} '
@@ -372,17 +373,9 @@ def _precision(config: VLMTrainConfig) -> str:
 
 def _check_language_stage(recipe: Recipe, config: VLMTrainConfig) -> None:
     """Refuse what needs the views in a text-only stage: it would do nothing, silently."""
-    if not recipe.text_only:
-        return
-    visual = {'--patch-loss': recipe.patch_loss, '--route-loss': recipe.route_loss,
-              '--exclude-loss': recipe.exclude_loss, '--object-loss': recipe.object_loss,
-              '--focus-loss': recipe.focus_loss, '--drill-exists': recipe.drill_exists,
-              '--drill-count': recipe.drill_count, '--vision-init': config.vision_init,
-              '--freeze-vision': config.freeze_vision,
-              'visual norm cap': recipe.visual_norm_ratio,
-              'visual scale match': recipe.match_visual_scale}
-    used = [name for name, value in visual.items() if value]
-    if used:
+    flags = {'--vision-init': config.vision_init, '--freeze-vision': config.freeze_vision}
+    used = recipe.view_settings() + [flag for flag, value in flags.items() if value]
+    if recipe.text_only and used:
         raise ValueError(f'preset {config.preset} is a language stage (text only, no views): '
                          f'{", ".join(used)} need the views; leave them to the VLM stage that '
                          'starts from it (--init-from)')
@@ -426,23 +419,6 @@ def _tokenizer(accelerator, directory: Path, frames, preset: Preset, resume: boo
         tokenizer.save_pretrained(directory)
     accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)
-
-
-def load_vision_tower(model, directory: Path) -> None:
-    """Copy a vision-stage tower (SiglipVisionModel directory) into the VLM's tower."""
-    from transformers import SiglipVisionModel
-
-    directory = Path(directory)
-    if not (directory / 'config.json').is_file():
-        raise FileNotFoundError(f'{directory} holds no vision tower: pass OUT/vision_tower of a '
-                                'finished `drive-vlm train vision` run')
-    tower = SiglipVisionModel.from_pretrained(directory, local_files_only=True)
-    target = model.model.vision_tower
-    missing, unexpected = target.load_state_dict(tower.state_dict(), strict=False)
-    # the VLM's tower has no pooling head (vision_use_head False); anything else must match
-    if missing or [k for k in unexpected if '.head.' not in k]:
-        raise ValueError(f"{directory} does not fit this preset's tower (missing {missing[:3]}, "
-                         f'unexpected {unexpected[:3]}): train vision with the same --preset')
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
