@@ -14,24 +14,25 @@ from .flags import positive_int
 
 TRAIN_VLM_HELP = """\
 Train the six-view LLaVA-OneVision (SigLIP tower + projector + Qwen2 LM, 196 visual tokens per
-view at the nano size) from scratch on a DriveLM-format data set written by `drive-vlm data
-synth`: its train split to learn, its val split to evaluate while training. All QA of a key
-frame share one sequence after its six views, each turn seeing exactly the prompt the pipeline
-feeds at inference. Runs on the CPU, one GPU, or several GPUs with `accelerate launch -m
+view at the nano size) on a DriveLM-format data set written by `drive-vlm data synth`: its
+train split to learn, its val split to evaluate while training. All QA of a key frame share one
+sequence after its six views, each turn seeing exactly the prompt the pipeline feeds at
+inference. Runs on the CPU, one GPU, or several GPUs with `accelerate launch -m
 drive_vlm_pruned.cli.main train vlm ...` (or torchrun), in bf16 where a GPU has it.
 
-A second stage (--preset nano-ground --init-from DIR) continues a trained checkpoint with its
-tokenizer: it scales the projector so visual tokens match the text scale inside the LLM, and
-adds training-only probes on the label masks so the tokens learn what lies under them and in
-which camera (drive_vlm_pruned/training/visual_scale.py, patch_labels.py).
+Two stages, after the vision stage (`drive-vlm train vision`): the language stage (--preset
+nano-text, the default) trains the LLM on the QA text alone, from scratch with its own BPE
+tokenizer; the VLM stage (--preset nano) starts from it (--init-from TEXT/final) on the vision
+stage's tower (--vision-init VISION/vision_tower --freeze-vision) and learns the QA with the
+views (the model card, drive_vlm_pruned/checkpoints/drive-vlm-nano/README.md).
 
 OUT gets tokenizer/, cache/ (pre-rendered views), checkpoints/step-N (resumable),
 history.json, curves.png and final/ (the checkpoint; float16 safetensors).
 
 examples:
-  drive-vlm train vlm --data data/drive --out runs/nano --preset nano --max-minutes 80
-  drive-vlm train vlm --data data/drive --out runs/ground --preset nano-ground \
-      --init-from runs/nano/final
+  drive-vlm train vlm --data data/drive --out runs/text --preset nano-text
+  drive-vlm train vlm --data data/drive --out runs/vlm --preset nano --init-from runs/text/final \
+      --vision-init runs/vision/vision_tower --freeze-vision
 """
 
 
@@ -60,7 +61,7 @@ def add_scale_report_parser(jobs) -> argparse.ArgumentParser:
                     'tokens at the LLM input, and after each decoder layer, with the update a '
                     'layer adds to a visual token. Visual tokens far larger than the text '
                     'tokens cannot be changed by the LLM layers (training/visual_scale.py); '
-                    '--preset nano-ground fixes a checkpoint that has them.')
+                    'the nano preset rescales the projector and caps their norm.')
     report.add_argument('--model', default='', help='checkpoint directory (default: embedded)')
     report.add_argument('--data', required=True, metavar='DIR',
                         help='a `drive-vlm data synth` directory')
@@ -78,8 +79,9 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
     vlm.add_argument('--data', required=True, metavar='DIR',
                      help='data directory holding train.json and val.json (drive-vlm data synth)')
     vlm.add_argument('--out', required=True, metavar='DIR', help='run directory to write')
-    vlm.add_argument('--preset', default='nano', choices=sorted(PRESETS),
-                     help='model size and recipe (default nano)')
+    vlm.add_argument('--preset', default='nano-text', choices=sorted(PRESETS),
+                     help='model size and recipe: nano-text (default, the language stage), '
+                          'then nano (the VLM stage, with --init-from)')
     vlm.add_argument('--resume', action='store_true',
                      help='continue the run in --out from its newest checkpoint')
     vlm.add_argument('--steps', type=positive_int, help='optimizer steps (default: the preset)')
@@ -104,34 +106,20 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                           'other jobs 1 thread was 2-3x faster than 2 (measured)')
     vlm.add_argument('--init-from', metavar='DIR',
                      help='start from this trained checkpoint (weights and tokenizer) instead of '
-                          'from scratch; the nano-ground preset needs it (the embedded model)')
-    vlm.add_argument('--patch-loss', type=float, metavar='W',
-                     help="weight of the grounding probes' loss, on the label masks "
-                          '(default: the preset; nano-ground and nano-probed 1.0, nano 0 = off)')
+                          'from scratch; the nano preset needs it (the language stage)')
     vlm.add_argument('--route-loss', type=float, metavar='W',
                      help='weight of the view-routing loss: a question that names a camera '
-                          'attends to its tokens (default: the preset; nano-routed 1.0)')
-    vlm.add_argument('--exclude-loss', type=float, metavar='W',
-                     help='weight of the view-exclusion loss: a question that names a camera '
-                          'reads no other camera (default: the preset; nano-exclusive 1.0)')
+                          'attends to its tokens (default: the preset; nano 1.0)')
     vlm.add_argument('--object-loss', type=float, metavar='W',
                      help='weight of the object-routing loss: a question that names a class and '
                           'a camera attends to the tokens of that class there (default: the '
-                          'preset; nano-grounded 1.0)')
-    vlm.add_argument('--route-from', type=int, metavar='STEP',
-                     help='the routing, exclusion and object losses count from the step after '
-                          'this one, so a question-answering circuit can form first (default: '
-                          'the preset; nano-routed 1200, the others 0)')
-    vlm.add_argument('--focus-loss', type=float, metavar='W',
-                     help='weight of the text-focus loss: the planning turn leaves the visual '
-                          'tokens alone in every layer and head, so it reads the ego history '
-                          '(default: the preset; 0 = off)')
+                          'preset; nano 1.0)')
     vlm.add_argument('--drill-exists', type=int, metavar='N',
                      help='extra exists questions per train frame from its gt.view_counts '
-                          '(default: the preset; nano-sees-drilled 12)')
+                          '(default: the preset; nano 12)')
     vlm.add_argument('--drill-count', type=int, metavar='N',
                      help='extra count questions per train frame (default: the preset; '
-                          'nano-sees-drilled 8)')
+                          'nano 8)')
     vlm.add_argument('--family-weight', type=_family_weight, action='append',
                      metavar='FAMILY=W',
                      help="that question family's turns weigh W turns each in the answer loss "
@@ -218,9 +206,8 @@ def _run_vlm(args) -> int:
         seed=args.seed, max_minutes=args.max_minutes, stop_at=args.stop_at,
         precision=args.precision, cpu=args.cpu,
         storage=args.storage, threads=args.threads,
-        init_from=Path(args.init_from) if args.init_from else None, patch_loss=args.patch_loss,
-        route_loss=args.route_loss, exclude_loss=args.exclude_loss, object_loss=args.object_loss,
-        focus_loss=args.focus_loss, route_from=args.route_from,
+        init_from=Path(args.init_from) if args.init_from else None,
+        route_loss=args.route_loss, object_loss=args.object_loss,
         vision_init=Path(args.vision_init) if args.vision_init else None,
         freeze_vision=args.freeze_vision, drill_exists=args.drill_exists,
         drill_count=args.drill_count,

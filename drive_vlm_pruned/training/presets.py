@@ -1,9 +1,10 @@
 """
 Model sizes and training recipes, by preset name (``drive-vlm train vlm --preset NAME``).
 
-``nano`` is the shipped embedded model: a LLaVA-OneVision (SigLIP tower + projector + Qwen2 LM)
-small enough to train from scratch on a 2-core CPU, with 224 px views at patch 16, so every view
-gives 14 x 14 = 196 prunable tokens (the model card, checkpoints/drive-vlm-nano/README.md).
+The embedded model is a LLaVA-OneVision (SigLIP tower + projector + Qwen2 LM) small enough to
+train on a 2-core CPU, with 224 px views at patch 16, so every view gives 14 x 14 = 196 prunable
+tokens (the model card, checkpoints/drive-vlm-nano/README.md). Its recipe is three stages: the
+vision stage (``drive-vlm train vision``, vision_stage.py), then ``nano-text``, then ``nano``.
 ``test`` is a toy size for fast tests.
 """
 
@@ -52,9 +53,6 @@ class Recipe:
     eval_frames: int = 32  # fixed validation subset (key frames, all their QA)
     save_every: int = 100  # steps between resumable checkpoints
     seed: int = 0
-    patch_loss: float = 0.0  # weight of the grounding probes' loss (patch_labels.py; 0: off)
-    # the token and the scene probe read hidden states after this many LLM layers
-    probe_layers: tuple[int, int] = (2, 3)
     # scale the projector so visual tokens match the text scale at the start (visual_scale.py)
     match_visual_scale: bool = False
     # keep visual tokens below this multiple of the text norm after LLM layer 1 (0: off)
@@ -62,17 +60,10 @@ class Recipe:
     # a question naming a camera attends to it: loss weight (0: off), (LLM layer, query head)
     route_loss: float = 0.0
     route_at: tuple[int, int] = (2, 0)
-    # ... and its rows read no other camera: loss weight, every LLM layer and head (0: off)
-    exclude_loss: float = 0.0
     # a question naming a class and a camera attends to that class's tokens in that camera:
     # loss weight (0: off; needs the label masks), (LLM layer, query head)
     object_loss: float = 0.0
     object_at: tuple[int, int] = (2, 1)
-    route_from: int = 0  # the routing, exclusion and object losses count from this step on
-    # text focus: every row of these families' turns, in every LLM layer and head, leaves the
-    # visual tokens alone (view_routing.exclusion_loss): loss weight (0: off), from step 1
-    focus_loss: float = 0.0
-    focus_families: tuple[str, ...] = ('planning_trajectory',)
     # extra exists / count turns per train frame, drawn from its gt.view_counts (data format 3;
     # data/frame_qa.drill_qa): the frame's 5 camera questions cover 5 of its 24 camera x class
     # pairs, the drills ask more of them. Train split only; val and test keep their own QA.
@@ -87,9 +78,8 @@ class Recipe:
 
     def view_settings(self) -> list[str]:
         """Return the settings that are on and need the views (a text-only stage refuses them)."""
-        named = {'--patch-loss': self.patch_loss, '--route-loss': self.route_loss,
-                 '--exclude-loss': self.exclude_loss, '--object-loss': self.object_loss,
-                 '--focus-loss': self.focus_loss, '--drill-exists': self.drill_exists,
+        named = {'--route-loss': self.route_loss, '--object-loss': self.object_loss,
+                 '--drill-exists': self.drill_exists,
                  '--drill-count': self.drill_count, 'visual norm cap': self.visual_norm_ratio,
                  'visual scale match': self.match_visual_scale}
         return [name for name, value in named.items() if value]
@@ -107,62 +97,26 @@ class Preset:
 
 
 PRESETS = {
-    'nano': Preset('nano', ModelPreset(), Recipe()),
-    # Stage 2 of the shipped model: the trained nano plus the grounding probes (patch_labels.py).
-    'nano-ground': Preset('nano-ground', ModelPreset(),
-                          Recipe(steps=500, lr=1e-3, warmup_steps=20, eval_every=100,
-                                 save_every=50, patch_loss=1.0, match_visual_scale=True,
-                                 visual_norm_ratio=2.0), needs_init=True),
-    # The nano recipe with the grounding probes and the visual norm kept at the text scale from
-    # the first step (training/patch_labels.py, visual_scale.py).
-    'nano-probed': Preset('nano-probed', ModelPreset(),
-                          Recipe(patch_loss=1.0, visual_norm_ratio=2.0)),
-    # nano-probed on the named-views prompt: every view's tokens follow its name ("the back left
-    # view: <image>"), the words a per-camera question uses.
-    'nano-named': Preset('nano-named', ModelPreset(prompt_format='named-views'),
-                         Recipe(patch_loss=1.0, visual_norm_ratio=2.0)),
-    # nano-named, and from step 1200 on a question that names a camera learns to attend to it
-    # (training/view_routing.py).
-    'nano-routed': Preset('nano-routed', ModelPreset(prompt_format='named-views'),
-                          Recipe(patch_loss=1.0, visual_norm_ratio=2.0, route_loss=1.0,
-                                 route_from=1200)),
-    # Stage 2 of nano-routed: a question that names a camera reads no other camera.
-    'nano-exclusive': Preset('nano-exclusive', ModelPreset(prompt_format='named-views'),
-                             Recipe(steps=400, lr=1e-3, warmup_steps=20, eval_every=100,
-                                    save_every=50, patch_loss=1.0, visual_norm_ratio=2.0,
-                                    route_loss=1.0, exclude_loss=1.0), needs_init=True),
-    # Stage 3, after nano-exclusive: a question that names a class and a camera finds the class's
-    # tokens in that camera (object routing, view_routing.py), so its answer needs them.
-    'nano-grounded': Preset('nano-grounded', ModelPreset(prompt_format='named-views'),
-                            Recipe(steps=500, lr=1e-3, warmup_steps=20, eval_every=100,
-                                   save_every=50, patch_loss=1.0, visual_norm_ratio=2.0,
-                                   route_loss=1.0, exclude_loss=1.0, object_loss=1.0),
-                            needs_init=True),
-    # The two-stage recipe (issue 28): the tower pretrained by `drive-vlm train vision` and
-    # frozen (--vision-init DIR --freeze-vision), then the projector and the LLM learn the QA
-    # with the answer loss and the visual norm cap only: none of the attention-steering terms.
-    'nano-sees': Preset('nano-sees', ModelPreset(prompt_format='named-views'),
-                        Recipe(steps=1500, match_visual_scale=True, visual_norm_ratio=2.0)),
-    # nano-sees plus the view and object routing terms from the first step (one stage).
-    'nano-sees-routed': Preset('nano-sees-routed', ModelPreset(prompt_format='named-views'),
-                               Recipe(steps=1000, match_visual_scale=True, visual_norm_ratio=2.0,
-                                      route_loss=1.0, object_loss=1.0)),
-    # nano-sees-routed plus 12 exists and 8 count drill turns per train frame.
-    'nano-sees-drilled': Preset('nano-sees-drilled', ModelPreset(prompt_format='named-views'),
-                                Recipe(steps=3000, match_visual_scale=True,
-                                       visual_norm_ratio=2.0, route_loss=1.0, object_loss=1.0,
-                                       drill_exists=12, drill_count=8)),
-    # The language stage (issue 28): the LLM learns the questions and the ego-history arithmetic
-    # of planning from text alone, before the drilled VLM stage (--init-from) adds the views.
+    # The embedded model's recipe (issue 28; the model card), after `drive-vlm data synth` and
+    # `drive-vlm train vision`: first the language stage, where the LLM learns the questions and
+    # the ego-history arithmetic of planning from text alone, as a real VLM's LLM is pretrained
+    # on text before any image ...
     'nano-text': Preset('nano-text', ModelPreset(prompt_format='named-views'),
                         Recipe(steps=2000, frames_per_step=2, eval_every=400, text_only=True)),
+    # ... then the VLM stage from it (--init-from TEXT/final), on the vision stage's tower,
+    # frozen (--vision-init VISION/vision_tower --freeze-vision): the projector and the LLM
+    # learn the QA with view and object routing and 12 exists + 8 count drill turns a frame.
+    'nano': Preset('nano', ModelPreset(prompt_format='named-views'),
+                   Recipe(steps=2000, lr=1e-3, eval_every=400, match_visual_scale=True,
+                          visual_norm_ratio=2.0, route_loss=1.0, object_loss=1.0,
+                          drill_exists=12, drill_count=8), needs_init=True),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,
                     vision_heads=2, vision_mlp=64, text_hidden=64, text_layers=2, text_heads=4,
                     text_kv_heads=2, text_mlp=128, vocab_size=600),
         Recipe(steps=2, frames_per_step=2, lr=3e-3, warmup_steps=0, eval_every=2,
-               eval_frames=2, save_every=2, probe_layers=(1, 1)),
+               eval_frames=2, save_every=2),
     ),
 }
 

@@ -34,7 +34,6 @@ from .view_routing import (
     asked_view,
     attention_probs,
     AttentionInputs,
-    exclusion_loss,
     routing_loss,
 )
 from .visual_scale import norm_penalty
@@ -182,7 +181,7 @@ class PackedOutput:
     labels: Tensor  # [B, K]
     turn_of_row: Tensor  # [B, K]
     answer_loss: Tensor  # turn-weighted mean of each turn's mean token cross-entropy
-    # probe_weight x grounding probes (patch_labels.py) + visual norm penalty (visual_scale.py)
+    # routing losses (view_routing.py) + visual norm penalty (visual_scale.py)
     aux_loss: Tensor | None = None
 
 
@@ -194,30 +193,19 @@ class PackedVLM(nn.Module):
     step; the adapter's ``encode``/``build_inputs``/``embed`` use the same parameters.
     """
 
-    def __init__(self, adapter: VLMAdapter, names: Sequence[str],
-                 probe: nn.Module | None = None, probe_weight: float = 0.0,
-                 probe_layers: tuple[int, int] = (2, 3), norm_ratio: float = 0.0,
+    def __init__(self, adapter: VLMAdapter, names: Sequence[str], norm_ratio: float = 0.0,
                  route_weight: float = 0.0, route_at: tuple[int, int] = (2, 0),
-                 exclude_weight: float = 0.0, object_weight: float = 0.0,
-                 object_at: tuple[int, int] = (2, 1), focus_weight: float = 0.0,
-                 focus_families: Sequence[str] = (), text_only: bool = False) -> None:
+                 object_weight: float = 0.0, object_at: tuple[int, int] = (2, 1),
+                 text_only: bool = False) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
         self.names = tuple(names)
-        self.probe = probe  # training-only (patch_labels.py); save_checkpoint never sees it
-        self.probe_weight = probe_weight
-        self.probe_layers = probe_layers  # (token, scene) probes: after this many LLM layers
         # keep visual tokens below this multiple of the text norm after layer 1 (visual_scale.py)
         self.norm_ratio = norm_ratio
         # weight of the routing loss (view_routing.py) and its (LLM layer, query head)
         self.route_weight = route_weight
         self.route_at = route_at
-        # weight of the view-exclusion loss (view_routing.py), every layer and head
-        self.exclude_weight = exclude_weight
-        # weight of the text-focus loss (view_routing.py) and the families whose turns it asks
-        self.focus_weight = focus_weight
-        self.focus_families = frozenset(focus_families)
         # weight of the object-routing loss (view_routing.py; needs patch labels), where it acts
         self.object_weight = object_weight
         self.object_at = object_at
@@ -240,14 +228,13 @@ class PackedVLM(nn.Module):
         """
         Return the answer loss plus the auxiliary losses that are on.
 
-        ``patch_labels`` bool ``[B, V, C, g, g]`` adds the probe's loss (needs a probe) and the
-        object-routing loss (needs ``object_weight``). The language stage reads no images.
+        ``patch_labels`` bool ``[B, V, C, g, g]`` adds the object-routing loss (needs
+        ``object_weight``). The language stage reads no images.
         """
         if self.text_only:
             return self._language_forward(text)
         adapter, batch = self.adapter, images.shape[0]
         feats = adapter.encode(self.pixels(images), batch)
-        probing = patch_labels is not None and self.probe is not None
         capped = self.norm_ratio > 0
         kept = keep_all(feats.tokens.valid_counts(), images.device)
         prefix = adapter.build_inputs(feats, kept, [self.prefix] * batch)
@@ -260,21 +247,17 @@ class PackedVLM(nn.Module):
         mask = packed_mask(segment, adapter.attn_implementation, embeds.dtype)
         # Logits only where a target is: rows predicting answer tokens, any frame of the batch.
         rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
-        named = any(v >= 0 for v in text.views)
-        routing = self.route_weight > 0 and named
-        excluding = self.exclude_weight > 0 and named
+        routing = self.route_weight > 0 and any(v >= 0 for v in text.views)
         finding = self.object_weight > 0 and patch_labels is not None and \
             any(c >= 0 for c in text.classes)
-        focusing = self.focus_weight > 0 and not self.focus_families.isdisjoint(text.families)
         layers = adapter.decoder_layers
-        watched = set(range(len(layers))) if excluding or focusing else set()
-        watched |= {self.route_at[0]} if routing else set()
+        watched = {self.route_at[0]} if routing else set()
         watched |= {self.object_at[0]} if finding else set()
         seen = {k: AttentionInputs(layers[k].self_attn) for k in sorted(watched)}
         try:
             out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                              logits_to_keep=start + rows, use_cache=False,
-                             output_hidden_states=probing or capped)
+                             output_hidden_states=capped)
         finally:
             for hook in seen.values():
                 hook.close()
@@ -282,14 +265,6 @@ class PackedVLM(nn.Module):
         if routing or finding:
             aux += self._answer_routing_losses(seen, prefix, text, segment, start, patch_labels,
                                                routing, finding)
-        if excluding:
-            aux.append(self.exclude_weight * self._exclusion_loss(seen, prefix, text, segment,
-                                                                  start))
-        if focusing:
-            aux.append(self.focus_weight * self._focus_loss(seen, prefix, text, segment, start))
-        if probing:
-            aux.append(self.probe_weight * self._probe_loss(out.hidden_states, prefix, text,
-                                                            start, patch_labels))
         if capped:
             aux.append(norm_penalty(prefix, out.hidden_states[1], self.norm_ratio))
         return _packed_output(out.logits, text, rows, sum(aux) if aux else None)
@@ -319,7 +294,7 @@ class PackedVLM(nn.Module):
         computed once.
         """
         frame, row, turn = answer_rows(text)
-        allowed, named, _ = _named_view_keys(frame, start + row, turn, text, prefix, segment)
+        allowed, named = _named_view_keys(frame, start + row, turn, text, prefix, segment)
         asks_view = allowed.any(-1)
         frame, row, turn = frame[asks_view], (start + row)[asks_view], turn[asks_view]
         allowed, named = allowed[asks_view], named[asks_view]
@@ -344,41 +319,6 @@ class PackedVLM(nn.Module):
                                                                 target[asks]))
         return losses
 
-    def _exclusion_loss(self, seen: dict[int, AttentionInputs], prefix, text: PackedText,
-                        segment: Tensor, start: int) -> Tensor:
-        frame, row = (text.turn_of_row >= 0).nonzero(as_tuple=True)
-        turn = text.turn_of_row[frame, row]
-        allowed, _, others = _named_view_keys(frame, start + row, turn, text, prefix, segment)
-        named = allowed.any(-1)
-        frame, row, allowed, others = frame[named], (start + row)[named], allowed[named], \
-            others[named]
-        return torch.stack([exclusion_loss(attention_probs(hook, frame, row, allowed), others)
-                            for hook in seen.values()]).mean()
-
-    def _focus_loss(self, seen: dict[int, AttentionInputs], prefix, text: PackedText,
-                    segment: Tensor, start: int) -> Tensor:
-        frame, row = (text.turn_of_row >= 0).nonzero(as_tuple=True)
-        turn = text.turn_of_row[frame, row]
-        asked = torch.tensor([f in self.focus_families for f in text.families],
-                             device=turn.device)[turn]
-        frame, row = frame[asked], (start + row)[asked]
-        allowed = _turn_keys(frame, row, segment)
-        visual = _view_of_key(prefix, segment)[frame] >= 0
-        return torch.stack([exclusion_loss(attention_probs(hook, frame, row, allowed), visual)
-                            for hook in seen.values()]).mean()
-
-    def _probe_loss(self, hidden: tuple[Tensor, ...], prefix, text: PackedText, start: int,
-                    labels: Tensor) -> Tensor:
-        token_layer, scene_layer = self.probe_layers
-        batch = labels.shape[0]
-        rows_of = torch.stack(prefix.visual_rows, dim=1)  # [B, V, N]: every token is kept
-        states = hidden[token_layer]
-        tokens = states[torch.arange(batch, device=states.device)[:, None, None], rows_of]
-        frame, row, _ = answer_rows(text)
-        answer = hidden[scene_layer][frame, start + row]
-        return self.probe.token_loss(tokens, labels) + \
-            self.probe.scene_loss(answer, frame, labels)
-
 
 def _packed_output(logits: Tensor, text: PackedText, rows: Tensor,
                    aux_loss: Tensor | None) -> PackedOutput:
@@ -392,18 +332,18 @@ def _packed_output(logits: Tensor, text: PackedText, rows: Tensor,
 
 
 def _named_view_keys(frame: Tensor, row: Tensor, turn: Tensor, text: PackedText, prefix,
-                     segment: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                     segment: Tensor) -> tuple[Tensor, Tensor]:
     """
-    Bool ``[n, T]`` keys (allowed, named, others) of query rows ``(frame, row)`` of ``turn``.
+    Bool ``[n, T]`` keys (allowed, named) of query rows ``(frame, row)`` of ``turn``.
 
     ``allowed`` is the packed mask's row (the prefix and the query's own turn, causal), all
     False for a turn that names no camera; ``named`` the visual tokens of the camera the turn
-    names, ``others`` those of the other cameras.
+    names.
     """
     view = torch.tensor(text.views, device=frame.device)[turn]
     allowed = _turn_keys(frame, row, segment) & (view >= 0)[:, None]
     seen = _view_of_key(prefix, segment)[frame]
-    return allowed, seen == view[:, None], (seen >= 0) & (seen != view[:, None])
+    return allowed, seen == view[:, None]
 
 
 def _turn_keys(frame: Tensor, row: Tensor, segment: Tensor) -> Tensor:

@@ -101,19 +101,3 @@ def routing_loss(probs: Tensor, head: int, target: Tensor) -> Tensor:
     """Mean ``-log`` attention mass of query ``head`` on ``target`` keys (bool ``[n, T]``)."""
     mass = (probs[:, head] * target).sum(-1)
     return -torch.log(mass.clamp_min(1e-6)).mean()
-
-
-def exclusion_loss(probs: Tensor, others: Tensor) -> Tensor:
-    """
-    Mean ``-log(1 - attention mass on the keys others)`` over every head and query row.
-
-    View exclusion: the rows of a turn that names a camera may read the text and the named
-    view, not the other five; without this a small model answers "is there a sign in the back
-    left view?" with whether any view shows a sign. Text focus: the rows of a planning turn
-    leave all six views alone. The drilled model of issue 28 spent 54-95% of its attention
-    there at LLM layers 1-2 on that turn (the shipped model 1-20%), too little on the ego
-    history it must copy, and its trajectories were 5x worse (model card). ``others`` is bool
-    ``[n, T]``.
-    """
-    leak = (probs * others[:, None]).sum(-1)
-    return -torch.log((1 - leak).clamp_min(1e-6)).mean()

@@ -34,7 +34,6 @@ from .curves import plot_curves
 from .dataset import load_frames, prepare_split, qa_texts, SplitData
 from .loop import optimizer_step, step_rows, warmup_cosine
 from .model import build_vlm, load_vision_tower, save_checkpoint
-from .patch_labels import class_pos_weight, GroundingProbe, PATCH_CLASSES
 from .presets import get_preset, Preset, Recipe
 from .samples import pack_text, PackedVLM, turn_exact
 from .tokenizer import check_round_trip, train_tokenizer
@@ -52,7 +51,7 @@ class VLMTrainConfig:
 
     data: Path
     out: Path
-    preset: str = 'nano'
+    preset: str = 'nano-text'
     resume: bool = False
     steps: int | None = None
     frames_per_step: int | None = None
@@ -72,12 +71,8 @@ class VLMTrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest on busy cores
     # start from this trained checkpoint (its weights and tokenizer) instead of from scratch
     init_from: Path | None = None
-    patch_loss: float | None = None  # weight of the grounding probes' loss (patch_labels.py)
     route_loss: float | None = None  # weight of the view-routing loss (view_routing.py)
-    exclude_loss: float | None = None  # weight of the view-exclusion loss (view_routing.py)
     object_loss: float | None = None  # weight of the object-routing loss (view_routing.py)
-    focus_loss: float | None = None  # weight of the text-focus loss (Recipe.focus_loss)
-    route_from: int | None = None  # the routing terms count from this step on (Recipe.route_from)
     vision_init: Path | None = None  # a vision-stage tower (vision_stage.py) to start from
     freeze_vision: bool = False  # keep the tower fixed: train the projector and the LLM
     drill_exists: int | None = None  # extra exists turns per train frame (Recipe.drill_exists)
@@ -88,9 +83,7 @@ class VLMTrainConfig:
         return get_preset(self.preset, steps=self.steps, frames_per_step=self.frames_per_step,
                           lr=self.lr, eval_every=self.eval_every, eval_frames=self.eval_frames,
                           save_every=self.save_every, seed=self.seed,
-                          patch_loss=self.patch_loss, route_loss=self.route_loss,
-                          exclude_loss=self.exclude_loss, object_loss=self.object_loss,
-                          focus_loss=self.focus_loss, route_from=self.route_from,
+                          route_loss=self.route_loss, object_loss=self.object_loss,
                           drill_exists=self.drill_exists, drill_count=self.drill_count,
                           family_weights=self.family_weights)
 
@@ -126,8 +119,9 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     preset = config.preset_values()
     recipe = preset.recipe
     if preset.needs_init and config.init_from is None:
-        raise ValueError(f'preset {preset.name} is a second stage: pass --init-from DIR, the '
-                         'trained checkpoint to start from (the embedded drive-vlm-nano)')
+        raise ValueError(f'preset {preset.name} is a second stage: pass --init-from TEXT/final, '
+                         'the checkpoint of the language stage (--preset nano-text) to start '
+                         'from')
     _check_language_stage(recipe, config)
     out = Path(config.out)
     checkpoints = out / 'checkpoints'
@@ -167,7 +161,7 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
         say('vision tower frozen: training the projector and the LLM')
     adapter = LlavaOnevisionAdapter(model, tokenizer, processor, accelerator.device,
                                     torch.float32)
-    labels = recipe.patch_loss > 0 or recipe.object_loss > 0  # both read the label masks
+    labels = recipe.object_loss > 0  # object routing reads the label masks
     with accelerator.main_process_first():
         train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say, labels,
                               drills=(recipe.drill_exists, recipe.drill_count),
@@ -184,17 +178,6 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
         raise ValueError(f'{len(train)} train frames cannot fill a step of '
                          f'{recipe.frames_per_step} frames x {accelerator.num_processes} '
                          'processes: write more frames or lower --frames-per-step')
-    probe = None
-    if recipe.patch_loss > 0:
-        layers = model.config.text_config.num_hidden_layers
-        if not all(1 <= k < layers for k in recipe.probe_layers):
-            raise ValueError(f'probe layers {recipe.probe_layers}: the probes read inner LLM '
-                             f'layers, 1..{layers - 1} for this {layers}-layer model')
-        probe = GroundingProbe(model.config.text_config.hidden_size, len(NUSCENES_CAMERAS),
-                               class_pos_weight(train.labels)).to(accelerator.device)
-        say(f'grounding probes after LLM layers {recipe.probe_layers}: loss weight '
-            f'{recipe.patch_loss}, class positive weights '
-            + ', '.join(f'{c} {w:.1f}' for c, w in zip(PATCH_CLASSES, probe.pos_weight.tolist())))
     depth = model.config.text_config.num_hidden_layers
     if recipe.route_loss and not 0 <= recipe.route_at[0] < depth:
         raise ValueError(f'route layer {recipe.route_at[0]} is not a layer of this {depth}-layer '
@@ -202,23 +185,14 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     if recipe.object_loss and not 0 <= recipe.object_at[0] < depth:
         raise ValueError(f'object-routing layer {recipe.object_at[0]} is not a layer of this '
                          f'{depth}-layer LLM')
-    if recipe.exclude_loss:
-        say(f'view exclusion: every LLM layer and head, loss weight {recipe.exclude_loss} '
-            f'from step {recipe.route_from}')
-    if recipe.focus_loss:
-        say(f'text focus: {", ".join(recipe.focus_families)} turns leave the visual tokens '
-            f'alone in every LLM layer and head, loss weight {recipe.focus_loss}')
     if recipe.route_loss:
         say(f'view routing: LLM layer {recipe.route_at[0]}, query head {recipe.route_at[1]}, '
-            f'loss weight {recipe.route_loss} from step {recipe.route_from}')
+            f'loss weight {recipe.route_loss}')
     if recipe.object_loss:
         say(f'object routing: LLM layer {recipe.object_at[0]}, query head '
-            f'{recipe.object_at[1]}, loss weight {recipe.object_loss} from step '
-            f'{recipe.route_from}')
-    net = PackedVLM(adapter, NUSCENES_CAMERAS, probe, recipe.patch_loss, recipe.probe_layers,
-                    recipe.visual_norm_ratio, recipe.route_loss, recipe.route_at,
-                    recipe.exclude_loss, recipe.object_loss, recipe.object_at,
-                    recipe.focus_loss, recipe.focus_families, recipe.text_only)
+            f'{recipe.object_at[1]}, loss weight {recipe.object_loss}')
+    net = PackedVLM(adapter, NUSCENES_CAMERAS, recipe.visual_norm_ratio, recipe.route_loss,
+                    recipe.route_at, recipe.object_loss, recipe.object_at, recipe.text_only)
     if recipe.match_visual_scale and not config.resume:
         _match_visual_scale(net, train, say)
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
@@ -268,13 +242,8 @@ def _loop(accelerator, net, optimizer, scheduler, state, train: SplitData, val: 
         index = index[rank * per_step:(rank + 1) * per_step].tolist()  # contiguous per rank
         images, turns = train.batch(index)
         text = pack_text(turns, pad, dict(recipe.family_weights)).to(accelerator.device)
-        labelled = recipe.patch_loss or recipe.object_loss
-        patches = train.patch_labels(index).to(accelerator.device) if labelled else None
-        attending = state.step >= recipe.route_from
-        module = accelerator.unwrap_model(net)
-        module.route_weight = recipe.route_loss if attending else 0.0
-        module.exclude_weight = recipe.exclude_loss if attending else 0.0
-        module.object_weight = recipe.object_loss if attending else 0.0
+        patches = train.patch_labels(index).to(accelerator.device) if recipe.object_loss \
+            else None
         with accelerator.autocast():
             output = net(images.to(accelerator.device), text, patches)
         optimizer_step(accelerator, output.loss, net, optimizer, scheduler, recipe.grad_clip)
