@@ -242,14 +242,6 @@ def embedded_or_skip() -> Path:
                     f'camera, so no rate could matter): {err}')
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'the shipped nano model reads the planted camera, but its effect inside the search range '
-    '[0.1, 1.0] is no larger than the noise of which tokens a trial keeps: on 63 planted '
-    'questions about CAM_BACK_LEFT (other views empty) it scores 65.1% with every token and 54.0% '
-    'with that camera at 2% (majority 52.4%), and 65.1% to 69.8% as that camera goes from 10% to '
-    'all of its tokens, while the other views at full rate cost as much; this search gave '
-    'CAM_BACK_LEFT 0.24 (model card, "Reading the cameras"); strict, so this turns red once a '
-    'model makes it pass'))
 def test_search_on_planted_data_keeps_the_deciding_camera_most(planted, tmp_path):
     model = embedded_or_skip()
     out = subprocess.run(
