@@ -8,6 +8,12 @@ from drive_vlm_pruned.cameras import NUSCENES_CAMERAS
 from drive_vlm_pruned.cli.main import main
 from drive_vlm_pruned.data import synth
 from drive_vlm_pruned.data.frame_qa import CATEGORIES, FAMILIES
+from drive_vlm_pruned.data.plan_drill import (
+    drill_motions,
+    drill_planning,
+    drill_scene,
+    planning_turn,
+)
 from drive_vlm_pruned.data.synth import DataOptions, scene_seeds, token, write_dataset
 from drive_vlm_pruned.pipeline.trajectory import parse_trajectory
 from drive_vlm_pruned.scenes import Label
@@ -199,3 +205,24 @@ def test_cli_bad_input_names_the_option(tmp_path, capsys):
     assert '--scenes 0' in capsys.readouterr().err
     assert main(['data', 'synth', str(tmp_path), '--width', '10', '--quiet']) == 2
     assert 'image size 10 x 252' in capsys.readouterr().err
+
+
+def test_planning_drills_ask_the_rules_planning_turn_of_train_motions(written):
+    """A drill on a written scene's seed and time is that frame's own planning turn."""
+    out, _, data = written
+    seeds = scene_seeds(OPTIONS)
+    for scene_seed, scene in zip(seeds, data.values()):
+        for k, frame in enumerate(scene['key_frames'].values()):
+            own = [(qa['Q'], qa['A']) for qa in frame['QA']['planning']
+                   if qa['type'] == 'planning_trajectory']
+            drilled = planning_turn(drill_scene(scene_seed), synth.key_frame_times(2)[k])
+            assert own == [drilled[1:]]
+    motions = drill_motions(np.random.default_rng(0), 200)
+    assert all(0 <= seed < synth.SPLIT_BASE['val'] for seed, _ in motions)  # never val or test
+    assert len({seed for seed, _ in motions}) > 190
+    turns = drill_planning(np.random.default_rng(0), 5)
+    assert turns == drill_planning(np.random.default_rng(0), 5)  # seeded
+    assert all(family == 'planning_trajectory' and parse_trajectory(answer).ok
+               and len(parse_trajectory(answer).points) == 6 for family, _, answer in turns)
+    with pytest.raises(ValueError, match='--drill-plan'):
+        drill_planning(np.random.default_rng(0), -1)

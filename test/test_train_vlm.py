@@ -486,10 +486,11 @@ def test_object_routing_loss_trains_on_the_label_masks(data_dir, tmp_path, monke
 
 
 def test_drill_turns_follow_the_frames_own_qa_and_need_view_counts(data_dir):
+    """Camera drills need gt.view_counts; planning drills (data/plan_drill.py) need nothing."""
     frames = load_frames(data_dir, 'train')
     adapter = make_adapter(frames)
     plain = tokenise_frames(adapter, frames)
-    drilled = tokenise_frames(adapter, frames, drills=(4, 3), seed=0)
+    drilled = tokenise_frames(adapter, frames, drills=(4, 3, 0), seed=0)
     for frame, own, more in zip(frames, plain, drilled):
         assert more.turns[:len(own.turns)] == own.turns  # the frame's own QA first, unchanged
         extra = more.turns[len(own.turns):]
@@ -499,10 +500,17 @@ def test_drill_turns_follow_the_frames_own_qa_and_need_view_counts(data_dir):
         countable = [n for n in clear if n <= 6]
         assert families == ['exists'] * min(4, len(clear)) + ['count'] * min(3, len(countable))
         assert all(t.view >= 0 and t.object_class >= 0 for t in extra)  # routing reads them
-    assert tokenise_frames(adapter, frames, drills=(4, 3), seed=0) == drilled  # seeded
+    assert tokenise_frames(adapter, frames, drills=(4, 3, 0), seed=0) == drilled  # seeded
+    planned = tokenise_frames(adapter, frames, drills=(4, 3, 2), seed=0)
+    for camera, more in zip(drilled, planned):
+        assert more.turns[:len(camera.turns)] == camera.turns  # planning drills come last
+        assert [t.family for t in more.turns[len(camera.turns):]] == ['planning_trajectory'] * 2
+    text_only = tokenise_frames(adapter, [replace(f, gt=replace(f.gt, view_counts={}))
+                                          for f in frames], drills=(0, 0, 1))
+    assert all(t.turns[-1].family == 'planning_trajectory' for t in text_only)
     bare = [replace(f, gt=replace(f.gt, view_counts={})) for f in frames]
     with pytest.raises(ValueError, match='no gt.view_counts.*data synth'):
-        tokenise_frames(adapter, bare, drills=(4, 3))
+        tokenise_frames(adapter, bare, drills=(4, 3, 0))
 
 
 def test_family_weight_raises_that_familys_share_of_the_answer_loss(data_dir):

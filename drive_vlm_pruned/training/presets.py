@@ -69,6 +69,10 @@ class Recipe:
     # pairs, the drills ask more of them. Train split only; val and test keep their own QA.
     drill_exists: int = 0
     drill_count: int = 0
+    # extra planning turns per train frame on other train-split ego motions
+    # (data/plan_drill.py): a frame holds one planning question, and the waypoints are
+    # arithmetic on the ego history that the LLM learns from examples
+    drill_plan: int = 0
     # (family, weight) pairs: that family's turns weigh this many turns in the answer loss
     # (samples.pack_text); the others weigh 1
     family_weights: tuple[tuple[str, float], ...] = ()

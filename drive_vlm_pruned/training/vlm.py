@@ -77,6 +77,7 @@ class VLMTrainConfig:
     freeze_vision: bool = False  # keep the tower fixed: train the projector and the LLM
     drill_exists: int | None = None  # extra exists turns per train frame (Recipe.drill_exists)
     drill_count: int | None = None  # extra count turns per train frame (Recipe.drill_count)
+    drill_plan: int | None = None  # extra planning turns per train frame (Recipe.drill_plan)
     family_weights: tuple[tuple[str, float], ...] | None = None  # Recipe.family_weights
 
     def preset_values(self) -> Preset:
@@ -85,6 +86,7 @@ class VLMTrainConfig:
                           save_every=self.save_every, seed=self.seed,
                           route_loss=self.route_loss, object_loss=self.object_loss,
                           drill_exists=self.drill_exists, drill_count=self.drill_count,
+                          drill_plan=self.drill_plan,
                           family_weights=self.family_weights)
 
 
@@ -164,7 +166,8 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     labels = recipe.object_loss > 0  # object routing reads the label masks
     with accelerator.main_process_first():
         train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say, labels,
-                              drills=(recipe.drill_exists, recipe.drill_count),
+                              drills=(recipe.drill_exists, recipe.drill_count,
+                                      recipe.drill_plan),
                               seed=recipe.seed, with_views=not recipe.text_only)
         val = prepare_split(adapter, data, 'val', out / 'cache', log=say, with_labels=labels,
                             with_views=not recipe.text_only)
