@@ -122,7 +122,7 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                           'nano 8)')
     vlm.add_argument('--drill-plan', type=int, metavar='N',
                      help='extra planning questions per train frame, on other train-split ego '
-                          'motions (data/plan_drill.py; default: the preset; nano 0)')
+                          'motions (data/plan_drill.py; default: the preset; nano 2)')
     vlm.add_argument('--family-weight', type=_family_weight, action='append',
                      metavar='FAMILY=W',
                      help="that question family's turns weigh W turns each in the answer loss "

@@ -109,11 +109,12 @@ PRESETS = {
                         Recipe(steps=2000, frames_per_step=2, eval_every=400, text_only=True)),
     # ... then the VLM stage from it (--init-from TEXT/final), on the vision stage's tower,
     # frozen (--vision-init VISION/vision_tower --freeze-vision): the projector and the LLM
-    # learn the QA with view and object routing and 12 exists + 8 count drill turns a frame.
+    # learn the QA with view and object routing, 12 exists + 8 count drill turns a frame, and
+    # 2 planning drill turns a frame on other train-split ego motions.
     'nano': Preset('nano', ModelPreset(prompt_format='named-views'),
                    Recipe(steps=2000, lr=1e-3, eval_every=400, match_visual_scale=True,
                           visual_norm_ratio=2.0, route_loss=1.0, object_loss=1.0,
-                          drill_exists=12, drill_count=8), needs_init=True),
+                          drill_exists=12, drill_count=8, drill_plan=2), needs_init=True),
     'test': Preset(
         'test',
         ModelPreset(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,
