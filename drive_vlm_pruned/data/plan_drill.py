@@ -25,7 +25,7 @@ DRILL_FRAMES_PER_SCENE = 10  # the recipe's train split: key frames 1.5 s .. 6.0
 
 
 def drill_scene(scene_seed: int) -> Scene:
-    """Return the road and ego motion of train scene ``scene_seed``, without its agents."""
+    """Return the road and ego motion of scene ``scene_seed`` (any split), without agents."""
     config = scene_config(scene_seed, DRILL_FRAMES_PER_SCENE)
     road = Road(config.curvature, config.lane_width, config.lanes_forward,
                 config.lanes_oncoming, config.sidewalk_width)
