@@ -19,17 +19,14 @@ import numpy as np
 from .qa_rules import ego_history, planning_answer, planning_question
 from .synth import key_frame_times, scene_config, SPLIT_BASE, SPLIT_SPAN
 from ..scenes.frames import future_trajectory
-from ..scenes.world import Road, Scene
+from ..scenes.world import ego_scene, Scene
 
 DRILL_FRAMES_PER_SCENE = 10  # the recipe's train split: key frames 1.5 s .. 6.0 s
 
 
 def drill_scene(scene_seed: int) -> Scene:
     """Return the road and ego motion of scene ``scene_seed`` (any split), without agents."""
-    config = scene_config(scene_seed, DRILL_FRAMES_PER_SCENE)
-    road = Road(config.curvature, config.lane_width, config.lanes_forward,
-                config.lanes_oncoming, config.sidewalk_width)
-    return Scene(config, road, ())
+    return ego_scene(scene_config(scene_seed, DRILL_FRAMES_PER_SCENE))
 
 
 def drill_motions(rng: np.random.Generator, n: int) -> list[tuple[int, float]]:

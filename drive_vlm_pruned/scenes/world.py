@@ -335,6 +335,13 @@ def _positions(rng: np.random.Generator, start: float, end: float, per_100m: flo
     return out
 
 
+def ego_scene(config: SceneConfig) -> Scene:
+    """Return the road and the ego's motion of ``config``, without agents."""
+    road = Road(config.curvature, config.lane_width, config.lanes_forward,
+                config.lanes_oncoming, config.sidewalk_width)
+    return Scene(config, road, ())
+
+
 def make_scene(config: SceneConfig) -> Scene:
     """
     Build the road and place agents around the ego's path; the seed fixes everything.
@@ -347,9 +354,8 @@ def make_scene(config: SceneConfig) -> Scene:
     short rows of barriers line the outer edge of the outer lanes.
     """
     rng = np.random.default_rng([config.seed, 0])
-    road = Road(config.curvature, config.lane_width, config.lanes_forward,
-                config.lanes_oncoming, config.sidewalk_width)
-    scene = Scene(config, road, ())
+    scene = ego_scene(config)
+    road = scene.road
     end = scene.ego_s(config.duration_s) + 120.0
     start = -60.0
     # Ego-lane vehicles move at the ego's initial speed; an accelerating (braking) ego gains on
