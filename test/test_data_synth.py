@@ -9,6 +9,8 @@ from drive_vlm_pruned.cli.main import main
 from drive_vlm_pruned.data import synth
 from drive_vlm_pruned.data.frame_qa import CATEGORIES, FAMILIES
 from drive_vlm_pruned.data.plan_drill import (
+    behavior_mc_turn,
+    drill_behavior_mc,
     drill_motions,
     drill_planning,
     drill_scene,
@@ -226,3 +228,24 @@ def test_planning_drills_ask_the_rules_planning_turn_of_train_motions(written):
                and len(parse_trajectory(answer).points) == 6 for family, _, answer in turns)
     with pytest.raises(ValueError, match='--drill-plan'):
         drill_planning(np.random.default_rng(0), -1)
+
+
+def test_behavior_choice_drills_offer_the_rules_behavior_among_fresh_options(written):
+    """A behavior-choice drill on a written frame's motion asks its question with new options."""
+    _, _, data = written
+    seeds = scene_seeds(OPTIONS)
+    for scene_seed, scene in zip(seeds, data.values()):
+        for k, frame in enumerate(scene['key_frames'].values()):
+            qa = {q['type']: q for qs in frame['QA'].values() for q in qs}
+            rng = np.random.default_rng([scene_seed, k])
+            family, question, letter = behavior_mc_turn(drill_scene(scene_seed),
+                                                        synth.key_frame_times(2)[k], rng)
+            head, options = question.split(' A. ')
+            assert family == 'behavior_mc' and head == qa['behavior_mc']['Q'].split(' A. ')[0]
+            listed = re.split(r' [BCD]\. ', options)
+            assert len(set(listed)) == 4 and listed['ABCD'.index(letter)] == qa['behavior']['A']
+    turns = drill_behavior_mc(np.random.default_rng(0), 40)
+    assert turns == drill_behavior_mc(np.random.default_rng(0), 40)  # seeded
+    assert {answer for _, _, answer in turns} == set('ABCD')  # the answer's slot is drawn
+    with pytest.raises(ValueError, match='--drill-mc'):
+        drill_behavior_mc(np.random.default_rng(0), -1)

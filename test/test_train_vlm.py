@@ -486,7 +486,7 @@ def test_object_routing_loss_trains_on_the_label_masks(data_dir, tmp_path, monke
 
 
 def test_drill_turns_follow_the_frames_own_qa_and_need_view_counts(data_dir):
-    """Camera drills need gt.view_counts; planning drills (data/plan_drill.py) need nothing."""
+    """Camera drills need gt.view_counts; ego-motion drills (data/plan_drill.py) need nothing."""
     frames = load_frames(data_dir, 'train')
     adapter = make_adapter(frames)
     plain = tokenise_frames(adapter, frames)
@@ -505,9 +505,14 @@ def test_drill_turns_follow_the_frames_own_qa_and_need_view_counts(data_dir):
     for camera, more in zip(drilled, planned):
         assert more.turns[:len(camera.turns)] == camera.turns  # planning drills come last
         assert [t.family for t in more.turns[len(camera.turns):]] == ['planning_trajectory'] * 2
+    chosen = tokenise_frames(adapter, frames, drills=(4, 3, 2, 3), seed=0)
+    for motion, more in zip(planned, chosen):
+        assert more.turns[:len(motion.turns)] == motion.turns  # each drill kind its own draw
+        assert [t.family for t in more.turns[len(motion.turns):]] == ['behavior_mc'] * 3
     bare = [replace(f, gt=replace(f.gt, view_counts={})) for f in frames]
-    planning_only = tokenise_frames(adapter, bare, drills=(0, 0, 1))
-    assert all(t.turns[-1].family == 'planning_trajectory' for t in planning_only)
+    planning_only = tokenise_frames(adapter, bare, drills=(0, 0, 1, 1))
+    assert all([t.family for t in f.turns[-2:]] == ['planning_trajectory', 'behavior_mc']
+               for f in planning_only)
     with pytest.raises(ValueError, match='no gt.view_counts.*data synth'):
         tokenise_frames(adapter, bare, drills=(4, 3, 0))
 

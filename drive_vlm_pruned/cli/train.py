@@ -123,6 +123,10 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
     vlm.add_argument('--drill-plan', type=int, metavar='N',
                      help='extra planning questions per train frame, on other train-split ego '
                           'motions (data/plan_drill.py; default: the preset; nano 2)')
+    vlm.add_argument('--drill-mc', type=int, metavar='N',
+                     help='extra behavior multiple-choice questions per train frame, on other '
+                          'train-split ego motions with their own options (data/plan_drill.py; '
+                          'default: the preset)')
     vlm.add_argument('--family-weight', type=_family_weight, action='append',
                      metavar='FAMILY=W',
                      help="that question family's turns weigh W turns each in the answer loss "
@@ -213,7 +217,7 @@ def _run_vlm(args) -> int:
         route_loss=args.route_loss, object_loss=args.object_loss,
         vision_init=Path(args.vision_init) if args.vision_init else None,
         freeze_vision=args.freeze_vision, drill_exists=args.drill_exists,
-        drill_count=args.drill_count, drill_plan=args.drill_plan,
+        drill_count=args.drill_count, drill_plan=args.drill_plan, drill_mc=args.drill_mc,
         family_weights=tuple(args.family_weight) if args.family_weight else None,
     )
     try:

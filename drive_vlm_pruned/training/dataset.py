@@ -25,7 +25,7 @@ from .samples import FrameTurns, prefix_prompt, tokenise_turn
 from ..cameras import NUSCENES_CAMERAS
 from ..data.drivelm import data_file, KeyFrame, load_camera_set, load_drivelm
 from ..data.frame_qa import drill_qa
-from ..data.plan_drill import drill_planning
+from ..data.plan_drill import drill_behavior_mc, drill_planning
 from ..models.base import VLMAdapter
 
 
@@ -67,30 +67,34 @@ def qa_texts(frames: list[KeyFrame]) -> list[str]:
     return [text for f in frames for qa in f.qa for text in (qa.question, qa.answer)]
 
 
-def frame_texts(frame: KeyFrame, index: int, drills: tuple[int, int, int] = (0, 0, 0),
+def frame_texts(frame: KeyFrame, index: int, drills: tuple[int, ...] = (0, 0, 0, 0),
                 seed: int = 0) -> list[tuple[str, str, str]]:
     """
     ``(family, question, answer)`` of a frame's QA, then its drill turns.
 
-    ``drills`` = (exists, count, planning) turns: the camera drills come from the frame's
-    ``gt.view_counts`` (``drill_qa``), the planning drills from other train ego motions
-    (``drill_planning``), each from its own generator so one never shifts the other.
+    ``drills`` = (exists, count, planning, behavior choice) turns: the camera drills come from
+    the frame's ``gt.view_counts`` (``drill_qa``), the planning and behavior-choice drills from
+    other train ego motions (``drill_planning``, ``drill_behavior_mc``), each kind from its own
+    generator so one never shifts another. Missing trailing entries count as 0.
     """
+    exists, count, plan, choice = (tuple(drills) + (0, 0, 0, 0))[:4]
     texts = [(qa.family or qa.category, qa.question, qa.answer) for qa in frame.qa]
-    if drills[0] or drills[1]:
+    if exists or count:
         counts = frame.gt.view_counts if frame.gt is not None else {}
         if not counts:
             raise ValueError(f'{frame.where()}: no gt.view_counts for the drill questions; '
                              'write the data with `drive-vlm data synth` (format 3 or later), '
                              'or train with --drill-exists 0 --drill-count 0')
-        texts += drill_qa(counts, np.random.default_rng([seed, 7, index]), *drills[:2])
-    if drills[2]:
-        texts += drill_planning(np.random.default_rng([seed, 11, index]), drills[2])
+        texts += drill_qa(counts, np.random.default_rng([seed, 7, index]), exists, count)
+    if plan:
+        texts += drill_planning(np.random.default_rng([seed, 11, index]), plan)
+    if choice:
+        texts += drill_behavior_mc(np.random.default_rng([seed, 13, index]), choice)
     return texts
 
 
 def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame],
-                    drills: tuple[int, int, int] = (0, 0, 0), seed: int = 0) -> list[FrameTurns]:
+                    drills: tuple[int, ...] = (0, 0, 0, 0), seed: int = 0) -> list[FrameTurns]:
     names = NUSCENES_CAMERAS
     prefix = prefix_prompt(adapter, names)
     return [FrameTurns(tuple(tokenise_turn(adapter, names, question, answer, family, prefix)
@@ -101,7 +105,7 @@ def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame],
 def prepare_split(adapter: VLMAdapter, data: Path, split: str, cache_dir: Path,
                   frames: list[KeyFrame] | None = None,
                   log: Callable[[str], None] = print, with_labels: bool = False,
-                  drills: tuple[int, int, int] = (0, 0, 0), seed: int = 0,
+                  drills: tuple[int, ...] = (0, 0, 0, 0), seed: int = 0,
                   with_views: bool = True) -> SplitData:
     """
     Load, pre-render (or reuse the cache) and tokenise one split; per-patch labels too.

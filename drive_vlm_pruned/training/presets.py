@@ -73,6 +73,9 @@ class Recipe:
     # (data/plan_drill.py): a frame holds one planning question, and the waypoints are
     # arithmetic on the ego history that the LLM learns from examples
     drill_plan: int = 0
+    # behavior-choice drill turns per train frame on other train ego motions, each with its own
+    # options (data/plan_drill.py): the letter lookup is learned from examples, a frame holds one
+    drill_mc: int = 0
     # (family, weight) pairs: that family's turns weigh this many turns in the answer loss
     # (samples.pack_text); the others weigh 1
     family_weights: tuple[tuple[str, float], ...] = ()

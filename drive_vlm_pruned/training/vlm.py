@@ -78,6 +78,7 @@ class VLMTrainConfig:
     drill_exists: int | None = None  # extra exists turns per train frame (Recipe.drill_exists)
     drill_count: int | None = None  # extra count turns per train frame (Recipe.drill_count)
     drill_plan: int | None = None  # extra planning turns per train frame (Recipe.drill_plan)
+    drill_mc: int | None = None  # extra behavior-choice turns per train frame (Recipe.drill_mc)
     family_weights: tuple[tuple[str, float], ...] | None = None  # Recipe.family_weights
 
     def preset_values(self) -> Preset:
@@ -86,7 +87,7 @@ class VLMTrainConfig:
                           save_every=self.save_every, seed=self.seed,
                           route_loss=self.route_loss, object_loss=self.object_loss,
                           drill_exists=self.drill_exists, drill_count=self.drill_count,
-                          drill_plan=self.drill_plan,
+                          drill_plan=self.drill_plan, drill_mc=self.drill_mc,
                           family_weights=self.family_weights)
 
 
@@ -167,7 +168,7 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     with accelerator.main_process_first():
         train = prepare_split(adapter, data, 'train', out / 'cache', train_frames, say, labels,
                               drills=(recipe.drill_exists, recipe.drill_count,
-                                      recipe.drill_plan),
+                                      recipe.drill_plan, recipe.drill_mc),
                               seed=recipe.seed, with_views=not recipe.text_only)
         val = prepare_split(adapter, data, 'val', out / 'cache', log=say, with_labels=labels,
                             with_views=not recipe.text_only)
