@@ -9,12 +9,11 @@ import sys
 TRAIN_VISION_HELP = """\
 Pretrain the SigLIP vision tower of a preset on the renderer's dense labels before any
 language: per-patch semantic class and class presence (the label masks), distance band, and
-the density of the centres of the objects the count questions count (centres per patch,
-summing to the view's count). Views are the train split's scenes of
+the centres of the objects the count questions count. Views are the train split's scenes of
 --data re-rendered (plus --extra-scenes more of the train range), cached under OUT/cache; the
 val split's scenes are held out. OUT gets state.pt (--resume), history.json, report.json
-(held-out patch accuracy, mIoU, band accuracy, the count accuracy of the centre density, and
-the presence and count accuracy of linear probes beside the majority answer) and vision_tower/, which `drive-vlm train vlm --vision-init
+(held-out patch accuracy, mIoU, band accuracy, and the presence and count accuracy of linear
+probes beside the majority answer) and vision_tower/, which `drive-vlm train vlm --vision-init
 OUT/vision_tower [--freeze-vision]` starts from.
 
 example: drive-vlm train vision --data data/drive --out runs/vision --steps 1500

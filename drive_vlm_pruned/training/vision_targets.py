@@ -9,11 +9,9 @@ resize of ``VLMAdapter.preprocess``):
   pixels shows (patch_labels.py);
 - ``band``: the distance band of its nearest pixel's ground range, ``DISTANCE_BANDS_M``, with a
   last band for sky and beyond;
-- ``centre``: for each object class, how many centres of the visible boxes of objects the QA
-  rules count (at least ``min_visible_px`` pixels, docs/qa_rules.md) fall in the patch: the
-  counting target as a density map (Lempitsky & Zisserman, "Learning To Count Objects in
-  Images", 2010), whose sum over a view is the view's count. Far objects crowd near the
-  horizon, where two centres often share a patch; a count per patch keeps both.
+- ``centre``: for each object class, whether the patch holds the centre of the visible box of
+  an object the QA rules count (at least ``min_visible_px`` pixels, docs/qa_rules.md): the
+  counting target, one hit per object.
 
 Per view, ``counts``: the counted objects of each class, as the count questions ask them.
 """
@@ -43,7 +41,7 @@ class ViewTargets:
     semantic: np.ndarray  # uint8 [grid, grid]
     present: np.ndarray  # bool [len(PATCH_CLASSES), grid, grid]
     band: np.ndarray  # uint8 [grid, grid]
-    centre: np.ndarray  # uint8 [len(OBJECT_LABELS), grid, grid]: centres per patch
+    centre: np.ndarray  # bool [len(OBJECT_LABELS), grid, grid]
     counts: np.ndarray  # int16 [len(OBJECT_LABELS)]
 
 
@@ -77,7 +75,7 @@ def view_targets(view: ViewRender, camera: Camera, size: int, grid: int,
     ranges = ground_range(camera, view.object_depth)
     bands = np.searchsorted(np.asarray(DISTANCE_BANDS_M), ranges).astype(np.int64)
     band = _block_min(bands, grid)
-    centre = np.zeros((len(OBJECT_LABELS), grid, grid), dtype=np.uint8)
+    centre = np.zeros((len(OBJECT_LABELS), grid, grid), dtype=bool)
     counts = np.zeros(len(OBJECT_LABELS), dtype=np.int16)
     h, w = mask.shape
     for obj in view.objects:
@@ -87,7 +85,7 @@ def view_targets(view: ViewRender, camera: Camera, size: int, grid: int,
         x0, y0, x1, y1 = obj.box
         u = min(max((x0 + x1) / 2.0, 0.0), w - 1e-6)
         v = min(max((y0 + y1) / 2.0, 0.0), h - 1e-6)
-        centre[c, int(v * grid / h), int(u * grid / w)] += 1
+        centre[c, int(v * grid / h), int(u * grid / w)] = True
         counts[c] += 1
     return ViewTargets(resize_view(view.image, size), semantic.astype(np.uint8), present,
                        band.astype(np.uint8), centre, counts)
