@@ -490,7 +490,7 @@ def test_drill_turns_follow_the_frames_own_qa_and_need_view_counts(data_dir):
     frames = load_frames(data_dir, 'train')
     adapter = make_adapter(frames)
     plain = tokenise_frames(adapter, frames)
-    drilled = tokenise_frames(adapter, frames, drills=(4, 3, 0), seed=0)
+    drilled = tokenise_frames(adapter, frames, drills=(4, 3, 0, 0), seed=0)
     for frame, own, more in zip(frames, plain, drilled):
         assert more.turns[:len(own.turns)] == own.turns  # the frame's own QA first, unchanged
         extra = more.turns[len(own.turns):]
@@ -500,8 +500,8 @@ def test_drill_turns_follow_the_frames_own_qa_and_need_view_counts(data_dir):
         countable = [n for n in clear if n <= 6]
         assert families == ['exists'] * min(4, len(clear)) + ['count'] * min(3, len(countable))
         assert all(t.view >= 0 and t.object_class >= 0 for t in extra)  # routing reads them
-    assert tokenise_frames(adapter, frames, drills=(4, 3, 0), seed=0) == drilled  # seeded
-    planned = tokenise_frames(adapter, frames, drills=(4, 3, 2), seed=0)
+    assert tokenise_frames(adapter, frames, drills=(4, 3, 0, 0), seed=0) == drilled  # seeded
+    planned = tokenise_frames(adapter, frames, drills=(4, 3, 2, 0), seed=0)
     for camera, more in zip(drilled, planned):
         assert more.turns[:len(camera.turns)] == camera.turns  # planning drills come last
         assert [t.family for t in more.turns[len(camera.turns):]] == ['planning_trajectory'] * 2
@@ -510,11 +510,11 @@ def test_drill_turns_follow_the_frames_own_qa_and_need_view_counts(data_dir):
         assert more.turns[:len(motion.turns)] == motion.turns  # each drill kind its own draw
         assert [t.family for t in more.turns[len(motion.turns):]] == ['behavior_mc'] * 3
     bare = [replace(f, gt=replace(f.gt, view_counts={})) for f in frames]
-    planning_only = tokenise_frames(adapter, bare, drills=(0, 0, 1, 1))
+    motion_only = tokenise_frames(adapter, bare, drills=(0, 0, 1, 1))
     assert all([t.family for t in f.turns[-2:]] == ['planning_trajectory', 'behavior_mc']
-               for f in planning_only)
+               for f in motion_only)
     with pytest.raises(ValueError, match='no gt.view_counts.*data synth'):
-        tokenise_frames(adapter, bare, drills=(4, 3, 0))
+        tokenise_frames(adapter, bare, drills=(4, 3, 0, 0))
 
 
 def test_family_weight_raises_that_familys_share_of_the_answer_loss(data_dir):

@@ -67,7 +67,7 @@ def qa_texts(frames: list[KeyFrame]) -> list[str]:
     return [text for f in frames for qa in f.qa for text in (qa.question, qa.answer)]
 
 
-def frame_texts(frame: KeyFrame, index: int, drills: tuple[int, ...] = (0, 0, 0, 0),
+def frame_texts(frame: KeyFrame, index: int, drills: tuple[int, int, int, int] = (0, 0, 0, 0),
                 seed: int = 0) -> list[tuple[str, str, str]]:
     """
     ``(family, question, answer)`` of a frame's QA, then its drill turns.
@@ -75,9 +75,9 @@ def frame_texts(frame: KeyFrame, index: int, drills: tuple[int, ...] = (0, 0, 0,
     ``drills`` = (exists, count, planning, behavior choice) turns: the camera drills come from
     the frame's ``gt.view_counts`` (``drill_qa``), the planning and behavior-choice drills from
     other train ego motions (``drill_planning``, ``drill_behavior_mc``), each kind from its own
-    generator so one never shifts another. Missing trailing entries count as 0.
+    generator so one never shifts another.
     """
-    exists, count, plan, choice = (tuple(drills) + (0, 0, 0, 0))[:4]
+    exists, count, plan, choice = drills
     texts = [(qa.family or qa.category, qa.question, qa.answer) for qa in frame.qa]
     if exists or count:
         counts = frame.gt.view_counts if frame.gt is not None else {}
@@ -94,7 +94,8 @@ def frame_texts(frame: KeyFrame, index: int, drills: tuple[int, ...] = (0, 0, 0,
 
 
 def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame],
-                    drills: tuple[int, ...] = (0, 0, 0, 0), seed: int = 0) -> list[FrameTurns]:
+                    drills: tuple[int, int, int, int] = (0, 0, 0, 0),
+                    seed: int = 0) -> list[FrameTurns]:
     names = NUSCENES_CAMERAS
     prefix = prefix_prompt(adapter, names)
     return [FrameTurns(tuple(tokenise_turn(adapter, names, question, answer, family, prefix)
@@ -105,7 +106,7 @@ def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame],
 def prepare_split(adapter: VLMAdapter, data: Path, split: str, cache_dir: Path,
                   frames: list[KeyFrame] | None = None,
                   log: Callable[[str], None] = print, with_labels: bool = False,
-                  drills: tuple[int, ...] = (0, 0, 0, 0), seed: int = 0,
+                  drills: tuple[int, int, int, int] = (0, 0, 0, 0), seed: int = 0,
                   with_views: bool = True) -> SplitData:
     """
     Load, pre-render (or reuse the cache) and tokenise one split; per-patch labels too.
