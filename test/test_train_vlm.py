@@ -468,6 +468,44 @@ def test_object_routing_targets_the_named_views_tokens_of_the_asked_class(data_d
     assert found and absent
 
 
+def test_count_aware_object_routing_leaves_the_sink_one_share_per_object(data_dir):
+    """Each turn's count is its pair's gt.view_counts; the loss is least at n / (n + 1)."""
+    from drive_vlm_pruned.training.patch_labels import PATCH_CLASSES
+    from drive_vlm_pruned.training.samples import object_shares
+    from drive_vlm_pruned.training.view_routing import share_loss
+
+    frames = load_frames(data_dir, 'train')
+    adapter = make_adapter(frames)
+    turns = tokenise_frames(adapter, frames, drills=(4, 3, 0, 0), seed=0)
+    counted = 0
+    for frame, own in zip(frames, turns):
+        for turn in own.turns:
+            if turn.view < 0 or turn.object_class < 0:
+                assert turn.object_count == -1
+                continue
+            n = frame.gt.view_counts[NUSCENES_CAMERAS[turn.view]][PATCH_CLASSES[turn.object_class]]
+            assert turn.object_count == (-1 if n is None else n)
+            counted += n is not None and n > 0
+    assert counted
+    # keys: 0 the sink, 1-3 the named view's tokens of the class, 4 another class's token
+    named = torch.tensor([[False, True, True, True, True]] * 4)
+    keys = torch.zeros(4, 2, 5, dtype=torch.bool)
+    keys[:, 0, 1:4] = True
+    keys[:, 1, 4] = True
+    keys[3, 0] = False  # the labels show none of the class in that view
+    present, share = object_shares(named, torch.tensor([0, 0, 0, 0]), keys,
+                                   torch.tensor([2, 0, -1, 3]))
+    assert present[0].tolist() == [False, True, True, True, False] and not present[3].any()
+    torch.testing.assert_close(share, torch.tensor([2 / 3, 0.0, 1.0, 0.0]))
+    masses = torch.linspace(0.05, 0.95, 19)  # mass on the class tokens; the sink has the rest
+    probs = torch.stack([torch.tensor([1 - m, m / 3, m / 3, m / 3, 0.0]) for m in masses])
+    for n in (1, 2, 3, 4):
+        losses = [share_loss(p[None, None], 0, present[:1], torch.tensor([n / (n + 1)]))
+                  for p in probs]
+        best = masses[int(torch.stack(losses).argmin())]
+        assert abs(best - n / (n + 1)) <= 0.05, (n, best)
+
+
 def test_object_routing_loss_trains_on_the_label_masks(data_dir, tmp_path, monkeypatch):
     grounded = replace(PRESETS['test'], name='test-grounded', recipe=replace(
         PRESETS['test'].recipe, object_loss=1.0, object_at=(1, 1), steps=4, lr=1e-2))
@@ -476,6 +514,13 @@ def test_object_routing_loss_trains_on_the_label_masks(data_dir, tmp_path, monke
     run = train_vlm(config(data_dir, tmp_path / 'run', preset='test-grounded', steps=None),
                     log=said.append)
     assert any('object routing: LLM layer 1, query head 1' in line for line in said), said
+    aux = [loss for _, loss in run.history['aux']]
+    assert len(aux) == 4 and aux[-1] < aux[0]
+    monkeypatch.setitem(PRESETS, 'test-grounded',
+                        replace(grounded, recipe=replace(grounded.recipe, object_count=True)))
+    run = train_vlm(config(data_dir, tmp_path / 'counting', preset='test-grounded', steps=None),
+                    log=said.append)
+    assert any('count-aware' in line for line in said), said
     aux = [loss for _, loss in run.history['aux']]
     assert len(aux) == 4 and aux[-1] < aux[0]
     monkeypatch.setitem(PRESETS, 'test-grounded',

@@ -114,6 +114,10 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                      help='weight of the object-routing loss: a question that names a class and '
                           'a camera attends to the tokens of that class there (default: the '
                           'preset; nano 1.0)')
+    vlm.add_argument('--object-count', action='store_true', default=None,
+                     help='count-aware object routing: the object head leaves the first prompt '
+                          'token 1/(n+1) of its mass for n objects, so it carries the count '
+                          '(default: the preset)')
     vlm.add_argument('--drill-exists', type=int, metavar='N',
                      help='extra exists questions per train frame from its gt.view_counts '
                           '(default: the preset; nano 12)')
@@ -214,7 +218,7 @@ def _run_vlm(args) -> int:
         precision=args.precision, cpu=args.cpu,
         storage=args.storage, threads=args.threads,
         init_from=Path(args.init_from) if args.init_from else None,
-        route_loss=args.route_loss, object_loss=args.object_loss,
+        route_loss=args.route_loss, object_loss=args.object_loss, object_count=args.object_count,
         vision_init=Path(args.vision_init) if args.vision_init else None,
         freeze_vision=args.freeze_vision, drill_exists=args.drill_exists,
         drill_count=args.drill_count, drill_plan=args.drill_plan, drill_mc=args.drill_mc,

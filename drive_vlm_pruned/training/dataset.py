@@ -98,7 +98,8 @@ def tokenise_frames(adapter: VLMAdapter, frames: list[KeyFrame],
                     seed: int = 0) -> list[FrameTurns]:
     names = NUSCENES_CAMERAS
     prefix = prefix_prompt(adapter, names)
-    return [FrameTurns(tuple(tokenise_turn(adapter, names, question, answer, family, prefix)
+    return [FrameTurns(tuple(tokenise_turn(adapter, names, question, answer, family, prefix,
+                                           f.gt.view_counts if f.gt is not None else None)
                              for family, question, answer in frame_texts(f, i, drills, seed)))
             for i, f in enumerate(frames)]
 

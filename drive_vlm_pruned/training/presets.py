@@ -64,6 +64,9 @@ class Recipe:
     # loss weight (0: off; needs the label masks), (LLM layer, query head)
     object_loss: float = 0.0
     object_at: tuple[int, int] = (2, 1)
+    # count-aware object routing: the head leaves the first prefix token 1 / (n + 1) of its
+    # mass for n objects that count, so its output carries n (samples.object_shares)
+    object_count: bool = False
     # extra exists / count turns per train frame, drawn from its gt.view_counts (data format 3;
     # data/frame_qa.drill_qa): the frame's 5 camera questions cover 5 of its 24 camera x class
     # pairs, the drills ask more of them. Train split only; val and test keep their own QA.

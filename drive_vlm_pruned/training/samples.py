@@ -29,12 +29,14 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 
+from .patch_labels import PATCH_CLASSES
 from .view_routing import (
     asked_class,
     asked_view,
     attention_probs,
     AttentionInputs,
     routing_loss,
+    share_loss,
 )
 from .visual_scale import norm_penalty
 from ..models.base import Pixels, PromptPieces, VLMAdapter
@@ -52,6 +54,7 @@ class Turn:
     family: str
     view: int = -1  # the camera the question names (view_routing.py), -1: none
     object_class: int = -1  # the PATCH_CLASSES entry it names (view_routing.py), -1: none
+    object_count: int = -1  # how many of them count in that view (gt.view_counts), -1: unknown
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,24 @@ def prefix_prompt(adapter: VLMAdapter, names: Sequence[str]) -> PromptPieces:
 
 
 def tokenise_turn(adapter: VLMAdapter, names: Sequence[str], question: str, answer: str,
-                  family: str, prefix: PromptPieces) -> Turn:
-    """Tokenise one QA with the adapter's own prompt; ValueError if the prefix would differ."""
+                  family: str, prefix: PromptPieces,
+                  view_counts: Mapping[str, Mapping[str, int | None]] | None = None) -> Turn:
+    """
+    Tokenise one QA with the adapter's own prompt; ValueError if the prefix would differ.
+
+    ``view_counts`` (the frame's ``gt.view_counts``) gives the turn its ``object_count``.
+    """
     pieces = adapter.prompt(question, names).pieces
     if tuple(map(tuple, pieces[:-1])) != tuple(map(tuple, prefix.pieces[:-1])):
         raise ValueError(f'question {question[:60]!r} changes the shared prompt prefix; only the '
                          'last prompt piece may depend on the question')
     ids = adapter.tokenizer(answer, add_special_tokens=False).input_ids
-    return Turn(tuple(pieces[-1]), (*ids, adapter.eos_token_ids[0]), family,
-                asked_view(question, names), asked_class(question))
+    view, object_class = asked_view(question, names), asked_class(question)
+    count = None
+    if view >= 0 and object_class >= 0 and view_counts:
+        count = view_counts.get(names[view], {}).get(PATCH_CLASSES[object_class])
+    return Turn(tuple(pieces[-1]), (*ids, adapter.eos_token_ids[0]), family, view, object_class,
+                -1 if count is None else int(count))
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class PackedText:
     families: tuple[str, ...]  # family per turn of the batch (flattened over frames)
     views: tuple[int, ...] = ()  # named camera per turn (-1: none), like ``families``
     classes: tuple[int, ...] = ()  # named object class per turn (-1: none), like ``families``
+    counts: tuple[int, ...] = ()  # objects of that class in that view per turn (-1: unknown)
 
     @property
     def turns(self) -> int:
@@ -106,7 +119,8 @@ class PackedText:
     def to(self, device: torch.device) -> PackedText:
         return PackedText(self.ids.to(device), self.offsets.to(device), self.segment.to(device),
                           self.labels.to(device), self.weight.to(device),
-                          self.turn_of_row.to(device), self.families, self.views, self.classes)
+                          self.turn_of_row.to(device), self.families, self.views, self.classes,
+                          self.counts)
 
 
 def pack_text(frames: Sequence[FrameTurns], pad_id: int,
@@ -123,6 +137,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int,
     families: list[str] = []
     views: list[int] = []
     classes: list[int] = []
+    counts: list[int] = []
     for frame in frames:
         ids, offsets, segment, labels, weight, owner = [], [], [], [], [], []
         for number, turn in enumerate(frame.turns, start=1):
@@ -139,6 +154,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int,
             families.append(turn.family)
             views.append(turn.view)
             classes.append(turn.object_class)
+            counts.append(turn.object_count)
         rows.append((ids, offsets, segment, labels, weight, owner))
     width = max(len(r[0]) for r in rows)
     pads = (pad_id, 0, -1, IGNORE, 0.0, -1)
@@ -148,7 +164,7 @@ def pack_text(frames: Sequence[FrameTurns], pad_id: int,
 
     return PackedText(column(0, torch.long), column(1, torch.long), column(2, torch.long),
                       column(3, torch.long), column(4, torch.float32), column(5, torch.long),
-                      tuple(families), tuple(views), tuple(classes))
+                      tuple(families), tuple(views), tuple(classes), tuple(counts))
 
 
 def packed_mask(segment: Tensor, attn_implementation: str, dtype: torch.dtype) -> Tensor:
@@ -196,7 +212,7 @@ class PackedVLM(nn.Module):
     def __init__(self, adapter: VLMAdapter, names: Sequence[str], norm_ratio: float = 0.0,
                  route_weight: float = 0.0, route_at: tuple[int, int] = (2, 0),
                  object_weight: float = 0.0, object_at: tuple[int, int] = (2, 1),
-                 text_only: bool = False) -> None:
+                 object_count: bool = False, text_only: bool = False) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
@@ -209,6 +225,8 @@ class PackedVLM(nn.Module):
         # weight of the object-routing loss (view_routing.py; needs patch labels), where it acts
         self.object_weight = object_weight
         self.object_at = object_at
+        # count-aware object routing: the sink keeps 1 / (n + 1) of the head's mass
+        self.object_count = object_count
         # the language stage (Recipe.text_only): every turn alone, without the views' prefix
         self.text_only = text_only
         self.prefix = prefix_prompt(adapter, names)
@@ -311,10 +329,19 @@ class PackedVLM(nn.Module):
             losses.append(self.route_weight * routing_loss(attention(layer), head, named))
         if finding:
             classes = torch.tensor(text.classes, device=turn.device)[turn]
-            target = object_targets(named, classes, _object_keys(prefix, labels, segment)[frame])
+            keys = _object_keys(prefix, labels, segment)[frame]
+            layer, head = self.object_at
+            if self.object_count:
+                counts = torch.tensor(text.counts, device=turn.device)[turn]
+                present, share = object_shares(named, classes, keys, counts)
+                asks = (classes >= 0) & named.any(-1)
+                if asks.any():
+                    losses.append(self.object_weight * share_loss(
+                        attention(layer)[asks], head, present[asks], share[asks]))
+                return losses
+            target = object_targets(named, classes, keys)
             asks = target.any(-1)
             if asks.any():
-                layer, head = self.object_at
                 losses.append(self.object_weight * routing_loss(attention(layer)[asks], head,
                                                                 target[asks]))
         return losses
@@ -379,6 +406,26 @@ def object_targets(named: Tensor, asked: Tensor, class_keys: Tensor) -> Tensor:
     sink[:, 0] = True
     target = torch.where(present.any(-1, keepdim=True), present, sink)
     return target & ((asked >= 0) & named.any(-1))[:, None]
+
+
+def object_shares(named: Tensor, asked: Tensor, class_keys: Tensor,
+                  counts: Tensor) -> tuple[Tensor, Tensor]:
+    """
+    Count-aware object routing: the class tokens and the share of the head's mass they get.
+
+    Returns (bool ``[n, T]`` the named view's tokens of the asked class, float ``[n]``
+    share); the first prefix token (the sink) is asked for the rest. With ``n`` objects that
+    count the share is ``n / (n + 1)``, so the head's output mixes the class tokens' values and
+    the sink's as ``n : 1`` and a linear read of it gives ``n / (n + 1)``: the count is carried,
+    where a head with all its mass on the class reads the same for one car as for five. An
+    unknown count (-1) asks for all of the mass on the class, as ``object_targets``; a view
+    whose labels show none of the class (or whose count is 0) asks for the sink alone.
+    """
+    present = named & class_keys[torch.arange(len(asked), device=asked.device),
+                                 asked.clamp_min(0)]
+    n = counts.float()
+    share = torch.where(counts >= 0, n / (n + 1), torch.ones_like(n))
+    return present, torch.where(present.any(-1), share, torch.zeros_like(share))
 
 
 def _object_keys(prefix, labels: Tensor, segment: Tensor) -> Tensor:

@@ -73,6 +73,7 @@ class VLMTrainConfig:
     init_from: Path | None = None
     route_loss: float | None = None  # weight of the view-routing loss (view_routing.py)
     object_loss: float | None = None  # weight of the object-routing loss (view_routing.py)
+    object_count: bool | None = None  # count-aware object routing (Recipe.object_count)
     vision_init: Path | None = None  # a vision-stage tower (vision_stage.py) to start from
     freeze_vision: bool = False  # keep the tower fixed: train the projector and the LLM
     drill_exists: int | None = None  # extra exists turns per train frame (Recipe.drill_exists)
@@ -86,6 +87,7 @@ class VLMTrainConfig:
                           lr=self.lr, eval_every=self.eval_every, eval_frames=self.eval_frames,
                           save_every=self.save_every, seed=self.seed,
                           route_loss=self.route_loss, object_loss=self.object_loss,
+                          object_count=self.object_count,
                           drill_exists=self.drill_exists, drill_count=self.drill_count,
                           drill_plan=self.drill_plan, drill_mc=self.drill_mc,
                           family_weights=self.family_weights)
@@ -194,9 +196,11 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
             f'loss weight {recipe.route_loss}')
     if recipe.object_loss:
         say(f'object routing: LLM layer {recipe.object_at[0]}, query head '
-            f'{recipe.object_at[1]}, loss weight {recipe.object_loss}')
+            f'{recipe.object_at[1]}, loss weight {recipe.object_loss}'
+            + (', count-aware (sink share 1 / (n + 1))' if recipe.object_count else ''))
     net = PackedVLM(adapter, NUSCENES_CAMERAS, recipe.visual_norm_ratio, recipe.route_loss,
-                    recipe.route_at, recipe.object_loss, recipe.object_at, recipe.text_only)
+                    recipe.route_at, recipe.object_loss, recipe.object_at, recipe.object_count,
+                    recipe.text_only)
     if recipe.match_visual_scale and not config.resume:
         _match_visual_scale(net, train, say)
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr,
