@@ -635,6 +635,9 @@ def test_language_stage_trains_refuses_view_terms_and_hands_over_to_the_vlm_stag
     planning = run.history['val'][-1]['planning']
     assert planning['items'] > 0  # the text-only planning check ran on the val frames
     assert not list((tmp_path / 'text' / 'cache').glob('*.u8'))  # no view was rendered
+    more = train_vlm(config(data_dir, tmp_path / 'new' / 'text', preset='test-text', steps=None,
+                            init_from=run.final_dir), log=lambda _: None)
+    assert (more.final_dir / 'model.safetensors').is_file()  # a fresh --out, from a checkpoint
     before = load_file(run.final_dir / 'model.safetensors')
     vlm = train_vlm(config(data_dir, tmp_path / 'vlm', init_from=run.final_dir),
                     log=lambda _: None)

@@ -137,6 +137,9 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     if not config.resume and latest is not None:
         raise ValueError(f'{out} already holds checkpoints ({latest.name}): pass --resume to '
                          'continue that run, or a new --out')
+    # a language stage from --init-from renders nothing and trains no tokenizer: nothing else
+    # would create the run directory before run.json is written there
+    out.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     # accelerate runs several CPU processes (torchrun, gloo) only when told cpu=True.
