@@ -450,29 +450,31 @@ def test_object_routing_targets_the_named_views_tokens_of_the_asked_class(data_d
     assert torch.equal(keys, expected) and keys.any()
     frame, row, turn = answer_rows(text)
     _, named = _named_view_keys(frame, start + row, turn, text, prefix, segment)
-    targets = object_targets(named, torch.tensor(text.classes)[turn], keys[frame])
+    classes = torch.tensor(text.classes)[turn]
+    present, share = object_targets(named, classes, keys[frame], torch.full_like(classes, -1))
     found = absent = 0
     for i, (f, t) in enumerate(zip(frame.tolist(), turn.tolist())):
         cls, view = text.classes[t], text.views[t]
         if cls < 0 or view < 0:
-            assert not targets[i].any()  # nothing to find: the turn is left alone
+            assert not present[i].any()  # nothing to find: no class token is a target
             continue
         hand = torch.zeros(segment.shape[1], dtype=torch.bool)
         hand[prefix.visual_rows[view][f]] = labels[f, view, cls].flatten()
-        if not hand.any():
-            hand[0] = True  # the class is not in that view: rest on the first prefix token
-            absent += 1
-        else:
+        assert torch.equal(present[i], hand)
+        if hand.any():
             found += 1
-        assert torch.equal(targets[i], hand)
+            assert share[i] == 1.0  # count unknown: all of the mass on the class
+        else:
+            absent += 1
+            assert share[i] == 0.0  # not in that view: all of it on the first prefix token
     assert found and absent
 
 
 def test_count_aware_object_routing_leaves_the_sink_one_share_per_object(data_dir):
     """Each turn's count is its pair's gt.view_counts; the loss is least at n / (n + 1)."""
     from drive_vlm_pruned.training.patch_labels import PATCH_CLASSES
-    from drive_vlm_pruned.training.samples import object_shares
-    from drive_vlm_pruned.training.view_routing import share_loss
+    from drive_vlm_pruned.training.samples import object_targets
+    from drive_vlm_pruned.training.view_routing import routing_loss, share_loss
 
     frames = load_frames(data_dir, 'train')
     adapter = make_adapter(frames)
@@ -493,12 +495,19 @@ def test_count_aware_object_routing_leaves_the_sink_one_share_per_object(data_di
     keys[:, 0, 1:4] = True
     keys[:, 1, 4] = True
     keys[3, 0] = False  # the labels show none of the class in that view
-    present, share = object_shares(named, torch.tensor([0, 0, 0, 0]), keys,
-                                   torch.tensor([2, 0, -1, 3]))
+    present, share = object_targets(named, torch.tensor([0, 0, 0, 0]), keys,
+                                    torch.tensor([2, 0, -1, 3]))
     assert present[0].tolist() == [False, True, True, True, False] and not present[3].any()
     torch.testing.assert_close(share, torch.tensor([2 / 3, 0.0, 1.0, 0.0]))
     masses = torch.linspace(0.05, 0.95, 19)  # mass on the class tokens; the sink has the rest
     probs = torch.stack([torch.tensor([1 - m, m / 3, m / 3, m / 3, 0.0]) for m in masses])
+    sink = torch.zeros_like(present[:1])
+    sink[:, 0] = True
+    for p in probs[::6]:  # shares 1 and 0: all of the mass on the class, or on the sink
+        torch.testing.assert_close(share_loss(p[None, None], 0, present[:1], torch.ones(1)),
+                                   routing_loss(p[None, None], 0, present[:1]))
+        torch.testing.assert_close(share_loss(p[None, None], 0, present[:1], torch.zeros(1)),
+                                   routing_loss(p[None, None], 0, sink))
     for n in (1, 2, 3, 4):
         losses = [share_loss(p[None, None], 0, present[:1], torch.tensor([n / (n + 1)]))
                   for p in probs]

@@ -65,7 +65,7 @@ class Recipe:
     object_loss: float = 0.0
     object_at: tuple[int, int] = (2, 1)
     # count-aware object routing: the head leaves the first prefix token 1 / (n + 1) of its
-    # mass for n objects that count, so its output carries n (samples.object_shares)
+    # mass for n objects that count, so its output carries n (samples.object_targets)
     object_count: bool = False
     # extra exists / count turns per train frame, drawn from its gt.view_counts (data format 3;
     # data/frame_qa.drill_qa): the frame's 5 camera questions cover 5 of its 24 camera x class

@@ -329,21 +329,15 @@ class PackedVLM(nn.Module):
             losses.append(self.route_weight * routing_loss(attention(layer), head, named))
         if finding:
             classes = torch.tensor(text.classes, device=turn.device)[turn]
-            keys = _object_keys(prefix, labels, segment)[frame]
-            layer, head = self.object_at
-            if self.object_count:
-                counts = torch.tensor(text.counts, device=turn.device)[turn]
-                present, share = object_shares(named, classes, keys, counts)
-                asks = (classes >= 0) & named.any(-1)
-                if asks.any():
-                    losses.append(self.object_weight * share_loss(
-                        attention(layer)[asks], head, present[asks], share[asks]))
-                return losses
-            target = object_targets(named, classes, keys)
-            asks = target.any(-1)
+            counts = (torch.tensor(text.counts, device=turn.device)[turn] if self.object_count
+                      else torch.full_like(classes, -1))  # -1: all of the mass on the class
+            present, share = object_targets(named, classes,
+                                            _object_keys(prefix, labels, segment)[frame], counts)
+            asks = (classes >= 0) & named.any(-1)
             if asks.any():
-                losses.append(self.object_weight * routing_loss(attention(layer)[asks], head,
-                                                                target[asks]))
+                layer, head = self.object_at
+                losses.append(self.object_weight * share_loss(attention(layer)[asks], head,
+                                                              present[asks], share[asks]))
         return losses
 
 
@@ -390,39 +384,25 @@ def _view_of_key(prefix, segment: Tensor) -> Tensor:
     return view_of_key
 
 
-def object_targets(named: Tensor, asked: Tensor, class_keys: Tensor) -> Tensor:
+def object_targets(named: Tensor, asked: Tensor, class_keys: Tensor,
+                   counts: Tensor) -> tuple[Tensor, Tensor]:
     """
-    Bool ``[n, T]`` keys the object head should attend to, per answer row (view_routing.py).
+    Object routing's targets per answer row (view_routing.py): the class tokens and their share.
 
     ``named`` ``[n, T]``: the named view's tokens (none for a turn that names no camera);
-    ``asked`` ``[n]``: the class the turn names (-1: none); ``class_keys`` ``[n, C, T]``. The
-    tokens of that class in that view when there are any; else key 0, the first prefix token
-    (where attention rests when it has nothing to read), so that the head's output says
-    "found" or "not found". All False for a turn that names no class or no camera.
+    ``asked`` ``[n]``: the class the turn names (-1: none); ``class_keys`` ``[n, C, T]``;
+    ``counts`` ``[n]``: the objects that count there (-1: unknown). Returns (bool ``[n, T]`` the
+    named view's tokens of the asked class, float ``[n]`` their share of the head's mass); key 0,
+    the first prefix token where attention rests when it has nothing to read, is asked for the
+    rest. An unknown count asks for all of the mass on the class, so the head's output says
+    "found"; a view whose labels show none of the class, or whose count is 0, asks for key 0
+    alone: "not found". With ``n`` objects that count (``Recipe.object_count``) the share is
+    ``n / (n + 1)``: the output mixes the class tokens' values and key 0's as ``n : 1``, so a
+    linear read of it gives the count, where all of the mass on the class reads the same for
+    one car as for five.
     """
     present = named & class_keys[torch.arange(len(asked), device=asked.device),
-                                 asked.clamp_min(0)]
-    sink = torch.zeros_like(present)
-    sink[:, 0] = True
-    target = torch.where(present.any(-1, keepdim=True), present, sink)
-    return target & ((asked >= 0) & named.any(-1))[:, None]
-
-
-def object_shares(named: Tensor, asked: Tensor, class_keys: Tensor,
-                  counts: Tensor) -> tuple[Tensor, Tensor]:
-    """
-    Count-aware object routing: the class tokens and the share of the head's mass they get.
-
-    Returns (bool ``[n, T]`` the named view's tokens of the asked class, float ``[n]``
-    share); the first prefix token (the sink) is asked for the rest. With ``n`` objects that
-    count the share is ``n / (n + 1)``, so the head's output mixes the class tokens' values and
-    the sink's as ``n : 1`` and a linear read of it gives ``n / (n + 1)``: the count is carried,
-    where a head with all its mass on the class reads the same for one car as for five. An
-    unknown count (-1) asks for all of the mass on the class, as ``object_targets``; a view
-    whose labels show none of the class (or whose count is 0) asks for the sink alone.
-    """
-    present = named & class_keys[torch.arange(len(asked), device=asked.device),
-                                 asked.clamp_min(0)]
+                                 asked.clamp_min(0)] & (asked >= 0)[:, None]
     n = counts.float()
     share = torch.where(counts >= 0, n / (n + 1), torch.ones_like(n))
     return present, torch.where(present.any(-1), share, torch.zeros_like(share))

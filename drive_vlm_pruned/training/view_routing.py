@@ -18,9 +18,9 @@ Object routing goes one step further for the questions that also name a class ("
 sign in the back left view?", "How many signs are in ..."): a second head is asked to put its
 mass on the named view's tokens whose patch shows that class (the label masks of
 patch_labels.py), or on the first prefix token when the view shows none, so that its output
-says "found" or "not found" (samples.object_targets). Count-aware (``Recipe.object_count``),
-the first prefix token keeps a share of ``1 / (n + 1)`` for ``n`` objects that count, so that the
-output also says how many (samples.object_shares). A model that answers from those tokens
+says "found" or "not found" (samples.object_targets, ``share_loss``). Count-aware
+(``Recipe.object_count``), the first prefix token keeps a share of ``1 / (n + 1)`` for ``n``
+objects that count, so that the output also says how many. A model that answers from those tokens
 needs them: prune them away and the answer changes, which is what a per-camera keep rate can
 then trade.
 """
@@ -110,8 +110,8 @@ def share_loss(probs: Tensor, head: int, target: Tensor, share: Tensor) -> Tenso
     Mean cross-entropy of query ``head``'s split (``target`` keys, key 0) against ``share``.
 
     ``-(s log m_target + (1 - s) log m_0)`` is least at ``m_target = s``, ``m_0 = 1 - s``:
-    count-aware object routing (samples.object_shares) asks for ``s = n / (n + 1)``. With
-    ``s`` 1 or 0 it is ``routing_loss`` on the target or on key 0.
+    object routing (samples.object_targets) asks for ``s`` 1 (found), 0 (not found, where it
+    is ``routing_loss`` on key 0) or, count-aware, ``n / (n + 1)``.
     """
     mass = (probs[:, head] * target).sum(-1).clamp_min(1e-6)
     sink = probs[:, head, 0].clamp_min(1e-6)
