@@ -26,7 +26,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 DEFAULTS = {'keep_ratio': 0.25, 'pruner': 'tfps', 'max_new_tokens': 8, 'min_views': 6,
-            'view_timeout': 1.0, 'prune_layer': 0}
+            'view_timeout': 1.0, 'prune_layer': 0, 'waypoint_grammar': True}
 
 
 @pytest.fixture(scope='module')
@@ -87,6 +87,23 @@ def test_outputs_carry_the_input_sets_stamp(fresh):
     # A random-weight model writes no trajectory; the Path is then empty and ~/result says why.
     assert len(path.poses) == (6 if result['trajectory'] else 0)
     assert result['degraded'] is False
+
+
+def test_the_waypoint_grammar_gives_a_random_model_six_waypoints_and_turns_off_live(fresh):
+    """Under the grammar (the default) a random-weight model's plan is a full Path; free, not."""
+    node, probe = fresh
+    (budget,) = probe.set_params(max_new_tokens=96)
+    assert budget.successful, budget.reason
+    held = result_for(probe, probe.publish_set(105))
+    assert held['waypoint_grammar'] is True and len(held['trajectory']) == 6
+    wait_for(lambda: any(p.header.stamp.sec * 10**9 + p.header.stamp.nanosec
+                         == held['stamp_ns'] and len(p.poses) == 6 for p in probe.paths),
+             10, 'a six-pose Path for that set')
+    (off,) = probe.set_params(waypoint_grammar=False)
+    assert off.successful, off.reason
+    free = result_for(probe, probe.publish_set(106))
+    assert free['waypoint_grammar'] is False and free['trajectory'] is None
+    assert free['trajectory_reason']
 
 
 def test_keep_ratio_and_pruner_change_live_through_set_parameters(fresh, tmp_path):

@@ -210,7 +210,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     settings = RuntimeSettings(keep_ratio=args.keep_ratio, pruner=args.pruner,
                                prune_layer=args.prune_layer, max_new_tokens=args.max_new_tokens,
                                view_weights=view_weights_from_args(args),
-                               reconpruner_weights=args.reconpruner_weights)
+                               reconpruner_weights=args.reconpruner_weights,
+                               waypoint_grammar=args.waypoint_grammar)
     check_reconpruner_weights(args.pruner, args.reconpruner_weights, model)
     majority = majority_reference(args, frames)
     shard = Shard.from_env()  # torchrun / accelerate launch: this process's key frames
@@ -224,7 +225,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                            'prune_layer': settings.prune_layer,
                            'max_new_tokens': settings.max_new_tokens,
                            'view_weights': settings.view_weights,
-                           'reconpruner_weights': _resolved(settings.reconpruner_weights)}}
+                           'reconpruner_weights': _resolved(settings.reconpruner_weights),
+                           'waypoint_grammar': settings.waypoint_grammar}}
     report = evaluate(
         pipeline, frames, settings, batch_size=args.batch_size, limit=args.limit,
         families=args.family, blind=args.baseline == 'blind', with_blind=args.with_blind,

@@ -62,12 +62,16 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                         help='pruner (default tfps)')
     parser.add_argument('--prune-layer', type=int, default=0,
                         help='0 or LLM layer K (default 0)')
-    parser.add_argument('--max-new-tokens', type=int, default=64,
-                        help='default 64, as the node')
+    parser.add_argument('--max-new-tokens', type=int, default=96,
+                        help='default 96, as the node')
     parser.add_argument('--reconpruner-weights', default='', metavar='W.safetensors',
                         help='ReconPruner weights for --pruner reconpruner (drive-vlm train '
                              'reconpruner); default: MODEL_DIR/reconpruner.safetensors, which '
                              'the shipped model has')
+    parser.add_argument('--no-waypoint-grammar', dest='waypoint_grammar', action='store_false',
+                        help='decode PLANNING answers freely; by default they are decoded under '
+                             'the waypoint grammar, so every trajectory parses '
+                             '(pipeline/waypoint_grammar.py)')
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:

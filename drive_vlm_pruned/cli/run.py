@@ -77,7 +77,8 @@ def run_command(args: argparse.Namespace) -> int:
                                question=resolve_question(args.question or PLANNING),
                                max_new_tokens=args.max_new_tokens,
                                reconpruner_weights=args.reconpruner_weights,
-                               decode_backend=args.decode_backend)
+                               decode_backend=args.decode_backend,
+                               waypoint_grammar=args.waypoint_grammar)
     load = load_spec_from_args(args, args.model)
     try:
         check_reconpruner_weights(args.pruner, args.reconpruner_weights, args.model)

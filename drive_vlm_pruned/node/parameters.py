@@ -72,11 +72,15 @@ PARAMETERS: dict[str, Spec] = {
                            'DART need K >= 1)', int_range=(0, 256)),
     'question': Spec(PLANNING, 'question asked on every frame (the ~/question topic sets it '
                                'too), or a preset name: ' + ', '.join(QUESTION_PRESETS)),
-    'max_new_tokens': Spec(64, 'tokens generated per answer', int_range=(1, 4096)),
+    'max_new_tokens': Spec(96, 'tokens generated per answer (a planning answer is at most 95 '
+                               'characters, then the end token)', int_range=(1, 4096)),
     'decode_backend': Spec('auto', 'auto (compiled on CUDA, eager on CPU) | eager | compiled '
                                    '(static KV cache + torch.compile, CUDA graphs on GPU; the '
                                    'first frame compiles; an unavailable compiler falls back to '
                                    'eager and logs why)'),
+    'waypoint_grammar': Spec(True, 'decode answers to the PLANNING prompt under its waypoint '
+                                   'grammar (six [x,y] pairs, one decimal), so every trajectory '
+                                   'parses; false: decode freely'),
     'min_views': Spec(6, 'cameras a set needs; below 6, silent cameras are left out and the '
                          'result is marked degraded', int_range=(1, 6)),
     'view_timeout': Spec(1.0, 'seconds without a message before a camera counts as silent',
@@ -197,6 +201,7 @@ def settings_from(values: Mapping[str, Any], llm_layers: int, model_dir: str | P
         question=resolve_question(values['question']),
         max_new_tokens=int(values['max_new_tokens']),
         decode_backend=values['decode_backend'],
+        waypoint_grammar=bool(values['waypoint_grammar']),
         reconpruner_weights=reconpruner_weights_from(values, model_dir, hidden_size),
     )
     settings.validate(llm_layers)

@@ -39,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -47,6 +48,9 @@ from .generate import choose_token, decode, Prefilled, Sampling
 from .static_cache import CacheShape, StaticKV
 from ..models.base import PrefillInputs
 from ..models.call_contract import cache_keyword
+
+if TYPE_CHECKING:
+    from .waypoint_grammar import WaypointConstraint
 
 DECODE_BACKENDS = ('auto', 'eager', 'compiled')
 MAX_SLOTS = 3  # static caches kept at once: e.g. three keep ratios switched between live
@@ -108,12 +112,15 @@ class Decoder:
         self.unavailable: str | None = None  # why the compiled path is off for this model
 
     def __call__(self, backend: str, start: Prefilled, inputs: PrefillInputs,
-                 eos_ids: list[int], pad_id: int, sampling: Sampling) -> Decoded:
+                 eos_ids: list[int], pad_id: int, sampling: Sampling,
+                 constraint: WaypointConstraint | None = None) -> Decoded:
         device = start.logits.device
         if resolve_decode_backend(backend, device) == 'eager' or self.unavailable:
-            return Decoded(decode(self.model, start, inputs, eos_ids, pad_id, sampling), 'eager')
+            return Decoded(decode(self.model, start, inputs, eos_ids, pad_id, sampling,
+                                  constraint), 'eager')
+        first_state = None if constraint is None else constraint.state
         try:
-            tokens = self._compiled(start, inputs, eos_ids, pad_id, sampling)
+            tokens = self._compiled(start, inputs, eos_ids, pad_id, sampling, constraint)
         # The fallback must catch whatever the compiler stack raises (dynamo, inductor, the C++
         # toolchain); the reason is logged, and the frame is decoded eagerly from its prefill,
         # which the compiled path only read.
@@ -122,7 +129,10 @@ class Decoder:
             self.slots.clear()
             self.log(f'decode_backend compiled is unavailable ({self.unavailable}); decoding '
                      'eagerly from now on')
-            return Decoded(decode(self.model, start, inputs, eos_ids, pad_id, sampling), 'eager')
+            if constraint is not None:  # the compiled loop may have moved it
+                constraint.state = first_state
+            return Decoded(decode(self.model, start, inputs, eos_ids, pad_id, sampling,
+                                  constraint), 'eager')
         return Decoded(tokens, 'compiled')
 
     @property
@@ -136,7 +146,8 @@ class Decoder:
         return sum(slot.static.nbytes for slot in self.slots.values())
 
     def _compiled(self, start: Prefilled, inputs: PrefillInputs, eos_ids: list[int],
-                  pad_id: int, sampling: Sampling) -> Tensor:
+                  pad_id: int, sampling: Sampling,
+                  constraint: WaypointConstraint | None) -> Tensor:
         shape = StaticKV.shape_for(start.cache, sampling.max_new_tokens)
         slot = self.slots.pop(shape, None)
         if slot is None:
@@ -147,7 +158,7 @@ class Decoder:
         self.slots[shape] = slot
         mask = slot.static.load(start.cache, start.attention_mask)
         return _generate(slot.step, start.logits, mask, inputs.next_position, eos_ids, pad_id,
-                         sampling, self.options.stop_check_every)
+                         sampling, self.options.stop_check_every, constraint)
 
 
 class _CompiledStep:
@@ -218,7 +229,8 @@ class _StopFlag:
 
 
 def _generate(step: _CompiledStep, first_logits: Tensor, mask: Tensor, next_position: Tensor,
-              eos_ids: list[int], pad_id: int, sampling: Sampling, check_every: int) -> Tensor:
+              eos_ids: list[int], pad_id: int, sampling: Sampling, check_every: int,
+              constraint: WaypointConstraint | None = None) -> Tensor:
     """Run the token loop of ``decode`` over the compiled step, without per-token syncs."""
     batch, device = first_logits.shape[0], first_logits.device
     total, stops = sampling.max_new_tokens, sampling.stop_at_eos
@@ -235,10 +247,14 @@ def _generate(step: _CompiledStep, first_logits: Tensor, mask: Tensor, next_posi
     stop = _StopFlag(device)
     logits = first_logits
     for i in range(total):
+        if constraint is not None:
+            logits = constraint.mask(logits, total - 1 - i)
         token = choose_token(logits, sampling, generator)
         if stops:
             done_before[i] = done
             token.masked_fill_(done, pad_id)
+        if constraint is not None:
+            constraint.advance(token)
         out[:, i] = token
         if i == total - 1:
             break

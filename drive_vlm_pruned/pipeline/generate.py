@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -17,6 +18,9 @@ from transformers import DynamicCache
 from ..models.base import PrefillInputs
 from ..models.call_contract import cache_kwargs
 from ..models.layer_pruning import LayerPruningHooks
+
+if TYPE_CHECKING:
+    from .waypoint_grammar import WaypointConstraint
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,13 @@ def prefill(model, inputs: PrefillInputs, hooks: LayerPruningHooks | None = None
 
 
 def decode(model, start: Prefilled, inputs: PrefillInputs, eos_ids: list[int], pad_id: int,
-           sampling: Sampling) -> Tensor:
-    """Generate up to ``max_new_tokens`` per sample; finished rows emit ``pad_id``."""
+           sampling: Sampling, constraint: WaypointConstraint | None = None) -> Tensor:
+    """
+    Generate up to ``max_new_tokens`` per sample; finished rows emit ``pad_id``.
+
+    With ``constraint``, each token is chosen among those its row's grammar allows
+    (pipeline/waypoint_grammar.py).
+    """
     first_logits, cache, mask = start.logits, start.cache, start.attention_mask
     batch = first_logits.shape[0]
     device = first_logits.device
@@ -74,8 +83,12 @@ def decode(model, start: Prefilled, inputs: PrefillInputs, eos_ids: list[int], p
     logits, tokens = first_logits, []
     embed = model.get_input_embeddings()
     for i in range(sampling.max_new_tokens):
+        if constraint is not None:
+            logits = constraint.mask(logits, sampling.max_new_tokens - 1 - i)
         tok = choose_token(logits, sampling, generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        if constraint is not None:
+            constraint.advance(tok)
         tokens.append(tok)
         if sampling.stop_at_eos:
             done |= torch.isin(tok, eos)

@@ -20,6 +20,7 @@ from .decoding import check_decode_backend, CompileOptions, Decoder, resolve_dec
 from .flops import LLMShape, prefill_flops
 from .generate import prefill, Sampling
 from .trajectory import parse_trajectory, TrajectoryParse
+from .waypoint_grammar import is_planning_question, WaypointGrammar
 from ..cameras import NUSCENES_CAMERAS
 from ..models.base import VisualFeatures, VLMAdapter
 from ..models.layer_pruning import InLLMRequest, LayerPruningHooks
@@ -51,7 +52,7 @@ class RuntimeSettings:
     view_weights: Mapping[str, float] | None = None
     prune_layer: int = 0
     question: str = DRIVELM_QA
-    max_new_tokens: int = 64
+    max_new_tokens: int = 96  # six waypoints: at most 95 characters + end (waypoint_grammar)
     temperature: float = 0.0
     top_p: float = 1.0
     min_tokens_per_view: int = 1
@@ -60,6 +61,9 @@ class RuntimeSettings:
     # pruner 'reconpruner': its weights; '' = the model's own <model dir>/reconpruner.safetensors
     reconpruner_weights: str = ''
     decode_backend: str = 'auto'  # eager | compiled | auto (pipeline/decoding.py)
+    # answers to the PLANNING prompt are decoded under its waypoint grammar, so they always parse
+    # (pipeline/waypoint_grammar.py)
+    waypoint_grammar: bool = True
 
     def validate(self, llm_layers: int) -> None:
         """Raise ValueError naming the bad setting and its valid range."""
@@ -102,6 +106,7 @@ class Result:
     prefill_flops_unpruned: int = 0
     missing_views: tuple[str, ...] = ()  # cameras the set lacked (degraded when non-empty)
     decode_backend: str = ''  # the decode backend that ran: eager or compiled
+    waypoint_grammar: bool = False  # whether the answer was decoded under the waypoint grammar
 
     def summary(self) -> dict:
         """JSON-ready dict (the node's ~/result payload and the offline runner's lines)."""
@@ -157,6 +162,7 @@ class Pipeline:
         # Holds the static KV cache and the compiled step between frames; ``log`` hears why
         # the compiled path fell back to eager, if it does.
         self.decoder = Decoder(adapter.model, log, compile_options)
+        self.grammar = WaypointGrammar(adapter.tokenizer, adapter.eos_token_ids)
 
     def warm_up(self, settings: RuntimeSettings) -> str:
         """
@@ -205,9 +211,13 @@ class Pipeline:
             kept = _compose(kept, hooks.kept)
         sampling = Sampling(shared.max_new_tokens, shared.temperature, shared.top_p, shared.seed,
                             shared.stop_at_eos)
+        constrained = [s.waypoint_grammar and is_planning_question(q)
+                       for s, q in zip(settings, questions)]
         with timer.stage('decode'):
+            constraint = self.grammar.constraint(constrained, start.logits.shape[-1],
+                                                 start.logits.device)
             decoded = self.decoder(shared.decode_backend, start, inputs, adapter.eos_token_ids,
-                                   adapter.pad_token_id, sampling)
+                                   adapter.pad_token_id, sampling, constraint)
         generated = decoded.tokens
         timings = timer.result()
         kept_lengths = start.attention_mask.sum(1).tolist()
@@ -216,8 +226,9 @@ class Pipeline:
                          tokens.view_sizes(), timings, kept_lengths[b])
             for b in range(batch)
         ]
-        for result in results:
+        for result, grammar in zip(results, constrained):
             result.decode_backend = decoded.backend
+            result.waypoint_grammar = grammar
         return results
 
     def _check_batch(self, frames, settings) -> RuntimeSettings:
