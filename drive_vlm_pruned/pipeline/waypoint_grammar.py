@@ -128,12 +128,18 @@ def token_table(texts: list[str | None], eos_ids: list[int], vocab: int) -> Tens
 
 
 def token_texts(tokenizer) -> list[str | None]:
-    """Return each token's text, or None for special tokens and SentencePiece/BPE word starts."""
+    """
+    Return each token's text where it can spell part of a sentence, else None.
+
+    Only pieces made of the grammar's characters are decoded: byte-level BPE and SentencePiece
+    write printable ASCII as itself, so a piece with any other character (a word-start
+    marker, whose space a one-token decode may drop, or a byte fallback) never fits, and a
+    150k-token vocabulary costs a few hundred decodes.
+    """
     special = set(tokenizer.all_special_ids)
     texts: list[str | None] = []
     for token, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        # A word-start marker means the token brings a space its one-token decode may drop.
-        if token in special or piece is None or piece[:1] in ('\u2581', '\u0120'):
+        if token in special or not piece or not set(piece) <= _ALPHABET:
             texts.append(None)
         else:
             texts.append(tokenizer.decode([token]))
