@@ -94,7 +94,7 @@ def test_the_vision_tower_loads_into_the_vlm_stage_and_stays_frozen_bit_for_bit(
     pretrained = load_file(tower / 'model.safetensors')
     config = VLMTrainConfig(data=data_dir, out=tmp_path / 'vlm', preset='test', steps=1,
                             frames_per_step=2, storage='float32', train_limit=2, cpu=True,
-                            vision_init=tower, freeze_vision=True)
+                            precision='no', vision_init=tower, freeze_vision=True)
     result = train_vlm(config, **QUIET)
     after = load_file(result.final_dir / 'model.safetensors')
     prefix = 'vision_tower.'

@@ -121,7 +121,8 @@ def test_packed_turn_logits_equal_the_pipeline_sequence_of_that_turn_alone(data_
 
 def config(data_dir, out, **kw):
     base = {'data': data_dir, 'out': out, 'preset': 'test', 'steps': 2, 'frames_per_step': 2,
-            'storage': 'float32', 'train_limit': 2, 'cpu': True}
+            'storage': 'float32', 'train_limit': 2, 'cpu': True,
+            'precision': 'no'}  # fp32 on every CPU: 'auto' would follow the machine's bf16
     return VLMTrainConfig(**{**base, **kw})
 
 

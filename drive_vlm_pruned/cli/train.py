@@ -99,7 +99,8 @@ def add_vlm_parser(jobs) -> argparse.ArgumentParser:
                           'so --resume continues the same run (e.g. to check the first steps of '
                           'a rerun against the history.json of a finished run)')
     vlm.add_argument('--precision', default='auto', choices=['auto', 'no', 'bf16'],
-                     help='auto (default): bf16 autocast on a GPU that has it, fp32 elsewhere')
+                     help='auto (default): bf16 autocast on a GPU that has it or a CPU with AMX '
+                          'or AVX-512 BF16, fp32 elsewhere (an emulated bf16 is ~16x slower)')
     vlm.add_argument('--cpu', action='store_true', help='train on the CPU even with a GPU')
     vlm.add_argument('--threads', type=int, default=0,
                      help='torch CPU threads (default: torch default). On cores shared with '

@@ -40,7 +40,11 @@ def add_vision_parser(jobs) -> argparse.ArgumentParser:
     p.add_argument('--save-every', type=int, default=250)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
-    p.add_argument('--bf16', action='store_true', help='bfloat16 autocast on the CPU')
+    p.add_argument('--precision', default='auto', choices=['auto', 'no', 'bf16'],
+                   help='auto (default): bfloat16 autocast where the CPU has AMX or AVX-512 BF16, '
+                        'fp32 elsewhere (an emulated bf16 is ~16x slower); no: fp32')
+    p.add_argument('--bf16', action='store_const', const='bf16', dest='precision',
+                   help='the same as --precision bf16')
     p.add_argument('--max-minutes', type=float, help='stop (saving) after this many minutes')
     p.add_argument('--val-frames', type=int, help='held-out key frames (default: all of val)')
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
@@ -48,12 +52,14 @@ def add_vision_parser(jobs) -> argparse.ArgumentParser:
 
 
 def run_train_vision(args: argparse.Namespace) -> int:
+    from ..training.cpu_info import cpu_precision
     from ..training.vision_stage import train_vision, VisionConfig
 
     config = VisionConfig(Path(args.data), Path(args.out), args.preset, args.extra_scenes,
                           args.steps, args.batch, args.lr, eval_every=args.eval_every,
                           save_every=args.save_every, seed=args.seed, threads=args.threads,
-                          resume=args.resume, max_minutes=args.max_minutes, bf16=args.bf16,
+                          resume=args.resume, max_minutes=args.max_minutes,
+                          bf16=cpu_precision(args.precision) == 'bf16',
                           val_limit=args.val_frames)
     try:
         result = train_vision(config, log=lambda text: print(text, file=sys.stderr))

@@ -32,7 +32,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .cpu_info import bf16_support
+from .cpu_info import bf16_support, emulated_bf16_warning
 from .model import vision_config
 from .presets import get_preset
 from .vision_targets import DISTANCE_BANDS_M, SEMANTIC_CLASSES, view_targets
@@ -63,7 +63,7 @@ class VisionConfig:
     threads: int = 0
     resume: bool = False
     max_minutes: float | None = None
-    bf16: bool = False  # CPU autocast in bfloat16 (fast where the CPU has AMX)
+    bf16: bool = False  # CPU autocast in bfloat16 (the CLI's --precision auto: where it is native)
     val_limit: int | None = None  # held-out key frames (None: the whole val split)
     train_limit: int | None = None  # train key frames (tests)
 
@@ -221,6 +221,8 @@ def train_vision(config: VisionConfig, log: Callable[[str], None] = print) -> Vi
         f'tower {sum(p.numel() for p in tower.parameters()) / 1e6:.2f}M params, batch '
         f'{config.batch}, {config.steps} steps, {"bf16 autocast" if config.bf16 else "fp32"} '
         f'(CPU bf16 support: {bf16_support()}, {torch.get_num_threads()} threads)')
+    if warning := emulated_bf16_warning('bf16' if config.bf16 else 'no'):
+        log(f'warning: {warning}')
     start, spent, first_step = time.monotonic(), 0.0, step
     bar = tqdm(total=config.steps, initial=step, desc='train vision', unit='step')
     while step < config.steps:

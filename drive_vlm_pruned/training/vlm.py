@@ -3,7 +3,8 @@
 
 One loop on ``accelerate``: the same code runs on a CPU, one GPU, or several GPUs under
 ``accelerate launch`` / ``torchrun`` (DDP; each process takes its share of the frames of a step),
-in bf16 autocast where a GPU supports it (``--precision auto``). Each optimizer step trains on
+in bf16 autocast where the GPU or CPU has it natively (``--precision auto``: a GPU with bf16, a
+CPU with AMX or AVX-512 BF16; training/cpu_info.py). Each optimizer step trains on
 ``frames_per_step`` key frames per process, all QA turns of a frame packed after its six views
 (training/samples.py). The run directory holds:
 
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .cpu_info import cpu_precision, emulated_bf16_warning
 from .curves import plot_curves
 from .dataset import load_frames, prepare_split, qa_texts, SplitData
 from .loop import optimizer_step, step_rows, warmup_cosine
@@ -64,7 +66,7 @@ class VLMTrainConfig:
     # stop (and save) after this global step; the LR schedule still spans the recipe's steps, so
     # --resume continues the same run (reruns check their first N steps against a full run's log)
     stop_at: int | None = None
-    precision: str = 'auto'  # auto: bf16 on a GPU that has it, fp32 elsewhere | no | bf16
+    precision: str = 'auto'  # auto: bf16 where the device has it natively, else fp32 | no | bf16
     cpu: bool = False  # train on the CPU even where a GPU exists
     storage: str = 'float16'  # dtype of final/model.safetensors
     train_limit: int | None = None  # train on the first N frames only (tests)
@@ -146,9 +148,12 @@ def train_vlm(config: VLMTrainConfig, log: Callable[[str], None] = print) -> Tra
     cpu = config.cpu or not torch.cuda.is_available()
     # SigLIP's post-layernorm is unused (LLaVA reads the last hidden state before it).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=_precision(config), kwargs_handlers=[ddp])
+    precision = _precision(config, cpu)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=[ddp])
     main = accelerator.is_main_process
     say = log if main else (lambda _msg: None)
+    if cpu and (warning := emulated_bf16_warning(precision)):
+        say(f'warning: {warning}')
     set_seed(recipe.seed)
     data = Path(config.data)
     train_frames = load_frames(data, 'train')[:config.train_limit]
@@ -342,13 +347,13 @@ def _save(accelerator, out: Path, step: int, history: dict, keep: int = 2) -> No
     accelerator.wait_for_everyone()
 
 
-def _precision(config: VLMTrainConfig) -> str:
+def _precision(config: VLMTrainConfig, cpu: bool) -> str:
+    """Resolve ``--precision``: 'auto' is bf16 where the device multiplies it natively."""
+    if cpu:
+        return cpu_precision(config.precision)
     if config.precision != 'auto':
         return config.precision
-    if not config.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return 'bf16'
-    # bf16 autocast on our 2-core CPU was slower than fp32 (measured), so fp32 there.
-    return 'no'
+    return 'bf16' if torch.cuda.is_bf16_supported() else 'no'
 
 
 def _check_language_stage(recipe: Recipe, config: VLMTrainConfig) -> None:
