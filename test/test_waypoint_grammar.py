@@ -166,3 +166,63 @@ def test_a_budget_of_the_shortest_sentence_still_ends_in_six_waypoints(tiny):
         free = tiny.run(random_frame(3), replace(short, waypoint_grammar=False,
                                                  decode_backend='eager'))
         assert not free.trajectory.ok
+
+
+def test_leading_whitespace_is_allowed_before_the_first_waypoint_only():
+    text = '[1.0,0.6],[2.0,0.0],[3.0,0.0],[4.0,0.0],[5.0,0.0],[6.0,0.0]'
+    assert accepts(' ' + text) and accepts('\n ' + text)
+    assert not accepts(text.replace('],[2.0', '], [2.0'))
+
+
+def test_word_start_pieces_spell_their_space_and_fit_only_before_the_first_waypoint():
+    from tokenizers import models, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ['<eos>', '[', ']', ',', '.', '-', '\u0120[', '\u01201'] + list('0123456789')
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({p: i for i, p in enumerate(pieces)},
+                                                    unk_token='<eos>')),
+        eos_token='<eos>')
+    texts = token_texts(tokenizer)
+    assert texts[0] is None and texts[6] == ' [' and texts[7] == ' 1'
+    table = token_table(texts, [0], len(pieces))
+    assert table[0, 6] == 1  # ' [' opens the first waypoint
+    assert bool((table[1:FREE, 6] < 0).all()) and bool((table[:FREE, 7] < 0).all())
+
+
+def test_a_tokenizer_that_cannot_spell_the_format_decodes_freely_and_says_so_once():
+    from drive_vlm_pruned.pipeline.waypoint_grammar import WaypointGrammar
+    from tokenizers import models, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ['<eos>', '[', ']', ',', '.', '-', 'x']  # no digits
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({p: i for i, p in enumerate(pieces)},
+                                                    unk_token='x')),
+        eos_token='<eos>')
+    messages: list[str] = []
+    grammar = WaypointGrammar(tokenizer, [0], messages.append)
+    for _ in range(2):
+        assert grammar.constraint([True, False], len(pieces), torch.device('cpu')) is None
+    assert len(messages) == 1 and 'decoded freely' in messages[0]
+    assert 'cannot spell' in grammar.unavailable
+
+
+def test_a_failing_compiler_falls_back_with_the_grammar_state_it_started_from(tiny):
+    messages: list[str] = []
+    broken = Pipeline(tiny.adapter, log=messages.append,
+                      compile_options=CompileOptions(backend='no_such_backend'))
+    settings = RuntimeSettings(keep_ratio=0.1, question=PLAN, max_new_tokens=80,
+                               decode_backend='compiled')
+    fell_back = broken.run(random_frame(5), settings)
+    reference = tiny.run(random_frame(5), replace(settings, decode_backend='eager'))
+    assert fell_back.decode_backend == 'eager' and 'compiled is unavailable' in messages[0]
+    assert fell_back.answer == reference.answer and fell_back.trajectory.ok
+
+
+def test_sampled_plans_with_top_p_parse_under_the_grammar(tiny):
+    for seed in range(3):
+        sampled = RuntimeSettings(keep_ratio=0.1, question=PLAN, max_new_tokens=80,
+                                  temperature=1.0, top_p=0.9, seed=seed)
+        result = tiny.run(random_frame(seed), sampled)
+        assert result.trajectory.ok and accepts(result.answer), result.answer

@@ -162,7 +162,7 @@ class Pipeline:
         # Holds the static KV cache and the compiled step between frames; ``log`` hears why
         # the compiled path fell back to eager, if it does.
         self.decoder = Decoder(adapter.model, log, compile_options)
-        self.grammar = WaypointGrammar(adapter.tokenizer, adapter.eos_token_ids)
+        self.grammar = WaypointGrammar(adapter.tokenizer, adapter.eos_token_ids, log)
 
     def warm_up(self, settings: RuntimeSettings) -> str:
         """
@@ -216,6 +216,8 @@ class Pipeline:
         with timer.stage('decode'):
             constraint = self.grammar.constraint(constrained, start.logits.shape[-1],
                                                  start.logits.device)
+            if constraint is None:  # no planning row, or a tokenizer that cannot spell it
+                constrained = [False] * batch
             decoded = self.decoder(shared.decode_backend, start, inputs, adapter.eos_token_ids,
                                    adapter.pad_token_id, sampling, constraint)
         generated = decoded.tokens

@@ -3,13 +3,16 @@ Grammar-constrained decoding of the planning answer: six well-formed waypoints, 
 
 The language, which the PLANNING prompt asks for and ``format_trajectory`` writes, is
 ``[X,Y],[X,Y],[X,Y],[X,Y],[X,Y],[X,Y]`` followed by end-of-sequence, each number ``-?D{1,3}.D``
-(metres, one decimal, no spaces). A planner downstream needs a trajectory on every frame, and a
+(metres, one decimal, no spaces), after optional leading whitespace (a tokenizer may start an
+answer with a space-prefixed token). A planner downstream needs a trajectory on every frame, and a
 small model at a low keep ratio sometimes writes one that does not parse (``-.6``, a number cut
 in two). Decoding under the grammar is the logit masking of grammar-constrained generation
 (Willard and Louf, 2023, "Efficient Guided Generation for LLMs"): before each token is chosen,
 every token that would leave the language gets logit -inf. Greedy decoding therefore keeps the
 model's own token wherever it is well formed and takes its best well-formed token where not, so
-an answer that already parses is unchanged.
+an answer already in the prompt's format is unchanged. (The parser, pipeline/trajectory.py,
+reads more formats than this one; a checkpoint trained on another format, asked this prompt,
+is steered into this one: set ``waypoint_grammar`` false for it, or ask it its own prompt.)
 
 The rule is a finite automaton on characters, compiled once per tokenizer into one on token
 ids: ``next_state[s, t]`` is the state after token ``t`` from state ``s``, or -1 where ``t``
@@ -28,13 +31,17 @@ times), so the node's default budget of 96 tokens never bends a number, whatever
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+import logging
 
 import torch
 from torch import Tensor
 
 from .trajectory import WAYPOINTS
 from ..models.prompts import PLANNING
+
+_LOG = logging.getLogger(__name__)
 
 # Per waypoint, the character positions of '[X,Y]' and the ',' after it.
 _OPEN, _X, _Y, _CLOSED = 0, 1, 8, 15
@@ -44,7 +51,10 @@ STATES = WAYPOINTS * _PHASES  # character states; the accept state is the last o
 ACCEPT = STATES - 1
 FREE = STATES  # rows that are not constrained: every token allowed, the state never changes
 _DIGITS = frozenset('0123456789')
-_ALPHABET = _DIGITS | frozenset('[]-,.')
+_LEADING = frozenset(' \n')  # allowed before the first '[' only
+_ALPHABET = _DIGITS | frozenset('[]-,.') | _LEADING
+# Word-start markers of token pieces: byte-level BPE's space and newline, SentencePiece's space.
+_MARKERS = {'\u0120': ' ', '\u010a': '\n', '\u2581': ' '}
 
 
 def is_planning_question(question: str) -> bool:
@@ -55,6 +65,8 @@ def is_planning_question(question: str) -> bool:
 def char_step(state: int, char: str) -> int:
     """Return the state after ``char`` from ``state``, or -1 when ``char`` leaves the language."""
     waypoint, phase = divmod(state, _PHASES)
+    if state == 0 and char in _LEADING:
+        return 0
     if phase == _OPEN:
         return state + 1 if char == '[' else -1
     if phase == _CLOSED:  # after ']': ',' then the next '[', or nothing after the sixth
@@ -131,28 +143,29 @@ def token_texts(tokenizer) -> list[str | None]:
     """
     Return each token's text where it can spell part of a sentence, else None.
 
-    Only pieces made of the grammar's characters are decoded: byte-level BPE and SentencePiece
-    write printable ASCII as itself, so a piece with any other character (a word-start
-    marker, whose space a one-token decode may drop, or a byte fallback) never fits, and a
-    150k-token vocabulary costs a few hundred decodes.
+    Read from the token's piece, not from a one-token decode: byte-level BPE and SentencePiece
+    write printable ASCII as itself and a leading space or newline as a marker, which a
+    one-token SentencePiece decode drops (a '_1' piece would then pass for '1' mid-number).
+    Special tokens and pieces with any other character are None.
     """
     special = set(tokenizer.all_special_ids)
     texts: list[str | None] = []
     for token, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        if token in special or not piece or not set(piece) <= _ALPHABET:
-            texts.append(None)
-        else:
-            texts.append(tokenizer.decode([token]))
+        text = ''.join(_MARKERS.get(c, c) for c in piece or '')
+        usable = token not in special and text and set(text) <= _ALPHABET
+        texts.append(text if usable else None)
     return texts
 
 
 def tokens_to_accept(table: Tensor) -> Tensor:
     """Return ``[STATES + 1]``: the fewest tokens from each state to the accept state (0: free)."""
-    far = STATES * 8  # more than any shortest path: a token moves at least one character
+    far = 2 ** 30  # unreachable: more than any token budget
     dist = torch.full((STATES + 1,), far, dtype=torch.long)
     dist[ACCEPT] = dist[FREE] = 0
+    # Only the few hundred tokens that move some state matter, not the whole vocabulary.
+    table = table[:, (table[:STATES] >= 0).any(dim=0)]
     steps = table.long().clamp_min(0)
-    for _ in range(STATES):  # Bellman-Ford on unit edges: at most STATES rounds
+    for _ in range(STATES + 1):  # Bellman-Ford on unit edges
         through = torch.where(table >= 0, dist[steps] + 1, far).min(dim=1).values
         update = torch.minimum(dist, through)
         update[ACCEPT] = update[FREE] = 0
@@ -208,22 +221,36 @@ class WaypointConstraint:
 class WaypointGrammar:
     """The compiled token table of one tokenizer, built at first use and kept per device."""
 
-    def __init__(self, tokenizer, eos_ids: list[int]) -> None:
+    def __init__(self, tokenizer, eos_ids: list[int],
+                 log: Callable[[str], None] | None = None) -> None:
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
+        self.log = log or _LOG.warning
+        self.unavailable: str | None = None  # why this tokenizer decodes planning freely
         self._texts: list[str | None] | None = None
         self._tables: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
 
     def constraint(self, constrained: list[bool], vocab: int,
                    device: torch.device) -> WaypointConstraint | None:
-        """Return the rows' constraint for logits of width ``vocab``; None if no row is."""
-        if not any(constrained):
+        """
+        Return the rows' constraint for logits of width ``vocab``.
+
+        None if no row is constrained, or if the tokenizer cannot spell the format: that is
+        logged once, and every planning answer is then decoded freely.
+        """
+        if not any(constrained) or self.unavailable:
             return None
         key = (vocab, str(device))
         if key not in self._tables:
             if self._texts is None:
                 self._texts = token_texts(self.tokenizer)
-            table = token_table(self._texts, self.eos_ids, vocab)
+            try:
+                table = token_table(self._texts, self.eos_ids, vocab)
+            except ValueError as err:
+                self.unavailable = str(err)
+                self.log(f'waypoint_grammar is unavailable ({err}); planning answers are '
+                         'decoded freely')
+                return None
             self._tables[key] = (table.to(device), tokens_to_accept(table).to(device))
         table, to_accept = self._tables[key]
         return WaypointConstraint.start(table, constrained, to_accept)

@@ -6,7 +6,9 @@ frames (all-zero answers) whether or not the model reads the ego history. The dr
 issue 28 kept 12% there, like the shipped model, while its greedy trajectories were 5x worse
 (model card). So each validation pass also answers the planning question of the fixed val frames
 through the ``Pipeline``, the path the node and ``drive-vlm eval`` run (keep 1.0, greedy), and
-scores the parsed waypoints as ``eval/scoring.py`` does.
+scores the parsed waypoints as ``eval/scoring.py`` does. It decodes freely, without the waypoint
+grammar: the check watches whether the model itself writes a trajectory, and its figures stay
+comparable with the runs before the grammar.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def planning_check(adapter: VLMAdapter, frames: Sequence[KeyFrame],
             qa = next((q for q in frame.qa if is_trajectory_qa(frame, q)), None)
             if qa is not None and _has_truth(frame):
                 settings = RuntimeSettings(keep_ratio=1.0, question=qa.question,
-                                           max_new_tokens=max_new_tokens)
+                                           max_new_tokens=max_new_tokens,
+                                           waypoint_grammar=False)
                 yield frame, pipeline.run(load_camera_set(frame), settings).trajectory
 
     return _score(answers())
