@@ -226,3 +226,14 @@ def test_sampled_plans_with_top_p_parse_under_the_grammar(tiny):
                                   temperature=1.0, top_p=0.9, seed=seed)
         result = tiny.run(random_frame(seed), sampled)
         assert result.trajectory.ok and accepts(result.answer), result.answer
+
+
+def test_warm_up_builds_the_table_a_planning_node_will_use(tiny):
+    fresh = Pipeline(tiny.adapter)
+    width = tiny.adapter.model.get_output_embeddings().weight.shape[0]
+    assert not fresh.grammar.built(width, tiny.adapter.device)
+    fresh.warm_up(RuntimeSettings(question=PLAN, decode_backend='eager'))
+    assert fresh.grammar.built(width, tiny.adapter.device)
+    other = Pipeline(tiny.adapter)
+    other.warm_up(RuntimeSettings(question='Where?', decode_backend='eager'))
+    assert not other.grammar.built(width, tiny.adapter.device)

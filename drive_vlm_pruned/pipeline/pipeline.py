@@ -169,9 +169,14 @@ class Pipeline:
         Compile the decode step now if ``settings`` use the compiled backend; else do nothing.
 
         Runs one drawn frame, so a node pays the compile while it loads, not on its first set.
+        Builds the waypoint grammar's table too, where the settings' question will use it.
         Returns the decode backend the settings get on this device ('eager' after a fallback).
         """
         from .synthetic_frames import synthetic_frame
+
+        head = self.adapter.model.get_output_embeddings()
+        if settings.waypoint_grammar and is_planning_question(settings.question) and head:
+            self.grammar.constraint([True], head.weight.shape[0], self.adapter.device)
 
         if resolve_decode_backend(settings.decode_backend, self.adapter.device) == 'eager':
             return 'eager'

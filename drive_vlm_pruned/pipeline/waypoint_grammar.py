@@ -230,6 +230,10 @@ class WaypointGrammar:
         self._texts: list[str | None] | None = None
         self._tables: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
 
+    def built(self, vocab: int, device: torch.device) -> bool:
+        """Say whether the table for logits of width ``vocab`` on ``device`` is built."""
+        return (vocab, str(device)) in self._tables
+
     def constraint(self, constrained: list[bool], vocab: int,
                    device: torch.device) -> WaypointConstraint | None:
         """
