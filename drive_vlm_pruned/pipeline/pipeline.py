@@ -176,7 +176,7 @@ class Pipeline:
 
         head = self.adapter.model.get_output_embeddings()
         if settings.waypoint_grammar and is_planning_question(settings.question) and head:
-            self.grammar.constraint([True], head.weight.shape[0], self.adapter.device)
+            self.grammar.prepare(head.weight.shape[0], self.adapter.device)
 
         if resolve_decode_backend(settings.decode_backend, self.adapter.device) == 'eager':
             return 'eager'

@@ -120,7 +120,7 @@ def token_table(texts: list[str | None], eos_ids: list[int], vocab: int) -> Tens
     table = torch.full((STATES + 1, vocab), -1, dtype=torch.int32)
     table[FREE] = FREE
     for token, text in enumerate(texts[:vocab]):
-        if not text or not set(text) <= _ALPHABET:
+        if not text:  # char_step refuses any other character itself
             continue
         for state in range(STATES):
             end = state
@@ -242,19 +242,24 @@ class WaypointGrammar:
         None if no row is constrained, or if the tokenizer cannot spell the format: that is
         logged once, and every planning answer is then decoded freely.
         """
-        if not any(constrained) or self.unavailable:
+        if not any(constrained) or not self.prepare(vocab, device):
             return None
-        key = (vocab, str(device))
-        if key not in self._tables:
-            if self._texts is None:
-                self._texts = token_texts(self.tokenizer)
-            try:
-                table = token_table(self._texts, self.eos_ids, vocab)
-            except ValueError as err:
-                self.unavailable = str(err)
-                self.log(f'waypoint_grammar is unavailable ({err}); planning answers are '
-                         'decoded freely')
-                return None
-            self._tables[key] = (table.to(device), tokens_to_accept(table).to(device))
-        table, to_accept = self._tables[key]
+        table, to_accept = self._tables[(vocab, str(device))]
         return WaypointConstraint.start(table, constrained, to_accept)
+
+    def prepare(self, vocab: int, device: torch.device) -> bool:
+        """Build the table for logits of width ``vocab`` on ``device``; False if unspellable."""
+        key = (vocab, str(device))
+        if key in self._tables or self.unavailable:
+            return not self.unavailable
+        if self._texts is None:
+            self._texts = token_texts(self.tokenizer)
+        try:
+            table = token_table(self._texts, self.eos_ids, vocab)
+        except ValueError as err:
+            self.unavailable = str(err)
+            self.log(f'waypoint_grammar is unavailable ({err}); planning answers are decoded '
+                     'freely')
+            return False
+        self._tables[key] = (table.to(device), tokens_to_accept(table).to(device))
+        return True
