@@ -29,6 +29,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 
+from .packed_attention import packed_attention, packed_layout
 from .patch_labels import PATCH_CLASSES
 from .view_routing import (
     asked_class,
@@ -212,7 +213,8 @@ class PackedVLM(nn.Module):
     def __init__(self, adapter: VLMAdapter, names: Sequence[str], norm_ratio: float = 0.0,
                  route_weight: float = 0.0, route_at: tuple[int, int] = (2, 0),
                  object_weight: float = 0.0, object_at: tuple[int, int] = (2, 1),
-                 object_count: bool = False, text_only: bool = False) -> None:
+                 object_count: bool = False, text_only: bool = False,
+                 dense_attention: bool = False) -> None:
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
@@ -229,6 +231,8 @@ class PackedVLM(nn.Module):
         self.object_count = object_count
         # the language stage (Recipe.text_only): every turn alone, without the views' prefix
         self.text_only = text_only
+        # attention through the dense 4-D mask instead of packed_attention.py (same result)
+        self.dense_attention = dense_attention
         self.prefix = prefix_prompt(adapter, names)
         proc = adapter.image_processor
         self.register_buffer('mean', torch.tensor(proc.image_mean).view(1, 1, 3, 1, 1),
@@ -273,9 +277,9 @@ class PackedVLM(nn.Module):
         watched |= {self.object_at[0]} if finding else set()
         seen = {k: AttentionInputs(layers[k].self_attn) for k in sorted(watched)}
         try:
-            out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                             logits_to_keep=start + rows, use_cache=False,
-                             output_hidden_states=capped)
+            out = self._llm(segment, inputs_embeds=embeds, attention_mask=mask,
+                            position_ids=positions, logits_to_keep=start + rows,
+                            use_cache=False, output_hidden_states=capped)
         finally:
             for hook in seen.values():
                 hook.close()
@@ -297,9 +301,21 @@ class PackedVLM(nn.Module):
         embeds = self.adapter.embed(text.ids)
         mask = packed_mask(text.segment, self.adapter.attn_implementation, embeds.dtype)
         rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=text.offsets,
-                         logits_to_keep=rows, use_cache=False)
+        out = self._llm(text.segment, inputs_embeds=embeds, attention_mask=mask,
+                        position_ids=text.offsets, logits_to_keep=rows, use_cache=False)
         return _packed_output(out.logits, text, rows, None)
+
+    def _llm(self, segment: Tensor, **inputs):
+        """
+        Run the model on packed inputs: under sdpa, with the block-by-block kernel.
+
+        packed_attention.py computes what the dense ``packed_mask`` gives at about a third of
+        its cost; eager attention (and ``dense_attention``) keep the dense mask.
+        """
+        if self.dense_attention or self.adapter.attn_implementation != 'sdpa':
+            return self.model(**inputs)
+        with packed_attention(self.adapter.text_config):
+            return self.model(**inputs, packed_layout=packed_layout(segment))
 
     def _answer_routing_losses(self, seen: dict[int, AttentionInputs], prefix,
                                text: PackedText, segment: Tensor, start: int,
