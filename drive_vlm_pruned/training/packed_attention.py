@@ -68,17 +68,19 @@ def packed_layout(segment: Tensor, groups: int = GROUPS) -> PackedLayout:
         raise ValueError('packed attention needs every frame to start with one prefix of equal '
                          'length (segment 0) and no prefix row after it')
     # runs of equal (frame, segment): each turn is one run
-    key = torch.arange(frames)[:, None] * (int(seg.max()) + 2) + seg + 1
+    base = int(seg.max()) + 2
+    key = torch.arange(frames)[:, None] * base + seg + 1
     values, counts = torch.unique_consecutive(key.flatten(), return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
-    turn = (values % (int(seg.max()) + 2)) - 1 > 0
+    turn = values % base - 1 > 0
     starts, counts = starts[turn], counts[turn]
     if len(set((values[turn]).tolist())) != int(turn.sum()):
         raise ValueError('a packed turn must be one run of rows')
     frame_of = starts // length
     built = []
     for frame in range(frames):
-        # a group holds one frame's turns, so the prefix it sees is a broadcast, not a copy
+        # a group holds one frame's turns: its prefix keys are that frame's, broadcast, whose
+        # gradient is a sum (gathered per turn, the backward was a slow scatter-add)
         mine = (frame_of == frame).nonzero()[:, 0]
         order = mine[torch.argsort(counts[mine], stable=True)]
         for chunk in torch.tensor_split(order, min(groups, len(order))) if len(order) else ():
