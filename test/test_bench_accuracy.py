@@ -284,3 +284,20 @@ def test_torchrun_two_processes_give_the_single_process_sweep(small_model, data,
         assert got[key]['accuracy'] == r['accuracy'], key
     result = json.loads((sharded / 'accuracy.json').read_text())
     assert result['processes'] == 2 and result['paired_frames'] == 2
+
+
+def test_the_log_records_the_waypoint_grammar_and_a_free_run_does_not_resume_it(
+        small_model, data, tmp_path, capsys):
+    """Cells decoded under the grammar and freely are never mixed in one log."""
+    from drive_vlm_pruned.cli.main import main
+
+    out = tmp_path / 'acc'
+    args = ['bench', 'accuracy', '--model', str(small_model), '--data', str(data), '--pruners',
+            'random', '--keep-ratios', '0.5', '--prune-layers', '0', '--seeds', '1',
+            '--qa-per-cell', '2', '--max-new-tokens', '3', '--tokenizer', 'simple',
+            '--no-diversity', '--no-blind', '--no-progress', '--out', str(out)]
+    assert main(args) == 0
+    assert json.loads(lines(out / 'cells.jsonl')[0])['header']['waypoint_grammar'] is True
+    capsys.readouterr()
+    assert main(args + ['--no-waypoint-grammar']) != 0
+    assert 'waypoint_grammar' in capsys.readouterr().err

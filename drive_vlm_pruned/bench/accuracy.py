@@ -80,6 +80,7 @@ class AccuracyOptions:
     blind: bool = True
     batch_size: int = 8
     max_new_tokens: int = 64
+    waypoint_grammar: bool = True  # False: PLANNING answers decoded freely
     tokenizer: str = 'auto'  # auto | ptb | simple (eval/language.py)
     out: str = 'bench-out/accuracy'
     overwrite: bool = False
@@ -111,7 +112,7 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
     sweep_options = SweepOptions(options.pruners, options.keep_ratios, options.prune_layers,
                                  options.seeds, options.qa_per_cell, options.batch_size,
                                  options.max_new_tokens, resolve_tokenizer(options.tokenizer),
-                                 options.diversity, options.blind)
+                                 options.diversity, options.blind, options.waypoint_grammar)
     view_weights, search_keep = None, None
     if options.view_weights_file:
         view_weights = load_view_weights(options.view_weights_file)
@@ -125,6 +126,7 @@ def run_accuracy_bench(options: AccuracyOptions) -> int:
               'split': options.split, 'seeds': len(seeds),
               'qa_per_cell': sweep_options.qa_per_cell,
               'max_new_tokens': sweep_options.max_new_tokens,
+              'waypoint_grammar': sweep_options.waypoint_grammar,
               'tokenizer': sweep_options.tokenizer, 'view_weights': view_weights}
     shard = Shard.from_env()  # torchrun / accelerate launch: each process its key frames
     shard.bind_device()

@@ -130,6 +130,8 @@ class SweepOptions:
     tokenizer: str = 'simple'
     diversity: bool = True
     blind: bool = True
+    # PLANNING answers decoded under the waypoint grammar (pipeline/waypoint_grammar.py)
+    waypoint_grammar: bool = True
 
 
 def seed_sets(data: Sequence[str], split: str, image_root: str | None, seeds: int,
@@ -176,7 +178,8 @@ def sweep(pipeline: Pipeline, seeds: Sequence[Sequence[KeyFrame]], cells: Sequen
     """
     from tqdm import tqdm
 
-    base = RuntimeSettings(max_new_tokens=options.max_new_tokens)
+    base = RuntimeSettings(max_new_tokens=options.max_new_tokens,
+                           waypoint_grammar=options.waypoint_grammar)
     recall, note = FrameForeground.for_pipeline(pipeline)
     if note and shard.main:
         echo(note)

@@ -75,6 +75,9 @@ def add_bench_accuracy_parser(bench_sub) -> None:
     ba.add_argument('--no-blind', action='store_true', help='leave out the blind reference')
     ba.add_argument('--batch-size', type=int, default=8, help='QA per pipeline call (8)')
     ba.add_argument('--max-new-tokens', type=int, default=64, help='default 64, as eval')
+    ba.add_argument('--no-waypoint-grammar', dest='waypoint_grammar', action='store_false',
+                    help='decode PLANNING answers freely; by default they are decoded under the '
+                         'waypoint grammar, as eval does (pipeline/waypoint_grammar.py)')
     ba.add_argument('--tokenizer', default='auto', choices=['auto', 'ptb', 'simple'])
     ba.add_argument('--out', default='bench-out/accuracy', metavar='DIR',
                     help='output directory (default bench-out/accuracy)')
@@ -97,7 +100,8 @@ def run_bench_accuracy(args: argparse.Namespace) -> int:
         view_weights_file=args.view_weights_file,
         variant_layers=None if args.variant_layers is None else tuple(args.variant_layers),
         report_only=args.report_only, diversity=not args.no_diversity, blind=not args.no_blind,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, tokenizer=args.tokenizer,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        waypoint_grammar=args.waypoint_grammar, tokenizer=args.tokenizer,
         out=args.out, overwrite=args.overwrite, threads=args.threads,
         progress=not args.no_progress)
     try:
