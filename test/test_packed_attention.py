@@ -74,6 +74,14 @@ def test_without_a_layout_it_is_sdpa_with_the_given_mask():
     torch.testing.assert_close(got, dense(query, key, value, segment))
 
 
+@pytest.mark.parametrize('extra', [{'dropout': 0.1}, {'sliding_window': 4}])
+def test_what_the_kernel_does_not_cover_is_refused_not_computed_as_plain_causal(extra):
+    segment = segments(3, [[2, 2]])
+    with pytest.raises(ValueError, match='dense_attention=True'):
+        packed_attention_forward(None, *qkv(segment), None, packed_layout=packed_layout(segment),
+                                 **extra)
+
+
 @pytest.mark.parametrize('segment, problem', [
     ([[1, 1, 0, 0]], 'start with one prefix'),
     ([[0, 0, 1], [0, 1, 1]], 'start with one prefix'),

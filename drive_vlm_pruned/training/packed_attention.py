@@ -99,15 +99,17 @@ def packed_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor
     """
     Attend as transformers' attention functions do: ``[B, H, L, d]`` in, ``[B, L, H, d]`` out.
 
-    With ``packed_layout`` it computes the packed rule block by block; without one, or where the
-    layer attends in a sliding window, it is sdpa with the given mask.
+    With ``packed_layout`` it computes the packed rule block by block (the model then builds
+    no mask: transformers makes none for an attention function it has no mask function for);
+    without one it is sdpa with the given mask.
     """
-    if packed_layout is None or kwargs.get('sliding_window') is not None or \
-            query.shape[2] != key.shape[2]:
+    if packed_layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
-    if dropout:
-        raise ValueError('packed attention has no attention dropout; set attention_dropout=0')
+    if dropout or kwargs.get('sliding_window') is not None or query.shape[2] != key.shape[2]:
+        raise ValueError('packed attention covers full attention over one packed sequence, '
+                         'without attention dropout, sliding window or cache: train this model '
+                         'with PackedVLM(dense_attention=True)')
     repeats = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, repeats), repeat_kv(value, repeats)
     frames, heads, length, dim = query.shape

@@ -7,7 +7,8 @@ Prefix-shared packing. All QA turns of one key frame share one sequence::
     [tail + question_1 + assistant header][answer_1]                              <- turn 1
     [tail + question_2 + assistant header][answer_2]                              <- turn 2 ...
 
-A 4-D mask lets each turn attend to the prefix and to itself only (never to another turn), and
+Each turn attends to the prefix and to itself only (never to another turn: a dense 4-D mask
+under eager attention, packed_attention.py's block-by-block kernel under sdpa), and
 each turn's position ids restart right after the prefix, so every turn sees exactly the sequence
 ``Pipeline`` prefills for its question (``VLMAdapter.build_inputs`` with every token kept) and
 then decodes. The prefix is built by the adapter's own ``encode`` and ``build_inputs`` (a prompt
@@ -266,7 +267,6 @@ class PackedVLM(nn.Module):
         embeds = torch.cat([prefix.inputs_embeds, adapter.embed(text.ids)], dim=1)
         positions = torch.cat([prefix.position_ids, start + text.offsets], dim=1)
         segment = torch.cat([torch.zeros_like(prefix.position_ids), text.segment], dim=1)
-        mask = packed_mask(segment, adapter.attn_implementation, embeds.dtype)
         # Logits only where a target is: rows predicting answer tokens, any frame of the batch.
         rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
         routing = self.route_weight > 0 and any(v >= 0 for v in text.views)
@@ -277,8 +277,8 @@ class PackedVLM(nn.Module):
         watched |= {self.object_at[0]} if finding else set()
         seen = {k: AttentionInputs(layers[k].self_attn) for k in sorted(watched)}
         try:
-            out = self._llm(segment, inputs_embeds=embeds, attention_mask=mask,
-                            position_ids=positions, logits_to_keep=start + rows,
+            out = self._llm(segment, inputs_embeds=embeds, position_ids=positions,
+                            logits_to_keep=start + rows,
                             use_cache=False, output_hidden_states=capped)
         finally:
             for hook in seen.values():
@@ -299,23 +299,26 @@ class PackedVLM(nn.Module):
         positions only, so a turn reads the same after the 1,200-token prefix later on).
         """
         embeds = self.adapter.embed(text.ids)
-        mask = packed_mask(text.segment, self.adapter.attn_implementation, embeds.dtype)
         rows = (text.labels != IGNORE).any(0).nonzero()[:, 0]
-        out = self._llm(text.segment, inputs_embeds=embeds, attention_mask=mask,
-                        position_ids=text.offsets, logits_to_keep=rows, use_cache=False)
+        out = self._llm(text.segment, inputs_embeds=embeds, position_ids=text.offsets,
+                        logits_to_keep=rows, use_cache=False)
         return _packed_output(out.logits, text, rows, None)
 
-    def _llm(self, segment: Tensor, **inputs):
+    def _llm(self, segment: Tensor, inputs_embeds: Tensor, **inputs):
         """
         Run the model on packed inputs: under sdpa, with the block-by-block kernel.
 
         packed_attention.py computes what the dense ``packed_mask`` gives at about a third of
-        its cost; eager attention (and ``dense_attention``) keep the dense mask.
+        its cost, and needs no L x L mask; eager attention (and ``dense_attention``) build the
+        dense mask.
         """
-        if self.dense_attention or self.adapter.attn_implementation != 'sdpa':
-            return self.model(**inputs)
+        implementation = self.adapter.attn_implementation
+        if self.dense_attention or implementation != 'sdpa':
+            mask = packed_mask(segment, implementation, inputs_embeds.dtype)
+            return self.model(inputs_embeds=inputs_embeds, attention_mask=mask, **inputs)
         with packed_attention(self.adapter.text_config):
-            return self.model(**inputs, packed_layout=packed_layout(segment))
+            return self.model(inputs_embeds=inputs_embeds, packed_layout=packed_layout(segment),
+                              **inputs)
 
     def _answer_routing_losses(self, seen: dict[int, AttentionInputs], prefix,
                                text: PackedText, segment: Tensor, start: int,
