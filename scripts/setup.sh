@@ -21,7 +21,7 @@ TORCH_SPEC=${TORCH_SPEC-torch==2.13.0}
 
 # PyPI's ROS 2 wheels (extra 'ros') and ament linters (extra 'lint') only where no ROS is
 # sourced: on top of a sourced ROS they would shadow its rclpy.
-extras=test,onnx,convert,quant
+extras=test,onnx,convert,quant,distill
 if [ -z "${ROS_DISTRO:-}" ]; then
   extras="$extras,ros,lint"
 else

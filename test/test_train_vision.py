@@ -106,3 +106,41 @@ def test_the_vision_tower_loads_into_the_vlm_stage_and_stays_frozen_bit_for_bit(
     moved = replace(config, out=tmp_path / 'vlm2', steps=1, freeze_vision=False)
     assert any(not torch.equal(after[k], load_file(
         train_vlm(moved, **QUIET).final_dir / 'model.safetensors')[k]) for k in tower_keys)
+
+
+def test_the_imagenet_teacher_loads_every_weight_and_reads_pixels_as_it_was_trained():
+    from drive_vlm_pruned.training.imagenet_teacher import (
+        EfficientNetLite0Features,
+        FEATURE_CHANNELS,
+        load_teacher,
+        weights_path,
+    )
+
+    teacher = load_teacher()
+    state = torch.load(weights_path(), map_location='cpu', weights_only=True)
+    assert set(teacher.state_dict()) <= set(state)  # every weight came from the file
+    assert len(teacher.state_dict()) > 150 and not any(p.requires_grad
+                                                       for p in teacher.parameters())
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    assert teacher(images).shape == (2, (64 // 16) ** 2, FEATURE_CHANNELS)
+    # The stem's batch norm remembers what ImageNet pixels gave it. An image of ImageNet's
+    # mean colour, scaled as the teacher scales pixels, must reproduce the pattern of those
+    # means across the 32 channels; RGB order or another scaling (x / 255) does not.
+    mean_rgb = torch.tensor([124.0, 116.0, 104.0]).reshape(1, 3, 1, 1)
+    stem = EfficientNetLite0Features()._conv_stem
+    stem.load_state_dict({'weight': state['_conv_stem.weight']})
+
+    def agreement(image: torch.Tensor) -> float:
+        out = stem(image.expand(1, 3, 32, 32))[0, :, 8, 8].detach()
+        return torch.corrcoef(torch.stack([out, state['_bn0.running_mean']]))[0, 1].item()
+
+    assert agreement((mean_rgb - 127.0) / 128.0) > 0.9
+    assert agreement((mean_rgb.flip(1) - 127.0) / 128.0) < 0.8
+    assert agreement(mean_rgb / 255.0) < 0.0
+
+
+def test_a_short_run_with_the_imagenet_hint_learns_it(data_dir, tmp_path):
+    run = train_vision(_config(data_dir, tmp_path / 'hint', distill_imagenet=1.0), **QUIET)
+    first, last = run.history['train'][0], run.history['train'][-1]
+    assert 'hint' in first and last['hint'] < first['hint']
+    assert last['total'] < first['total'] and run.tower_dir is not None

@@ -47,6 +47,9 @@ def add_vision_parser(jobs) -> argparse.ArgumentParser:
                    help='the same as --precision bf16')
     p.add_argument('--max-minutes', type=float, help='stop (saving) after this many minutes')
     p.add_argument('--val-frames', type=int, help='held-out key frames (default: all of val)')
+    p.add_argument('--distill-imagenet', type=float, default=0.0, metavar='W',
+                   help="also predict EfficientNet-Lite0's ImageNet features of each patch, with "
+                        'loss weight W (default 0: off; needs the [distill] extra, training only)')
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
     return p
 
@@ -60,10 +63,10 @@ def run_train_vision(args: argparse.Namespace) -> int:
                           save_every=args.save_every, seed=args.seed, threads=args.threads,
                           resume=args.resume, max_minutes=args.max_minutes,
                           bf16=cpu_precision(args.precision) == 'bf16',
-                          val_limit=args.val_frames)
+                          val_limit=args.val_frames, distill_imagenet=args.distill_imagenet)
     try:
         result = train_vision(config, log=lambda text: print(text, file=sys.stderr))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f'drive-vlm train vision: {err}', file=sys.stderr)
         return 2
     for key, value in sorted(result.report.items()):

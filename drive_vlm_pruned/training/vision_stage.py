@@ -4,7 +4,8 @@
 Real VLMs read images because their encoder learned to see before a language model was
 attached. No CLIP or SigLIP weights can be had here, so the tower learns from the renderer's
 own labels (training/vision_targets.py): per-patch semantic class, class presence, distance
-band, and the centres of the objects the count questions count. Four linear heads read the
+band, and the centres of the objects the count questions count; optionally also an ImageNet
+teacher's features of each patch (``distill_imagenet``, imagenet_teacher.py). Linear heads read the
 hidden state the VLM reads (the tower's last layer, before its post-layernorm, as
 LLaVA-OneVision's ``vision_feature_layer -1``); the heads are thrown away, the tower is kept.
 
@@ -66,6 +67,9 @@ class VisionConfig:
     bf16: bool = False  # CPU autocast in bfloat16 (the CLI's --precision auto: where it is native)
     val_limit: int | None = None  # held-out key frames (None: the whole val split)
     train_limit: int | None = None  # train key frames (tests)
+    # weight of the ImageNet hint (imagenet_teacher.py): the tower also predicts
+    # EfficientNet-Lite0's stride-16 features (0: off; training only)
+    distill_imagenet: float = 0.0
 
 
 @dataclass
@@ -78,23 +82,31 @@ class VisionResult:
 
 
 class VisionHeads(nn.Module):
-    """Linear heads on every patch token: semantic class, presence, distance band, centres."""
+    """
+    Linear heads on every patch token: semantic class, presence, distance band, centres.
 
-    def __init__(self, hidden: int) -> None:
+    With ``hint_channels`` a fifth head predicts the ImageNet teacher's features of the patch
+    (``hint_loss``).
+    """
+
+    def __init__(self, hidden: int, hint_channels: int = 0) -> None:
         super().__init__()
         self.semantic = nn.Linear(hidden, len(SEMANTIC_CLASSES))
         self.present = nn.Linear(hidden, len(SEMANTIC_CLASSES) - 1)
         self.band = nn.Linear(hidden, len(DISTANCE_BANDS_M) + 1)
         self.centre = nn.Linear(hidden, len(OBJECT_LABELS))
+        self.names = ('semantic', 'present', 'band', 'centre')
+        if hint_channels:
+            self.hint = nn.Linear(hidden, hint_channels)
+            self.names += ('hint',)
 
     def forward(self, tokens: Tensor) -> dict[str, Tensor]:
-        heads = ('semantic', 'present', 'band', 'centre')
-        return {name: getattr(self, name)(tokens) for name in heads}
+        return {name: getattr(self, name)(tokens) for name in self.names}
 
 
 def dense_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Return each head's loss (cross-entropy, or BCE for the multi-label heads) and the sum."""
-    flat = {k: v.flatten(0, 1) for k, v in out.items()}  # [B * tokens, C]
+    """Return each label head's loss (cross-entropy, or BCE for multi-label heads) and the sum."""
+    flat = {k: v.flatten(0, 1) for k, v in out.items() if k != 'hint'}  # [B * tokens, C]
     pos = torch.full((len(OBJECT_LABELS),), CENTRE_POS_WEIGHT)
     losses = {
         'semantic': F.cross_entropy(flat['semantic'], batch['semantic'].flatten().long()),
@@ -107,6 +119,18 @@ def dense_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Te
     }
     losses['total'] = sum(losses.values())
     return losses
+
+
+def hint_loss(predicted: Tensor, teacher_features: Tensor) -> Tensor:
+    """
+    Return the ImageNet hint loss (FitNets, Romero et al. 2015).
+
+    The mean squared error of each patch's prediction against the teacher's features of that
+    patch, normalised to zero mean and unit variance over its channels, so that the teacher's
+    scale does not set the loss weight.
+    """
+    target = F.layer_norm(teacher_features.float(), teacher_features.shape[-1:])
+    return F.mse_loss(predicted.float(), target)
 
 
 def build_tower(preset_name: str):
@@ -200,8 +224,17 @@ def train_vision(config: VisionConfig, log: Callable[[str], None] = print) -> Vi
                                      shape.image_size, grid, config.train_limit, log))
     val = load_views(render_shards(val_seeds, val_meta, out / 'cache' / 'val', shape.image_size,
                                    grid, config.val_limit, log))
+    teacher = None
+    if config.distill_imagenet:
+        from .imagenet_teacher import FEATURE_CHANNELS, load_teacher
+        teacher = load_teacher()
+        if shape.patch_size != 16:
+            raise ValueError(f"--distill-imagenet: the teacher's features have stride 16, the "
+                             f'{config.preset} tower patch size {shape.patch_size}; use a preset '
+                             'with 16-px patches, or leave the hint off')
     torch.manual_seed(config.seed)
-    tower, heads = build_tower(config.preset), VisionHeads(shape.vision_hidden)
+    tower = build_tower(config.preset)
+    heads = VisionHeads(shape.vision_hidden, FEATURE_CHANNELS if teacher else 0)
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.98))
@@ -219,7 +252,8 @@ def train_vision(config: VisionConfig, log: Callable[[str], None] = print) -> Vi
     (out / 'config.json').write_text(json.dumps(asdict(config), default=str, indent=1) + '\n')
     log(f'vision stage: {len(train["image"])} train views, {len(val["image"])} held-out views, '
         f'tower {sum(p.numel() for p in tower.parameters()) / 1e6:.2f}M params, batch '
-        f'{config.batch}, {config.steps} steps, {"bf16 autocast" if config.bf16 else "fp32"} '
+        f'{config.batch}, {config.steps} steps, {"bf16 autocast" if config.bf16 else "fp32"}, '
+        f'ImageNet hint weight {config.distill_imagenet} '
         f'(CPU bf16 support: {bf16_support()}, {torch.get_num_threads()} threads)')
     if warning := emulated_bf16_warning('bf16' if config.bf16 else 'no'):
         log(f'warning: {warning}')
@@ -229,7 +263,13 @@ def train_vision(config: VisionConfig, log: Callable[[str], None] = print) -> Vi
         index = _batch_index(step, len(train['image']), config.batch, config.seed)
         batch = {k: v[index] for k, v in train.items()}
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=config.bf16):
-            losses = dense_loss(heads(tower_tokens(tower, batch['image'])), batch)
+            out_heads = heads(tower_tokens(tower, batch['image']))
+            losses = dense_loss(out_heads, batch)
+            if teacher is not None:
+                with torch.no_grad():
+                    hint = teacher(batch['image'])
+                losses['hint'] = hint_loss(out_heads['hint'], hint)
+                losses['total'] = losses['total'] + config.distill_imagenet * losses['hint']
         optimizer.zero_grad(set_to_none=True)
         losses['total'].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
