@@ -12,7 +12,7 @@ from drive_vlm_pruned.eval.depth_probes import (
     pooled,
     probe_table,
 )
-from drive_vlm_pruned.eval.linear_probe import linear_probe_accuracy
+from drive_vlm_pruned.eval.linear_probe import linear_probe_accuracy, linear_probe_correct
 import numpy as np
 import pytest
 import torch
@@ -39,6 +39,11 @@ def test_a_probe_reads_a_linearly_coded_answer_and_not_noise():
     noise = torch.randn(400, 16, generator=gen)
     assert linear_probe_accuracy(coded[:300], y[:300], coded[300:], y[300:]) > 0.95
     assert linear_probe_accuracy(noise[:300], y[:300], noise[300:], y[300:]) < 0.7
+    # per item, for pairing two representations on the same items: the same probe's answers
+    right = linear_probe_correct(coded[:300], y[:300], coded[300:], y[300:])
+    assert right.shape == (100,) and right.dtype == torch.bool
+    assert right.float().mean().item() == linear_probe_accuracy(coded[:300], y[:300],
+                                                                coded[300:], y[300:])
 
 
 def test_the_table_ranks_the_depth_that_holds_the_answer_above_the_prior():

@@ -16,6 +16,12 @@ import torch.nn.functional as F
 def linear_probe_accuracy(x: Tensor, y: Tensor, x_eval: Tensor, y_eval: Tensor,
                           steps: int = 300, weight_decay: float = 1e-3) -> float:
     """Fit ``x -> y`` (long class ids) by full-batch Adam; return accuracy on ``x_eval``."""
+    return linear_probe_correct(x, y, x_eval, y_eval, steps, weight_decay).float().mean().item()
+
+
+def linear_probe_correct(x: Tensor, y: Tensor, x_eval: Tensor, y_eval: Tensor,
+                         steps: int = 300, weight_decay: float = 1e-3) -> Tensor:
+    """Fit as ``linear_probe_accuracy`` does; return bool per ``x_eval`` item, for pairing."""
     x, x_eval = x.float(), x_eval.float()
     mean, std = x.mean(0), x.std(0) + 1e-6
     x, x_eval = (x - mean) / std, (x_eval - mean) / std
@@ -32,4 +38,4 @@ def linear_probe_accuracy(x: Tensor, y: Tensor, x_eval: Tensor, y_eval: Tensor,
             F.cross_entropy(probe(x), y).backward()
             opt.step()
     with torch.no_grad():
-        return (probe(x_eval).argmax(-1) == y_eval).float().mean().item()
+        return probe(x_eval).argmax(-1) == y_eval
