@@ -144,3 +144,5 @@ def test_a_short_run_with_the_imagenet_hint_learns_it(data_dir, tmp_path):
     first, last = run.history['train'][0], run.history['train'][-1]
     assert 'hint' in first and last['hint'] < first['hint']
     assert last['total'] < first['total'] and run.tower_dir is not None
+    with pytest.raises(ValueError, match='with --distill-imagenet'):
+        train_vision(_config(data_dir, tmp_path / 'hint', resume=True), **QUIET)

@@ -86,9 +86,11 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0Features(nn.Module):
-    """The stem and blocks 0..``last_block`` of EfficientNet-Lite0 (the wheel's key names)."""
+    """The stem and blocks 0..``FEATURE_BLOCK`` of EfficientNet-Lite0 (the wheel's key names)."""
 
-    def __init__(self, last_block: int = FEATURE_BLOCK) -> None:
+    channels = FEATURE_CHANNELS
+
+    def __init__(self) -> None:
         super().__init__()
         self._conv_stem, self._bn0 = _conv_bn(3, 32, 3, 2)
         blocks = []
@@ -98,7 +100,7 @@ class EfficientNetLite0Features(nn.Module):
                 blocks.append(MBConv(stage.channels_in if first else stage.channels_out,
                                      stage.channels_out, stage.kernel,
                                      stage.stride if first else 1, stage.expand))
-        self._blocks = nn.ModuleList(blocks[:last_block + 1])
+        self._blocks = nn.ModuleList(blocks[:FEATURE_BLOCK + 1])
 
     def forward(self, images: Tensor) -> Tensor:
         """Return ``[B, (S/16)^2, 112]`` features, row-major, from uint8 ``[B, 3, S, S]``."""

@@ -218,23 +218,16 @@ def train_vision(config: VisionConfig, log: Callable[[str], None] = print) -> Vi
         torch.set_num_threads(config.threads)
     shape = get_preset(config.preset).model
     grid = shape.image_size // shape.patch_size
+    teacher = _imagenet_teacher(config, shape.patch_size)  # before rendering: fail fast
     train_seeds, train_meta = split_scenes(config.data, 'train', config.extra_scenes)
     val_seeds, val_meta = split_scenes(config.data, 'val')
     train = load_views(render_shards(train_seeds, train_meta, out / 'cache' / 'train',
                                      shape.image_size, grid, config.train_limit, log))
     val = load_views(render_shards(val_seeds, val_meta, out / 'cache' / 'val', shape.image_size,
                                    grid, config.val_limit, log))
-    teacher = None
-    if config.distill_imagenet:
-        from .imagenet_teacher import FEATURE_CHANNELS, load_teacher
-        teacher = load_teacher()
-        if shape.patch_size != 16:
-            raise ValueError(f"--distill-imagenet: the teacher's features have stride 16, the "
-                             f'{config.preset} tower patch size {shape.patch_size}; use a preset '
-                             'with 16-px patches, or leave the hint off')
     torch.manual_seed(config.seed)
     tower = build_tower(config.preset)
-    heads = VisionHeads(shape.vision_hidden, FEATURE_CHANNELS if teacher else 0)
+    heads = VisionHeads(shape.vision_hidden, teacher.channels if teacher else 0)
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.98))
@@ -242,6 +235,10 @@ def train_vision(config: VisionConfig, log: Callable[[str], None] = print) -> Vi
     step, history = 0, {'train': [], 'val': []}
     if config.resume:
         state = torch.load(state_path, weights_only=False)
+        if ('hint.weight' in state['heads']) != (teacher is not None):
+            raise ValueError(f'--resume: {state_path} was trained '
+                             f'{"with" if teacher is None else "without"} --distill-imagenet; '
+                             'resume it with the same setting, or start a new --out')
         tower.load_state_dict(state['tower'])
         heads.load_state_dict(state['heads'])
         optimizer.load_state_dict(state['optimizer'])
@@ -304,6 +301,18 @@ def train_vision(config: VisionConfig, log: Callable[[str], None] = print) -> Vi
         log(f'wrote {result.tower_dir} and {out / "report.json"}')
     (out / 'history.json').write_text(json.dumps(history, indent=1) + '\n')
     return result
+
+
+def _imagenet_teacher(config: VisionConfig, patch_size: int):
+    """Return the frozen ImageNet teacher when the hint is on (imagenet_teacher.py), else None."""
+    if not config.distill_imagenet:
+        return None
+    if patch_size != 16:
+        raise ValueError(f"--distill-imagenet: the teacher's features have stride 16, the "
+                         f'{config.preset} tower patch size {patch_size}; use a preset with '
+                         '16-px patches, or leave the hint off')
+    from .imagenet_teacher import load_teacher
+    return load_teacher()
 
 
 def _batch_index(step: int, views: int, batch: int, seed: int) -> Tensor:
